@@ -1,0 +1,147 @@
+"""Model registry in the style of timm / torchvision: one small registered builder per size.
+
+A builder is a keyword-only function ``fn(*, in_channels, out_channels, **kwargs) -> nn.Module``
+decorated with :func:`register_model`, which stores metadata (:class:`ModelInfo`) that the runner
+reads without building the model.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+import torch.nn as nn
+
+MODALITY_ORDER: tuple[str, ...] = ("t1", "t1ce", "t2", "flair")
+TASKS = ("segmentation", "detection", "detect_segment", "promptable")
+
+ModelBuilder = Callable[..., nn.Module]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Metadata of one registered model, readable without building it.
+
+    Attributes:
+        name: registry name, e.g. ``"unet3d_s"``.
+        family: file/family the entry belongs to, e.g. ``"unet3d"``.
+        task: one of ``TASKS``.
+        spatial_dims: 2 or 3 (native dimensionality of the network).
+        modalities: input channels by name, in the order the model consumes them.
+        divisibility: every spatial input size must be a multiple of this.
+        default_patch_size: training patch (voxels, D H W for 3D; H W for 2D).
+        paper: reference the architecture follows.
+        num_params: parameters of the default build (``in_channels=len(modalities)``,
+            ``out_channels=4``); ``None`` when not recorded. A test checks it against the built model.
+        tiny_kwargs: overrides giving a tiny configuration for CPU tests.
+        test_patch_size: spatial input size used with ``tiny_kwargs`` in tests.
+        needs_fixed_input: the network is built for one input size (UNETR: ``img_size``), so the
+            builder receives ``img_size`` and inference uses windows of exactly that size.
+        returns_attention: ``forward(x, return_attention=True)`` also returns modality weights.
+        context_slices: for 2.5D models, adjacent slices read on each side as extra channels.
+    """
+
+    name: str
+    family: str
+    task: str = "segmentation"
+    spatial_dims: int = 3
+    modalities: tuple[str, ...] = MODALITY_ORDER
+    divisibility: int = 16
+    default_patch_size: tuple[int, ...] = (128, 128, 128)
+    paper: str = ""
+    num_params: int | None = None
+    tiny_kwargs: dict[str, Any] = field(default_factory=dict)
+    test_patch_size: tuple[int, ...] = (32, 32, 32)
+    needs_fixed_input: bool = False
+    returns_attention: bool = False
+    context_slices: int = 0
+
+    @property
+    def in_channels(self) -> int:
+        """Default number of input channels: one per modality (times slices for 2.5D)."""
+        return len(self.modalities) * (2 * self.context_slices + 1)
+
+
+_BUILDERS: dict[str, ModelBuilder] = {}
+_INFO: dict[str, ModelInfo] = {}
+
+
+def register_model(*, family: str, **meta: Any) -> Callable[[ModelBuilder], ModelBuilder]:
+    """Decorator registering ``fn`` under its own name with :class:`ModelInfo` metadata.
+
+    Raises:
+        ValueError: if the name is already registered or ``task`` is unknown.
+    """
+
+    def decorator(fn: ModelBuilder) -> ModelBuilder:
+        name = fn.__name__
+        if name in _BUILDERS:
+            raise ValueError(
+                f"model {name!r} is already registered (by {_BUILDERS[name].__module__}); "
+                f"names must be unique"
+            )
+        info = ModelInfo(name=name, family=family, **meta)
+        if info.task not in TASKS:
+            raise ValueError(f"model {name!r}: task {info.task!r} is not one of {TASKS}")
+        if info.spatial_dims not in (2, 3):
+            raise ValueError(f"model {name!r}: spatial_dims must be 2 or 3, got {info.spatial_dims}")
+        _BUILDERS[name] = fn
+        _INFO[name] = info
+        return fn
+
+    return decorator
+
+
+def _unknown(name: str) -> ValueError:
+    close = difflib.get_close_matches(name, list(_BUILDERS), n=3, cutoff=0.5)
+    hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    return ValueError(f"unknown model {name!r}{hint} (list_models() shows all {len(_BUILDERS)} names)")
+
+
+def list_models(include: str | Iterable[str] = "*", exclude: str | Iterable[str] = ()) -> list[str]:
+    """Sorted registered names matching any fnmatch pattern in ``include`` and none in ``exclude``."""
+    inc = [include] if isinstance(include, str) else list(include)
+    exc = [exclude] if isinstance(exclude, str) else list(exclude)
+    names = {n for n in _BUILDERS for p in inc if fnmatch.fnmatchcase(n, p)}
+    names = {n for n in names if not any(fnmatch.fnmatchcase(n, p) for p in exc)}
+    return sorted(names)
+
+
+def resolve_model_names(patterns: Iterable[str]) -> list[str]:
+    """Expand CLI names/wildcards into registry names, keeping the user's order, without repeats.
+
+    Raises:
+        ValueError: for a plain name that is not registered or a wildcard matching nothing.
+    """
+    resolved: list[str] = []
+    for pattern in patterns:
+        if any(ch in pattern for ch in "*?["):
+            matches = list_models(pattern)
+            if not matches:
+                raise ValueError(f"--models pattern {pattern!r} matches no registered model")
+        else:
+            if pattern not in _BUILDERS:
+                raise _unknown(pattern)
+            matches = [pattern]
+        resolved.extend(m for m in matches if m not in resolved)
+    return resolved
+
+
+def model_info(name: str) -> ModelInfo:
+    """Metadata of ``name``; raises ``ValueError`` with close names when unknown."""
+    if name not in _INFO:
+        raise _unknown(name)
+    return _INFO[name]
+
+
+def create_model(name: str, **kwargs: Any) -> nn.Module:
+    """Build registered model ``name``; ``kwargs`` override the entry's defaults.
+
+    ``in_channels`` defaults to the entry's channel count, ``out_channels`` to 4 (BraTS labels).
+    """
+    info = model_info(name)
+    kwargs.setdefault("in_channels", info.in_channels)
+    kwargs.setdefault("out_channels", 4)
+    return _BUILDERS[name](**kwargs)
