@@ -23,9 +23,17 @@ from ._registry import register_model
 )
 def unetr(*, in_channels: int, out_channels: int, img_size: tuple[int, int, int] = (128, 128, 128),
           **kwargs: Any) -> nn.Module:
-    """MONAI UNETR: ViT-B/16 encoder (hidden 768, 12 layers, 12 heads), feature size 16."""
-    return UNETR(in_channels=in_channels, out_channels=out_channels, img_size=tuple(img_size),
-                 **dict(dict(feature_size=16, norm_name="instance"), **kwargs))
+    """MONAI UNETR: ViT-B/16 encoder (hidden 768, 12 layers, 12 heads), feature size 16.
+
+    MONAI builds a LayerNorm for cross-attention in every ViT block even when cross-attention is off;
+    it is replaced by ``nn.Identity`` so that no parameter is left without a gradient (DDP needs that).
+    """
+    model = UNETR(in_channels=in_channels, out_channels=out_channels, img_size=tuple(img_size),
+                  **dict(dict(feature_size=16, norm_name="instance"), **kwargs))
+    for block in model.vit.blocks:
+        if not block.with_cross_attention:
+            block.norm_cross_attn = nn.Identity()
+    return model
 
 
 @register_model(

@@ -1,0 +1,1 @@
+"""Training engine: configuration, optimisation, inference, per-job training and result files."""

@@ -1,0 +1,207 @@
+"""Experiment configuration: the CLI flags of ``integrated_experiment.py`` and their resolved values.
+
+The flag names follow the seed system's option table (users' muscle memory) plus what a trainer needs
+(lr, optimizer, scheduler, AMP, grad accumulation, clipping, patience, patch size, overlap, resume).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+DATASET_VERSIONS = ("synthetic", "brats2018", "brats2021", "brats2023", "msd_task01")
+OPTIMIZERS = ("adamw", "adam", "sgd")
+SCHEDULERS = ("cosine", "plateau", "step", "poly", "none")
+
+
+@dataclass
+class ExperimentConfig:
+    """Resolved settings of one sweep. Sizes are voxels (D, H, W); times seconds; lr per step."""
+
+    models: list[str] = field(default_factory=lambda: ["unet3d_xs"])
+    seeds: list[int] = field(default_factory=lambda: [24])
+    epochs: int = 10
+    batch_size: int = 1
+    data_path: str | None = None
+    dataset_version: str = "synthetic"
+    synthetic_cases: int = 12
+    synthetic_size: tuple[int, int, int] = (64, 64, 64)
+    synthetic_seed: int = 0
+    cache_dir: str | None = None
+    max_samples: int | None = None
+    dim: str | None = None
+    use_pretrained: bool = False
+    pretrained_checkpoint: str | None = None
+    loss: str = "nnunet"
+    num_workers: int = 0
+    sharing_strategy: str = "file_descriptor"
+    use_5fold: bool = False
+    split_seed: int = 42
+    splits_file: str | None = None
+    output_dir: str | None = None
+    resume: bool = False
+    lr: float = 1e-3
+    weight_decay: float = 1e-5
+    optimizer: str = "adamw"
+    scheduler: str = "cosine"
+    amp: bool = True
+    grad_accum: int = 1
+    max_grad_norm: float | None = 12.0
+    patience: int = 0
+    patch_size: tuple[int, int, int] | None = None
+    samples_per_volume: int = 8
+    val_overlap: float = 0.1
+    val_every: int = 1
+    device: str = "auto"
+    deterministic: bool = False
+    pam_runs: int = 5
+    latency_runs: int = 10
+    skip_efficiency: bool = False
+    model_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able view (tuples become lists)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the flag for values outside their range."""
+        checks = [
+            (self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}"),
+            (self.batch_size >= 1, f"--batch_size must be >= 1, got {self.batch_size}"),
+            (len(self.seeds) >= 1, "--seeds needs at least one seed"),
+            (len(self.models) >= 1, "--models needs at least one model"),
+            (self.num_workers >= 0, f"--num_workers must be >= 0, got {self.num_workers}"),
+            (self.grad_accum >= 1, f"--grad_accum must be >= 1, got {self.grad_accum}"),
+            (self.lr > 0, f"--lr must be > 0, got {self.lr}"),
+            (0.0 <= self.val_overlap < 1.0, f"--val_overlap must be in [0, 1), got {self.val_overlap}"),
+            (self.patience >= 0, f"--patience must be >= 0 (0 disables early stopping), got {self.patience}"),
+            (self.samples_per_volume >= 1, f"--samples_per_volume must be >= 1, got {self.samples_per_volume}"),
+            (self.pam_runs >= 1 and self.latency_runs >= 1, "--pam_runs and --latency_runs must be >= 1"),
+            (self.max_samples is None or self.max_samples >= 1, f"--max_samples must be >= 1, got {self.max_samples}"),
+            (self.dim in (None, "2d", "3d"), f"--dim must be 2d or 3d, got {self.dim!r}"),
+            (self.dataset_version in DATASET_VERSIONS,
+             f"--dataset_version {self.dataset_version!r} is not one of {DATASET_VERSIONS}"),
+            (self.optimizer in OPTIMIZERS, f"--optimizer {self.optimizer!r} is not one of {OPTIMIZERS}"),
+            (self.scheduler in SCHEDULERS, f"--scheduler {self.scheduler!r} is not one of {SCHEDULERS}"),
+            (self.patch_size is None or all(p >= 8 for p in self.patch_size),
+             f"--patch_size values must be >= 8, got {self.patch_size}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+        if self.use_pretrained and not self.pretrained_checkpoint:
+            raise ValueError("--use_pretrained needs --pretrained_checkpoint PATH (nothing is downloaded)")
+        if self.pretrained_checkpoint and not Path(self.pretrained_checkpoint).is_file():
+            raise ValueError(f"--pretrained_checkpoint {self.pretrained_checkpoint} does not exist")
+        if self.data_path is None and self.dataset_version != "synthetic":
+            raise ValueError(f"--data_path is required for --dataset_version {self.dataset_version}")
+
+
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags that choose and shape the dataset (shared with ``evaluate_experiment.py``)."""
+    g = parser.add_argument_group("data")
+    g.add_argument("--data_path", default=None, help="dataset root; omit to use the embedded synthetic phantoms")
+    g.add_argument("--dataset_version", default=None, choices=DATASET_VERSIONS,
+                   help="layout under --data_path (default: synthetic without --data_path, else brats2018)")
+    g.add_argument("--synthetic_cases", type=int, default=12, help="number of synthetic phantoms")
+    g.add_argument("--synthetic_size", type=int, nargs=3, default=(64, 64, 64), metavar=("D", "H", "W"))
+    g.add_argument("--synthetic_seed", type=int, default=0, help="seed of the synthetic phantoms")
+    g.add_argument("--cache_dir", default=None, help="preprocessing cache (default $VOLBENCH_CACHE or ~/.cache/volbench)")
+    g.add_argument("--max_samples", type=int, default=None, help="use only the first N cases (quick runs)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Argument parser of ``integrated_experiment.py``."""
+    p = argparse.ArgumentParser(
+        prog="integrated_experiment.py",
+        description="Train and compare segmentation models over seeds and folds; write CSVs and charts.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--models", nargs="+", default=["unet3d_xs"], help="registry names or wildcards")
+    p.add_argument("--seeds", type=int, nargs="+", default=[24])
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch_size", type=int, default=1, help="per process under torchrun")
+    add_data_arguments(p)
+    p.add_argument("--dim", choices=("2d", "3d"), default=None, help="default: each model's native dimensionality")
+    p.add_argument("--use_pretrained", action="store_true", help="initialise from --pretrained_checkpoint")
+    p.add_argument("--pretrained_checkpoint", default=None, help="local .pth (volbench checkpoint or state dict)")
+    loss = p.add_mutually_exclusive_group()
+    loss.add_argument("--use_nnunet_loss", action="store_true", help="0.7 Dice + 0.3 CE (default)")
+    loss.add_argument("--use_standard_loss", action="store_true", help="0.5 Dice + 0.5 CE")
+    p.add_argument("--num_workers", type=int, default=min(8, max(0, (os.cpu_count() or 1) - 1)))
+    p.add_argument("--sharing_strategy", choices=("file_descriptor", "file_system"), default="file_descriptor")
+    p.add_argument("--use_5fold", action="store_true", help="5-fold cross-validation over the non-test cases")
+    p.add_argument("--split_seed", type=int, default=42, help="seed of the case split (not the training seed)")
+    p.add_argument("--splits_file", default=None, help="reuse this splits.json")
+    p.add_argument("--output_dir", default=None,
+                   help="results folder (default baseline_results/integrated_experiment_results_YYYYMMDD_HHMMSS)")
+    p.add_argument("--resume", action="store_true", help="skip jobs already finished in --output_dir")
+    _add_training_arguments(p)
+    return p
+
+
+def _add_training_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("training")
+    g.add_argument("--lr", type=float, default=1e-3)
+    g.add_argument("--weight_decay", type=float, default=1e-5)
+    g.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw")
+    g.add_argument("--scheduler", choices=SCHEDULERS, default="cosine")
+    g.add_argument("--no_amp", action="store_true", help="disable mixed precision (AMP is used on CUDA only)")
+    g.add_argument("--grad_accum", type=int, default=1, help="optimizer step every N batches")
+    g.add_argument("--max_grad_norm", type=float, default=12.0, help="gradient clipping; <= 0 disables")
+    g.add_argument("--patience", type=int, default=0, help="early stopping after N epochs without improvement; 0 off")
+    g.add_argument("--patch_size", type=int, nargs=3, default=None, metavar=("D", "H", "W"),
+                   help="training patch and sliding window (rounded up to each model's divisibility)")
+    g.add_argument("--samples_per_volume", type=int, default=8, help="patches drawn per training case per epoch")
+    g.add_argument("--val_overlap", type=float, default=0.1, help="sliding-window overlap at validation/test")
+    g.add_argument("--val_every", type=int, default=1, help="validate every N epochs")
+    g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    g.add_argument("--deterministic", action="store_true", help="deterministic kernels (slower)")
+    g.add_argument("--pam_runs", type=int, default=5)
+    g.add_argument("--latency_runs", type=int, default=10)
+    g.add_argument("--skip_efficiency", action="store_true", help="do not measure FLOPs, PAM, latency")
+    g.add_argument("--model_kwargs", type=_json_dict, default={},
+                   help='JSON overrides per model, e.g. \'{"unet3d_xs": {"base": 8}}\'')
+
+
+def _json_dict(text: str) -> dict[str, dict[str, Any]]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"--model_kwargs is not valid JSON: {exc}") from exc
+    if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
+        raise argparse.ArgumentTypeError("--model_kwargs must map model names to objects of keyword arguments")
+    return value
+
+
+def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
+    """Turn parsed flags into a validated :class:`ExperimentConfig`."""
+    version = args.dataset_version or ("synthetic" if args.data_path is None else "brats2018")
+    names = {f.name for f in dataclasses.fields(ExperimentConfig)}
+    values = {k: v for k, v in vars(args).items() if k in names}
+    values.update(
+        dataset_version=version,
+        loss="standard" if args.use_standard_loss else "nnunet",
+        amp=not args.no_amp,
+        max_grad_norm=args.max_grad_norm if args.max_grad_norm and args.max_grad_norm > 0 else None,
+        synthetic_size=tuple(args.synthetic_size),
+        patch_size=tuple(args.patch_size) if args.patch_size else None,
+    )
+    config = ExperimentConfig(**values)
+    config.validate()
+    return config
+
+
+def parse_config(argv: Sequence[str] | None = None) -> ExperimentConfig:
+    """Parse ``argv`` (default ``sys.argv[1:]``) into a validated config; bad values exit with the message."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return config_from_args(args)
+    except ValueError as exc:
+        parser.error(str(exc))
+        raise  # unreachable: parser.error exits

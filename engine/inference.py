@@ -1,0 +1,92 @@
+"""Whole-volume prediction with MONAI sliding-window inference (Gaussian blending).
+
+3D models see windows of ``roi_size`` voxels; 2D models see every slice along the last spatial axis
+(with ``context_slices`` neighbours on each side as extra channels) in 2D windows.
+Output logits are float32 on the CPU, shape (n_classes, D, H, W).
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+import torch.nn as nn
+from monai.inferers import sliding_window_inference
+
+
+class AttentionRecorder(nn.Module):
+    """Wraps a model whose ``forward(x, return_attention=True)`` returns ``(logits, {stage: (B, M)})``.
+
+    Every window's weights are kept so the caller can average them per case.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.records: list[dict[str, torch.Tensor]] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits, weights = self.model(x, return_attention=True)
+        self.records.append({k: v.detach().float().cpu() for k, v in weights.items()})
+        return logits
+
+    def mean_weights(self) -> dict[str, list[float]]:
+        """Per stage, the mean weight of each modality over all recorded windows; then clears records."""
+        out: dict[str, list[float]] = {}
+        for stage in self.records[0] if self.records else []:
+            stacked = torch.cat([r[stage] for r in self.records], dim=0)
+            out[stage] = stacked.mean(dim=0).tolist()
+        self.records.clear()
+        return out
+
+
+def _autocast(device: torch.device, amp: bool) -> Any:
+    if amp and device.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.float16)
+    return nullcontext()
+
+
+def volume_to_slices(image: torch.Tensor, context_slices: int) -> torch.Tensor:
+    """(C, D, H, W) -> (W, C * (2k + 1), D, H): each slice along W with k neighbours per side.
+
+    Channel order is, for each modality, slices w-k .. w+k; edge slices are replicated.
+    """
+    c, _, _, w = image.shape
+    idx = torch.arange(w)[:, None] + torch.arange(-context_slices, context_slices + 1)[None, :]
+    idx = idx.clamp(0, w - 1)  # (W, 2k+1)
+    stacked = image[..., idx]  # (C, D, H, W, 2k+1)
+    return stacked.permute(3, 0, 4, 1, 2).reshape(w, c * (2 * context_slices + 1), *image.shape[1:3])
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, image: torch.Tensor, *, roi_size: tuple[int, ...], overlap: float,
+                   device: torch.device, spatial_dims: int = 3, context_slices: int = 0, amp: bool = False,
+                   sw_batch_size: int = 1) -> torch.Tensor:
+    """Logits (n_classes, D, H, W) for one image (C, D, H, W), model in eval mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        with _autocast(device, amp):
+            if spatial_dims == 3:
+                logits = sliding_window_inference(
+                    image[None].to(device), roi_size=tuple(roi_size), sw_batch_size=sw_batch_size,
+                    predictor=model, overlap=overlap, mode="gaussian")[0]
+            else:
+                slices = volume_to_slices(image, context_slices).to(device)
+                logits = sliding_window_inference(
+                    slices, roi_size=tuple(roi_size[-2:]), sw_batch_size=max(sw_batch_size, 8),
+                    predictor=model, overlap=overlap, mode="gaussian")
+                logits = logits.permute(1, 2, 3, 0)  # (W, K, D, H) -> (K, D, H, W)
+    finally:
+        model.train(was_training)
+    return logits.float().cpu()
+
+
+def flip_tta_logits(model: nn.Module, image: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+    """Mean softmax-free logits over the identity and the flips of each spatial axis (test-time augmentation)."""
+    total = predict_logits(model, image, **kwargs)
+    for axis in (1, 2, 3):
+        flipped = predict_logits(model, image.flip(axis), **kwargs)
+        total += flipped.flip(axis)
+    return total / 4.0

@@ -1,0 +1,83 @@
+"""Per-model decisions made before training: modalities, dimensionality, patch size, build kwargs.
+
+Every check here runs before any job trains, so a model that cannot run on the chosen data fails
+with a clear message up front.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch.nn as nn
+
+from models import ModelInfo, create_model, model_info
+
+
+@dataclass(frozen=True)
+class ModelSetup:
+    """How one registry model is built and fed in this sweep (sizes in voxels)."""
+
+    name: str
+    info: ModelInfo
+    modalities: tuple[str, ...]
+    spatial_dims: int
+    patch_size: tuple[int, ...]
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def build(self) -> nn.Module:
+        """A freshly initialised model (seed the RNG first for reproducible weights)."""
+        return create_model(self.name, **self.model_kwargs)
+
+    @property
+    def roi_size(self) -> tuple[int, ...]:
+        """Sliding-window size: the patch (3D), or its in-plane part (2D)."""
+        return self.patch_size
+
+    @property
+    def efficiency_input(self) -> tuple[int, ...]:
+        """Input shape (batch 1) at which params/FLOPs/PAM/latency are measured."""
+        return (1, self.model_kwargs["in_channels"], *self.patch_size)
+
+
+def round_up(value: int, multiple: int) -> int:
+    """Smallest multiple of ``multiple`` that is >= ``value``."""
+    return int(math.ceil(value / multiple) * multiple)
+
+
+def resolve_patch_size(info: ModelInfo, requested: tuple[int, ...] | None,
+                       data_extent: tuple[int, int, int]) -> tuple[int, ...]:
+    """Patch for this model: the requested (or the model's default, capped to the largest case extent),
+    each axis rounded up to the model's divisibility. For 2D models the in-plane axes (D, H) are used."""
+    if info.spatial_dims == 3:
+        base = requested or tuple(min(p, e) for p, e in zip(info.default_patch_size, data_extent))
+    else:
+        default = info.default_patch_size[-2:]
+        base = tuple(requested[:2]) if requested else tuple(min(p, e) for p, e in zip(default, data_extent[:2]))
+    return tuple(round_up(int(b), info.divisibility) for b in base)
+
+
+def setup_model(name: str, *, available_modalities: tuple[str, ...], n_classes: int,
+                requested_patch: tuple[int, ...] | None, data_extent: tuple[int, int, int],
+                dim: str | None = None, overrides: dict[str, Any] | None = None) -> ModelSetup:
+    """Validate that ``name`` can run on this data and decide how it is built.
+
+    Raises:
+        ValueError: the dataset lacks a modality the model needs, or ``--dim`` contradicts the model.
+    """
+    info = model_info(name)
+    missing = [m for m in info.modalities if m not in available_modalities]
+    if missing:
+        raise ValueError(f"model {name!r} needs modalities {list(info.modalities)} but the dataset lacks "
+                         f"{missing} (available: {list(available_modalities)})")
+    if dim is not None and int(dim[0]) != info.spatial_dims:
+        raise ValueError(f"model {name!r} is a {info.spatial_dims}D network; --dim {dim} does not apply to it "
+                         f"(leave --dim unset to use each model's native dimensionality)")
+    patch = resolve_patch_size(info, requested_patch, data_extent)
+    kwargs: dict[str, Any] = dict(in_channels=info.in_channels, out_channels=n_classes)
+    kwargs.update(overrides or {})
+    if info.needs_fixed_input:  # e.g. UNETR: the network is built for exactly the window size
+        kwargs["img_size"] = tuple(patch)
+    return ModelSetup(name=name, info=info, modalities=info.modalities, spatial_dims=info.spatial_dims,
+                      patch_size=patch, model_kwargs=kwargs)
