@@ -227,10 +227,10 @@ def default_output_dir() -> Path:
 def run_integrated_experiment(config: ExperimentConfig) -> Path:
     """Run the whole sweep; returns the results folder (tables, checkpoints, charts, JSON files)."""
     config.validate()
+    models = resolve_model_names(config.models)
+    device = resolve_device(config.device)
     output_dir = Path(config.output_dir) if config.output_dir else default_output_dir()
     output_dir.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(config.device)
-    models = resolve_model_names(config.models)
     atomic_write_json(output_dir / "config.json", dict(config.to_dict(), resolved_models=models, device=str(device)))
     atomic_write_json(output_dir / "environment.json", environment_info())
     data = prepare_data(config, output_dir)

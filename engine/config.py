@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-DATASET_VERSIONS = ("synthetic", "brats2018", "brats2021", "brats2023", "msd_task01")
+from dataio.adapters import DATASET_VERSIONS
+
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULERS = ("cosine", "plateau", "step", "poly", "none")
 

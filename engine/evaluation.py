@@ -47,7 +47,7 @@ class EvaluationResult:
 
 def case_tensor(case: CachedCase, modalities: tuple[str, ...]) -> torch.Tensor:
     """Image channels of ``case`` for ``modalities`` as a float32 tensor (C, D, H, W)."""
-    return torch.from_numpy(np.ascontiguousarray(case.channels(modalities), dtype=np.float32))
+    return torch.from_numpy(np.array(case.channels(modalities), dtype=np.float32))  # copy: the cache is read-only
 
 
 def case_logits(model: nn.Module, case: CachedCase, settings: InferenceSettings) -> torch.Tensor:

@@ -14,6 +14,8 @@ import torch
 import torch.nn as nn
 from monai.inferers import sliding_window_inference
 
+from dataio.sampling import slices_to_volume, volume_to_slices
+
 
 class AttentionRecorder(nn.Module):
     """Wraps a model whose ``forward(x, return_attention=True)`` returns ``(logits, {stage: (B, M)})``.
@@ -47,18 +49,6 @@ def _autocast(device: torch.device, amp: bool) -> Any:
     return nullcontext()
 
 
-def volume_to_slices(image: torch.Tensor, context_slices: int) -> torch.Tensor:
-    """(C, D, H, W) -> (W, C * (2k + 1), D, H): each slice along W with k neighbours per side.
-
-    Channel order is, for each modality, slices w-k .. w+k; edge slices are replicated.
-    """
-    c, _, _, w = image.shape
-    idx = torch.arange(w)[:, None] + torch.arange(-context_slices, context_slices + 1)[None, :]
-    idx = idx.clamp(0, w - 1)  # (W, 2k+1)
-    stacked = image[..., idx]  # (C, D, H, W, 2k+1)
-    return stacked.permute(3, 0, 4, 1, 2).reshape(w, c * (2 * context_slices + 1), *image.shape[1:3])
-
-
 @torch.no_grad()
 def predict_logits(model: nn.Module, image: torch.Tensor, *, roi_size: tuple[int, ...], overlap: float,
                    device: torch.device, spatial_dims: int = 3, context_slices: int = 0, amp: bool = False,
@@ -77,7 +67,7 @@ def predict_logits(model: nn.Module, image: torch.Tensor, *, roi_size: tuple[int
                 logits = sliding_window_inference(
                     slices, roi_size=tuple(roi_size[-2:]), sw_batch_size=max(sw_batch_size, 8),
                     predictor=model, overlap=overlap, mode="gaussian")
-                logits = logits.permute(1, 2, 3, 0)  # (W, K, D, H) -> (K, D, H, W)
+                logits = slices_to_volume(logits)  # (W, K, D, H) -> (K, D, H, W)
     finally:
         model.train(was_training)
     return logits.float().cpu()

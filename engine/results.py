@@ -30,9 +30,9 @@ RUN_LEADING = ["model", "seed", "fold", "status", "error", "epochs", "best_epoch
 RUN_TRAILING = ["params", "flops_torch", "flops_thop", "flops_input", "pam_train_mb", "pam_train_mb_std",
                 "pam_infer_mb", "pam_infer_mb_std", "latency_ms", "latency_ms_std", "latency_ms_median",
                 "train_time_s", "checkpoint"]
-# Columns summarised in model_comparison.csv besides every test metric.
-EFFICIENCY_COLUMNS = ["params", "flops_torch", "flops_thop", "pam_train_mb", "pam_infer_mb", "latency_ms",
-                      "train_time_s"]
+# Per-model measurements (identical for every run of a model): copied into model_comparison.csv as is.
+EFFICIENCY_COLUMNS = ["params", "flops_torch", "flops_thop", "flops_input", "pam_train_mb", "pam_train_mb_std",
+                      "pam_infer_mb", "pam_infer_mb_std", "latency_ms", "latency_ms_std", "latency_ms_median"]
 
 
 def _order(frame: pd.DataFrame, leading: list[str], trailing: list[str] | None = None) -> pd.DataFrame:
@@ -49,15 +49,21 @@ def metric_columns(runs: pd.DataFrame) -> list[str]:
 
 
 def build_comparison(runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per model: n_runs, n_ok, mean/std over ok runs of every metric, rank by mean Dice (1 = best).
+    """One row per model: n_runs, n_ok, mean/std over ok runs of every metric and of train_time_s,
+    the model's efficiency measurements as measured (with their own std over repeats), and a rank
+    by mean Dice (1 = best).
 
     Means and stds are over runs (seeds x folds), NaN-skipping; ``std`` uses ddof=1 (NaN for one run).
     """
     rows = []
-    metrics = metric_columns(runs) + [c for c in EFFICIENCY_COLUMNS if c in runs.columns]
+    metrics = metric_columns(runs) + [c for c in ("train_time_s",) if c in runs.columns]
     for model, group in runs.groupby("model", sort=False):
         ok = group[group["status"] == "ok"]
         row: dict[str, Any] = dict(model=model, n_runs=len(group), n_ok=len(ok))
+        measured = group.dropna(subset=[c for c in ("params",) if c in group.columns])
+        for col in EFFICIENCY_COLUMNS:
+            if col in group.columns:
+                row[col] = measured[col].iloc[0] if len(measured) else np.nan
         for col in metrics:
             values = pd.to_numeric(ok[col], errors="coerce")
             row[f"{col}_mean"] = values.mean() if values.notna().any() else np.nan

@@ -19,6 +19,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from dataio.loaders import set_epoch
 from dataio.types import CachedCase
 from utils.checkpoint import save_checkpoint
 
@@ -101,10 +102,7 @@ def fit(model: nn.Module, loader: DataLoader, val_cases: list[CachedCase], setti
     epochs = tqdm(range(1, config.epochs + 1), desc=desc, unit="epoch", leave=False)
     for epoch in epochs:
         t0 = time.perf_counter()
-        if hasattr(loader.dataset, "set_epoch"):
-            loader.dataset.set_epoch(epoch)
-        if hasattr(loader.sampler, "set_epoch"):
-            loader.sampler.set_epoch(epoch)
+        set_epoch(loader, epoch)
         lr = optimizer.param_groups[0]["lr"]
         train_loss = train_one_epoch(model, loader, loss_fn, optimizer, device=device, config=config,
                                      scaler=scaler, desc=f"epoch {epoch}")

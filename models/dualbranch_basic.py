@@ -29,7 +29,7 @@ from .blocks.unet_blocks import DoubleConv3D, Down3D, Down3DStride
 
 PAPER_UNET = "Cicek et al., 3D U-Net, MICCAI 2016 + dual-branch U-Net"
 PAPER_DILATED = "Yu & Koltun, Multi-Scale Context Aggregation by Dilated Convolutions, ICLR 2016 + dual-branch U-Net"
-TINY = {"base": 1}
+TINY = {"base": 1, "fused_mult": 2}
 
 
 def plain_branch(strided: bool) -> BlockFactory:
@@ -54,13 +54,17 @@ def dilated_branch(kernel: int) -> BlockFactory:
 
 
 def build_dualbranch_basic(name: str, *, in_channels: int, out_channels: int, base: int, strided: bool,
-                           dilated_flair: bool, dilated_kernel: int = 3, norm: str = "bn") -> DualBranchUNet:
-    """Dual-branch U-Net fused after stage 3 with plain (optionally dilated FLAIR) branches."""
+                           dilated_flair: bool, dilated_kernel: int = 3, fused_mult: int = 4,
+                           norm: str = "bn") -> DualBranchUNet:
+    """Dual-branch U-Net fused after stage 3 with plain (optionally dilated FLAIR) branches.
+
+    ``base``: per-branch stem width; ``fused_mult``: fused widths in units of b3 (4 -> 4*b3, 8*b3).
+    """
     plain = plain_branch(strided)
-    return DualBranchUNet(
-        in_channels=in_channels, out_channels=out_channels, layout=DualBranchLayout.fused_after_stage3(base),
-        t1ce_block=plain, flair_block=dilated_branch(dilated_kernel) if dilated_flair else plain,
-        fused_block=plain, norm=norm, name=name)
+    flair = dilated_branch(dilated_kernel) if dilated_flair else plain
+    return DualBranchUNet(in_channels=in_channels, out_channels=out_channels,
+                          layout=DualBranchLayout.fused_after_stage3(base, fused_mult), t1ce_block=plain,
+                          flair_block=flair, fused_block=plain, norm=norm, name=name)
 
 
 _VARIANTS: dict[str, dict[str, Any]] = {

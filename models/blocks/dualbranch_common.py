@@ -55,6 +55,9 @@ class DualBranchLayout:
     decoder: tuple[int, ...]
 
     def __post_init__(self) -> None:
+        if min(self.branch + self.fused + self.decoder, default=0) < 1:
+            raise ValueError(f"layout widths must be >= 1, got branch={self.branch}, fused={self.fused}, "
+                             f"decoder={self.decoder}")
         n_down = len(self.branch) + len(self.fused) - 1
         if len(self.branch) < 1 or len(self.decoder) != n_down:
             raise ValueError(f"layout needs >= 1 dual stage and one decoder width per downsampling ({n_down}), "
@@ -66,16 +69,23 @@ class DualBranchLayout:
         return tuple(2 * c for c in self.branch) + self.fused
 
     @classmethod
-    def fused_after_stage3(cls, base: int) -> DualBranchLayout:
-        """01-06: branches base*[1, 2, 4]; fused stage 4 = 4*b3, stage 5 = 8*b3; decoder as the original."""
+    def fused_after_stage3(cls, base: int, fused_mult: int = 4) -> DualBranchLayout:
+        """01-06: branches base*[1, 2, 4]; fused stage 4 = 4*b3, stage 5 = 8*b3; decoder as the original.
+
+        ``fused_mult`` (default 4) scales the fused widths (``fused_mult * b3``, ``2 * fused_mult * b3``).
+        """
         b1, b2, b3 = base, 2 * base, 4 * base
-        return cls(branch=(b1, b2, b3), fused=(4 * b3, 8 * b3), decoder=(4 * b3, 2 * b3, b2, 2 * b1))
+        f4 = fused_mult * b3
+        return cls(branch=(b1, b2, b3), fused=(f4, 2 * f4), decoder=(f4, 2 * b3, b2, 2 * b1))
 
     @classmethod
-    def fused_after_stage4(cls, base: int) -> DualBranchLayout:
-        """07/13/14: branches base*[1, 2, 4, 8]; fused stage 5 = 4*b4; decoder b4, b3, b2, 2*stem."""
+    def fused_after_stage4(cls, base: int, fused_mult: int = 4) -> DualBranchLayout:
+        """07/13/14: branches base*[1, 2, 4, 8]; fused stage 5 = 4*b4; decoder b4, b3, b2, 2*stem.
+
+        ``fused_mult`` (default 4) scales the fused width (``fused_mult * b4``).
+        """
         b1, b2, b3, b4 = base, 2 * base, 4 * base, 8 * base
-        return cls(branch=(b1, b2, b3, b4), fused=(4 * b4,), decoder=(b4, b3, b2, 2 * b1))
+        return cls(branch=(b1, b2, b3, b4), fused=(fused_mult * b4,), decoder=(b4, b3, b2, 2 * b1))
 
 
 def _stage_name(branch: str, stage: int) -> str:

@@ -1,0 +1,185 @@
+"""Dataset adapters: find the files of every case of a dataset release on disk.
+
+One small finder per layout, chosen from ``_FINDERS`` by ``dataset_version``. Each finder accepts
+``data_path`` pointing at the archive's parent folder, at the archive's inner folder, or at the seed
+repository's ``{data_path}/BRATS2018`` / ``BRATS2021`` nesting.
+
+Layouts (file names as released):
+- brats2018: ``MICCAI_BraTS_2018_Data_Training/{HGG,LGG}/Brats18_*/Brats18_*_{t1,t1ce,t2,flair,seg}.nii.gz``
+- brats2021 / synthetic: ``BraTS2021_Training_Data/BraTS2021_XXXXX/BraTS2021_XXXXX_{t1,t1ce,t2,flair,seg}.nii.gz``
+- brats2023: ``<any folder up to 2 levels down>/BraTS-<TAG>-XXXXX-YYY/``
+  ``BraTS-<TAG>-XXXXX-YYY-{t1n,t1c,t2w,t2f,seg}.nii.gz``
+  (patient id ``XXXXX``; ``YYY`` numbers the time points)
+- msd_task01: ``Task01_BrainTumour/imagesTr/BRATS_XXX.nii.gz`` (4D: FLAIR, T1w, T1gd, T2w) + ``labelsTr/``
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Callable, Iterable
+
+from .types import CaseFiles
+
+logger = logging.getLogger(__name__)
+
+DATASET_VERSIONS: tuple[str, ...] = ("synthetic", "brats2018", "brats2021", "brats2023", "msd_task01")
+
+_BRATS21_SUFFIX = {"t1": "t1", "t1ce": "t1ce", "t2": "t2", "flair": "flair"}
+_BRATS23_SUFFIX = {"t1": "t1n", "t1ce": "t1c", "t2": "t2w", "flair": "t2f"}
+_MSD_CHANNELS = ("flair", "t1", "t1ce", "t2")
+_NIFTI_EXTS = (".nii.gz", ".nii")
+
+_RE_BRATS18 = re.compile(r"^Brats18_.+$")
+_RE_BRATS21 = re.compile(r"^BraTS2021_\d+$")
+_RE_BRATS23 = re.compile(r"^BraTS-[A-Za-z]+-(\d+)-(\d+)$")
+
+EXPECTED_PATTERN: dict[str, str] = {
+    "brats2018": "{data_path}/MICCAI_BraTS_2018_Data_Training/{HGG,LGG}/Brats18_*/"
+                 "Brats18_*_{t1,t1ce,t2,flair,seg}.nii.gz",
+    "brats2021": "{data_path}/BraTS2021_Training_Data/BraTS2021_XXXXX/"
+                 "BraTS2021_XXXXX_{t1,t1ce,t2,flair,seg}.nii.gz",
+    "synthetic": "{data_path}/BraTS2021_Training_Data/BraTS2021_XXXXX/"
+                 "BraTS2021_XXXXX_{t1,t1ce,t2,flair,seg}.nii.gz",
+    "brats2023": "{data_path}/<folder, up to 2 levels>/BraTS-GLI-XXXXX-YYY/"
+                 "BraTS-GLI-XXXXX-YYY-{t1n,t1c,t2w,t2f,seg}.nii.gz",
+    "msd_task01": "{data_path}/Task01_BrainTumour/imagesTr/BRATS_XXX.nii.gz and labelsTr/BRATS_XXX.nii.gz",
+}
+
+
+def _existing(folder: Path, stem: str) -> Path | None:
+    for ext in _NIFTI_EXTS:
+        candidate = folder / f"{stem}{ext}"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _subdirs(folder: Path, pattern: re.Pattern[str]) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.is_dir() and pattern.match(p.name))
+
+
+def _candidates(data_path: Path, inner: str, seed_nesting: str) -> list[Path]:
+    """Folders that may hold the case folders: data_path, its inner folder, and the seed's nesting."""
+    return [data_path, data_path / inner, data_path / seed_nesting, data_path / seed_nesting / inner]
+
+
+def _case_from_folder(folder: Path, suffixes: dict[str, str], sep: str, *, patient_id: str,
+                      convention: str, require_labels: bool) -> CaseFiles:
+    """Build CaseFiles for a one-file-per-modality case folder named like its files' prefix."""
+    case_id = folder.name
+    images: dict[str, Path] = {}
+    for modality, suffix in suffixes.items():
+        found = _existing(folder, f"{case_id}{sep}{suffix}")
+        if found is None:
+            raise ValueError(f"case {case_id}: missing {modality} file {folder / f'{case_id}{sep}{suffix}.nii.gz'}")
+        images[modality] = found
+    label = _existing(folder, f"{case_id}{sep}seg")
+    if label is None and require_labels:
+        raise ValueError(f"case {case_id}: missing label file {folder / f'{case_id}{sep}seg.nii.gz'} "
+                         "(pass require_labels=False for unlabelled data)")
+    return CaseFiles(case_id=case_id, patient_id=patient_id, images=images, label=label, convention=convention)
+
+
+def _find_brats2018(data_path: Path, require_labels: bool) -> list[CaseFiles]:
+    for root in _candidates(data_path, "MICCAI_BraTS_2018_Data_Training", "BRATS2018"):
+        folders = [f for grade in ("HGG", "LGG") for f in _subdirs(root / grade, _RE_BRATS18)]
+        folders += _subdirs(root, _RE_BRATS18)
+        if folders:
+            return [_case_from_folder(f, _BRATS21_SUFFIX, "_", patient_id=f.name, convention="brats2021",
+                                      require_labels=require_labels) for f in folders]
+    return []
+
+
+def _find_brats2021(data_path: Path, require_labels: bool) -> list[CaseFiles]:
+    for root in _candidates(data_path, "BraTS2021_Training_Data", "BRATS2021"):
+        folders = _subdirs(root, _RE_BRATS21)
+        if folders:
+            return [_case_from_folder(f, _BRATS21_SUFFIX, "_", patient_id=f.name, convention="brats2021",
+                                      require_labels=require_labels) for f in folders]
+    return []
+
+
+def _walk(data_path: Path, depth: int) -> Iterable[Path]:
+    """``data_path`` and its sub-folders down to ``depth`` levels (breadth first, sorted)."""
+    level = [data_path] if data_path.is_dir() else []
+    for _ in range(depth + 1):
+        yield from level
+        level = sorted(c for p in level for c in p.iterdir() if c.is_dir() and not c.name.startswith("."))
+
+
+def _find_brats2023(data_path: Path, require_labels: bool) -> list[CaseFiles]:
+    for root in _walk(data_path, 2):
+        folders = _subdirs(root, _RE_BRATS23)
+        if folders:
+            return [_case_from_folder(f, _BRATS23_SUFFIX, "-", patient_id=_RE_BRATS23.match(f.name).group(1),
+                                      convention="brats2023", require_labels=require_labels) for f in folders]
+    return []
+
+
+def _nifti_stem(path: Path) -> str:
+    return path.name[: -len(next(e for e in _NIFTI_EXTS if path.name.endswith(e)))]
+
+
+def _find_msd_task01(data_path: Path, require_labels: bool) -> list[CaseFiles]:
+    for root in _candidates(data_path, "Task01_BrainTumour", "MSD") + [data_path / "MSD" / "Task01_BrainTumour"]:
+        images_dir = root / "imagesTr"
+        if not images_dir.is_dir():
+            continue
+        files = sorted(p for p in images_dir.iterdir() if p.is_file() and not p.name.startswith(".")
+                       and p.name.endswith(_NIFTI_EXTS))
+        cases = []
+        for image in files:
+            case_id = _nifti_stem(image)
+            label = _existing(root / "labelsTr", case_id)
+            if label is None and require_labels:
+                raise ValueError(f"case {case_id}: missing label file {root / 'labelsTr' / image.name} "
+                                 "(pass require_labels=False for unlabelled data)")
+            cases.append(CaseFiles(case_id=case_id, patient_id=case_id, image_4d=image,
+                                   channel_order=_MSD_CHANNELS, label=label, convention="msd"))
+        if cases:
+            return cases
+    return []
+
+
+_FINDERS: dict[str, Callable[[Path, bool], list[CaseFiles]]] = {
+    "synthetic": _find_brats2021,
+    "brats2018": _find_brats2018,
+    "brats2021": _find_brats2021,
+    "brats2023": _find_brats2023,
+    "msd_task01": _find_msd_task01,
+}
+
+
+def discover_cases(data_path: Path, dataset_version: str, *, require_labels: bool = True) -> list[CaseFiles]:
+    """List the cases of a dataset release, sorted by case id.
+
+    Args:
+        data_path: folder holding the release (or its inner folder).
+        dataset_version: one of ``DATASET_VERSIONS``.
+        require_labels: when True a case without a ``seg`` / ``labelsTr`` file is an error.
+
+    Raises:
+        ValueError: unknown version (lists the known ones); missing or empty dataset folder (shows the
+            expected layout); missing modality or label file (names the case and file); duplicate case ids.
+    """
+    if dataset_version not in _FINDERS:
+        raise ValueError(f"unknown dataset_version {dataset_version!r}; known: {', '.join(DATASET_VERSIONS)}")
+    data_path = Path(data_path).expanduser()
+    if not data_path.is_dir():
+        raise ValueError(f"--data_path {data_path} is not a folder; expected the {dataset_version} layout "
+                         f"{EXPECTED_PATTERN[dataset_version]}")
+    cases = _FINDERS[dataset_version](data_path, require_labels)
+    if not cases:
+        raise ValueError(f"no {dataset_version} cases found under {data_path}; expected the layout "
+                         f"{EXPECTED_PATTERN[dataset_version]}")
+    cases.sort(key=lambda c: c.case_id)
+    duplicates = sorted(i for i, n in Counter(c.case_id for c in cases).items() if n > 1)
+    if duplicates:
+        raise ValueError(f"duplicate case ids under {data_path}: {duplicates[:10]}")
+    logger.info("found %d %s cases under %s", len(cases), dataset_version, data_path)
+    return cases

@@ -1,0 +1,218 @@
+"""On-disk cache of preprocessed cases, and ``load_dataset``: the data entry point of the runner.
+
+Layout: ``cache_root/<key>/<case_id>/{image.npy, label.npy, meta.json}`` where ``key`` hashes the
+dataset identity, the preprocessing parameters and ``CACHE_VERSION``. An entry is written into a
+temporary folder (``meta.json`` last) that is then renamed into place, so a killed process never leaves
+an entry that is later trusted. An entry is reused only if its ``meta.json`` is valid and every source
+file still has the recorded size and mtime; otherwise it is rebuilt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import socket
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from utils.atomic import atomic_write_json
+
+from .adapters import DATASET_VERSIONS, discover_cases
+from .preprocess import preprocess_case
+from .synthetic import FORMAT_VERSION, ensure_synthetic_brats, validate_synthetic_args
+from .types import CachedCase, CaseFiles, CropBox
+
+logger = logging.getLogger(__name__)
+
+CACHE_VERSION = 1
+DEFAULT_CACHE_ROOT = Path(os.environ.get("VOLBENCH_CACHE", "~/.cache/volbench")).expanduser()
+PREPROCESS_PARAMS = ("clip_percentiles",)
+_TMP_PREFIX = ".tmp-"
+_FOREIGN_TMP_MAX_AGE_S = 6 * 3600  # temp folders of other hosts are only removed when this old
+
+
+def _source_stats(case: CaseFiles) -> list[dict[str, Any]]:
+    """Path, size and mtime (ns) of every file the case is built from."""
+    files = list(case.images.values()) + [p for p in (case.image_4d, case.label) if p is not None]
+    stats = []
+    for path in files:
+        st = Path(path).stat()
+        stats.append({"path": str(Path(path).resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns})
+    return stats
+
+
+def _host() -> str:
+    return socket.gethostname().replace(".", "_")
+
+
+def _tmp_is_stale(folder: Path) -> bool:
+    """A temp folder is stale when its writer (``.tmp-<case>.<host>.<pid>.<token>``) no longer runs."""
+    parts = folder.name.rsplit(".", 3)
+    if len(parts) == 4 and parts[1] == _host() and parts[2].isdigit():
+        try:
+            os.kill(int(parts[2]), 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
+    return time.time() - folder.stat().st_mtime > _FOREIGN_TMP_MAX_AGE_S
+
+
+class PreprocessedCache:
+    """Preprocessed cases on disk, keyed by dataset identity + preprocessing parameters.
+
+    ``stats`` counts, for the last :meth:`get_or_create` call, entries ``built`` and ``reused``.
+    """
+
+    def __init__(self, cache_root: Path = DEFAULT_CACHE_ROOT) -> None:
+        self.cache_root = Path(cache_root).expanduser()
+        self.stats: dict[str, int] = {"built": 0, "reused": 0}
+
+    @staticmethod
+    def key_for(dataset_id: str, params: dict) -> str:
+        """Hex hash of the dataset identity, the preprocessing parameters and ``CACHE_VERSION``."""
+        blob = json.dumps({"dataset": dataset_id, "params": params, "cache_version": CACHE_VERSION},
+                          sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:20]
+
+    def get_or_create(self, cases: list[CaseFiles], dataset_id: str, params: dict, *,
+                      progress: bool = True) -> list[CachedCase]:
+        """Cached cases in the order of ``cases``, preprocessing (with ``params``) those not cached yet."""
+        unknown = sorted(set(params) - set(PREPROCESS_PARAMS))
+        if unknown:
+            raise ValueError(f"unknown preprocessing parameters {unknown}; known: {PREPROCESS_PARAMS}")
+        key_dir = self.cache_root / self.key_for(dataset_id, params)
+        key_dir.mkdir(parents=True, exist_ok=True)
+        self._remove_stale_tmp(key_dir)
+        atomic_write_json(key_dir / "key.json", {"dataset_id": dataset_id, "params": params,
+                                                 "cache_version": CACHE_VERSION})
+        sources = {c.case_id: _source_stats(c) for c in cases}
+        todo = [c for c in cases if not self._is_valid(key_dir / c.case_id, c, sources[c.case_id])]
+        self.stats = {"built": len(todo), "reused": len(cases) - len(todo)}
+        if todo:
+            logger.info("preprocessing %d of %d cases into %s", len(todo), len(cases), key_dir)
+        for case in tqdm(todo, desc="preprocessing", unit="case", disable=not progress):
+            self._build(key_dir, case, params, sources[case.case_id])
+        return [self._read(key_dir / c.case_id) for c in cases]
+
+    def _remove_stale_tmp(self, key_dir: Path) -> None:
+        for folder in key_dir.iterdir():
+            if folder.is_dir() and folder.name.startswith(_TMP_PREFIX) and _tmp_is_stale(folder):
+                logger.info("removing unfinished cache entry %s", folder)
+                shutil.rmtree(folder, ignore_errors=True)
+
+    @staticmethod
+    def _is_valid(entry: Path, case: CaseFiles, sources: list[dict[str, Any]]) -> bool:
+        try:
+            meta = json.loads((entry / "meta.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return False
+        return (meta.get("cache_version") == CACHE_VERSION and meta.get("sources") == sources
+                and meta.get("case_id") == case.case_id and meta.get("patient_id") == case.patient_id
+                and (entry / "image.npy").is_file()
+                and (entry / "label.npy").is_file() == (case.label is not None))
+
+    def _build(self, key_dir: Path, case: CaseFiles, params: dict, sources: list[dict[str, Any]]) -> None:
+        """Preprocess ``case`` into a temp folder (meta.json last) and rename it into place."""
+        cached = preprocess_case(case, **{k: tuple(v) if isinstance(v, list) else v for k, v in params.items()})
+        tmp = key_dir / f"{_TMP_PREFIX}{case.case_id}.{_host()}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
+        try:
+            np.save(tmp / "image.npy", np.ascontiguousarray(cached.image, dtype=np.float32))
+            if cached.label is not None:
+                np.save(tmp / "label.npy", np.ascontiguousarray(cached.label, dtype=np.uint8))
+            atomic_write_json(tmp / "meta.json", _meta(cached, params, sources))
+            if not self._is_valid(key_dir / case.case_id, case, sources):  # another process may have won
+                self._replace(tmp, key_dir / case.case_id)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+
+    @staticmethod
+    def _replace(tmp: Path, entry: Path) -> None:
+        """Move ``tmp`` onto ``entry``; an old (invalid) entry is first renamed aside and deleted."""
+        if entry.exists():
+            trash = entry.with_name(f"{_TMP_PREFIX}old-{entry.name}.{_host()}.{os.getpid()}."
+                                    f"{uuid.uuid4().hex[:8]}")
+            os.replace(entry, trash)
+            shutil.rmtree(trash, ignore_errors=True)
+        os.replace(tmp, entry)
+
+    @staticmethod
+    def _read(entry: Path) -> CachedCase:
+        meta = json.loads((entry / "meta.json").read_text(encoding="utf-8"))
+        label_path = entry / "label.npy"
+        return CachedCase(
+            case_id=meta["case_id"], patient_id=meta["patient_id"],
+            image=np.load(entry / "image.npy", mmap_mode="r"),
+            label=np.load(label_path, mmap_mode="r") if meta["has_label"] else None,
+            spacing=tuple(meta["spacing"]), affine=np.asarray(meta["affine"], dtype=np.float64),
+            original_shape=tuple(meta["original_shape"]),
+            crop=CropBox(start=tuple(meta["crop"]["start"]), stop=tuple(meta["crop"]["stop"])),
+            convention=meta["convention"])
+
+
+def _meta(cached: CachedCase, params: dict, sources: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "cache_version": CACHE_VERSION, "case_id": cached.case_id, "patient_id": cached.patient_id,
+        "spacing": list(cached.spacing), "affine": np.asarray(cached.affine).tolist(),
+        "original_shape": list(cached.original_shape),
+        "crop": {"start": list(cached.crop.start), "stop": list(cached.crop.stop)},
+        "convention": cached.convention, "has_label": cached.label is not None,
+        "image_shape": list(cached.image.shape), "params": params, "sources": sources,
+    }
+
+
+def _synthetic_id(n_cases: int, size: tuple[int, int, int], seed: int) -> str:
+    return f"n{n_cases}_s{size[0]}x{size[1]}x{size[2]}_seed{seed}"
+
+
+def load_dataset(data_path: Path | None, dataset_version: str, *, cache_root: Path = DEFAULT_CACHE_ROOT,
+                 synthetic_cases: int = 12, synthetic_size: tuple[int, int, int] = (64, 64, 64),
+                 synthetic_seed: int = 0, max_samples: int | None = None, require_labels: bool = True,
+                 clip_percentiles: tuple[float, float] = (0.5, 99.5), progress: bool = True) -> list[CachedCase]:
+    """Discover, preprocess (cached) and return the cases of a dataset, sorted by case id.
+
+    With ``dataset_version="synthetic"`` phantoms are generated first: under ``data_path`` when given,
+    else under ``cache_root/synthetic/n{N}_s{D}x{H}x{W}_seed{S}/``. ``max_samples`` keeps the first N
+    sorted cases (before preprocessing).
+
+    Raises:
+        ValueError: unknown version, missing ``--data_path`` for a real dataset, ``--max_samples`` < 1,
+            and every error of the adapters and preprocessing.
+    """
+    if dataset_version not in DATASET_VERSIONS:
+        raise ValueError(f"unknown --dataset_version {dataset_version!r}; known: {', '.join(DATASET_VERSIONS)}")
+    if max_samples is not None and max_samples < 1:
+        raise ValueError(f"--max_samples must be >= 1 (or omitted for all cases), got {max_samples}")
+    cache_root = Path(cache_root).expanduser()
+    if dataset_version == "synthetic":
+        size = validate_synthetic_args(synthetic_cases, synthetic_size, synthetic_seed)
+        name = _synthetic_id(synthetic_cases, size, synthetic_seed)
+        root = Path(data_path).expanduser() if data_path is not None else cache_root / "synthetic" / name
+        data_path = ensure_synthetic_brats(root, synthetic_cases, size, synthetic_seed)
+        # the folder is part of the identity too, so two phantom folders do not evict each other's entries
+        dataset_id = f"synthetic:{name}:format{FORMAT_VERSION}:{root.resolve()}"
+    elif data_path is None:
+        raise ValueError(f"--data_path is required for --dataset_version {dataset_version} "
+                         "(only 'synthetic' works without data)")
+    else:
+        dataset_id = f"{Path(data_path).expanduser().resolve()}:{dataset_version}"
+    cases = discover_cases(Path(data_path), dataset_version, require_labels=require_labels)
+    if max_samples is not None:
+        cases = cases[:max_samples]
+    params = {"clip_percentiles": [float(p) for p in clip_percentiles]}
+    cache = PreprocessedCache(cache_root)
+    loaded = cache.get_or_create(cases, dataset_id, params, progress=progress)
+    logger.info("%d %s cases ready (%d preprocessed, %d from cache %s)", len(loaded), dataset_version,
+                cache.stats["built"], cache.stats["reused"], cache_root)
+    return loaded

@@ -1,0 +1,291 @@
+"""Training patch sampling from cached cases: 3D patches (:class:`PatchDataset`) and 2D / 2.5D
+slices (:class:`SliceDataset`).
+
+Conventions:
+- Arrays are channel-first (C, D, H, W), labels (D, H, W) with internal labels {0, 1, 2, 3}.
+- A patch of size ``p`` centred at ``c`` covers ``[c - p // 2, c - p // 2 + p)`` on each axis; what
+  lies outside the volume is zero (image 0, label 0 = background), which matches the brain-cropped,
+  zero-outside-brain cache.
+- Foreground sampling (nnU-Net's rule): within each case's run of ``samples_per_volume`` samples,
+  sample k is foreground-forced when ``ceil((k + 1) f) > ceil(k f)`` for ``f = foreground_fraction``;
+  for f = 1/3 that is exactly ``k % 3 == 0``. A forced sample picks a random class among those
+  present, then a random voxel of that class as the patch centre (so the centre voxel is
+  foreground; near the border the patch is zero-padded rather than shifted). Other samples use a
+  uniform centre that keeps the patch inside the volume where the volume is large enough.
+- Randomness comes from ``numpy.random.default_rng([seed, epoch, index])``, so a sample depends
+  only on (seed, epoch, index), never on the number of workers or the order of requests.
+- Indices may be plain ints or ``(epoch, index)`` pairs (see ``dataio.loaders``): the pair form
+  lets persistent DataLoader workers follow ``set_epoch`` without being restarted.
+"""
+
+from __future__ import annotations
+
+import logging
+from fractions import Fraction
+from math import ceil
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from dataio.augment import apply_augmentation, build_augmentation
+from dataio.types import MODALITY_ORDER, CachedCase
+
+logger = logging.getLogger(__name__)
+
+MAX_FG_COORDS = 10_000  # foreground voxel coordinates kept per class and case
+
+
+def sample_patch_center(
+    shape: Sequence[int],
+    patch_size: Sequence[int],
+    rng: np.random.Generator,
+    fg_coords: dict[int, np.ndarray] | None = None,
+) -> tuple[int, ...]:
+    """Voxel index of a patch centre.
+
+    Args:
+        shape: spatial shape of the volume.
+        patch_size: spatial patch size (same length).
+        rng: numpy Generator.
+        fg_coords: class -> (N, ndim) voxel coordinates. Given (and non-empty): a random class among
+            those with coordinates, then a random voxel of it. Otherwise uniform: the centre is drawn so
+            that the patch lies inside the volume on each axis where ``shape >= patch``; on an axis
+            where the volume is smaller the patch is centred on the volume.
+    """
+    if len(shape) != len(patch_size):
+        raise ValueError(f"shape {tuple(shape)} and patch_size {tuple(patch_size)} differ in length")
+    present = [c for c, xyz in (fg_coords or {}).items() if len(xyz)]
+    if present:
+        coords = fg_coords[present[int(rng.integers(len(present)))]]  # type: ignore[index]
+        return tuple(int(v) for v in coords[int(rng.integers(len(coords)))])
+    center = []
+    for s, p in zip(shape, patch_size):
+        if s >= p:
+            center.append(int(rng.integers(0, s - p + 1)) + p // 2)
+        else:
+            center.append((s - p) // 2 + p // 2)
+    return tuple(center)
+
+
+def _crop_windows(
+    shape: Sequence[int], center: Sequence[int], patch_size: Sequence[int]
+) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
+    """(source slices in the volume, destination slices in the patch) of the overlap."""
+    src, dst = [], []
+    for s, c, p in zip(shape, center, patch_size):
+        start = int(c) - p // 2
+        lo, hi = max(start, 0), min(start + p, s)
+        if hi <= lo:  # no overlap on this axis: an all-padding patch
+            lo = hi = 0
+        src.append(slice(lo, hi))
+        dst.append(slice(lo - start, lo - start + (hi - lo)))
+    return tuple(src), tuple(dst)
+
+
+def crop_patch(
+    image: np.ndarray,
+    label: np.ndarray | None,
+    center: Sequence[int],
+    patch_size: Sequence[int],
+    channels: Sequence[int] | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Crop a zero-padded patch (any number of spatial dims).
+
+    Args:
+        image: (C, *spatial), e.g. a read-only memmap; only the crop is read.
+        label: (*spatial) or ``None``.
+        center, patch_size: as in :func:`sample_patch_center`.
+        channels: channel indices to keep (in this order); ``None`` keeps all.
+
+    Returns:
+        float32 image patch (C', *patch_size) and label patch (*patch_size, label dtype) or ``None``.
+    """
+    spatial = image.shape[1:]
+    if len(spatial) != len(patch_size) or len(center) != len(patch_size):
+        raise ValueError(f"image spatial shape {spatial}, centre {tuple(center)} and patch_size "
+                         f"{tuple(patch_size)} must have the same length")
+    src, dst = _crop_windows(spatial, center, patch_size)
+    view = image[(slice(None),) + src]  # basic slicing: a memmap view, nothing read yet
+    if channels is not None:
+        view = view[list(channels)]
+    out = np.zeros((view.shape[0], *patch_size), dtype=np.float32)
+    out[(slice(None),) + dst] = np.asarray(view, dtype=np.float32)
+    lab = None
+    if label is not None:
+        lab = np.zeros(tuple(patch_size), dtype=label.dtype)
+        lab[dst] = np.asarray(label[src])
+    return out, lab
+
+
+def foreground_coords(label: np.ndarray, max_per_class: int = MAX_FG_COORDS, seed: int = 0) -> dict[int, np.ndarray]:
+    """class -> (N, ndim) int32 voxel coordinates of each non-zero class (at most ``max_per_class``,
+    a seeded random subset)."""
+    arr = np.asarray(label)
+    nz = np.nonzero(arr)
+    values = arr[nz]
+    coords = np.stack(nz, axis=1).astype(np.int32)
+    rng = np.random.default_rng(seed)
+    out: dict[int, np.ndarray] = {}
+    for cls in np.unique(values):
+        xyz = coords[values == cls]
+        if len(xyz) > max_per_class:
+            xyz = xyz[np.sort(rng.choice(len(xyz), max_per_class, replace=False))]
+        out[int(cls)] = xyz
+    return out
+
+
+def is_foreground_sample(k: int, foreground_fraction: float) -> bool:
+    """Whether sample ``k`` of a case's run is foreground-forced (``k % 3 == 0`` for 1/3)."""
+    f = Fraction(foreground_fraction).limit_denominator(1000)
+    return ceil((k + 1) * f) > ceil(k * f)
+
+
+class _CaseSampler(Dataset):
+    """Shared logic: index -> (case, rng, foreground flag), lazy per-case foreground coordinates."""
+
+    def __init__(self, cases: list[CachedCase], modalities: tuple[str, ...], samples_per_volume: int,
+                 foreground_fraction: float, seed: int) -> None:
+        if not cases:
+            raise ValueError("the dataset needs at least one case")
+        if samples_per_volume < 1:
+            raise ValueError(f"samples_per_volume must be >= 1, got {samples_per_volume}")
+        if not 0.0 <= foreground_fraction <= 1.0:
+            raise ValueError(f"foreground_fraction must be in [0, 1], got {foreground_fraction}")
+        unknown = [m for m in modalities if m not in MODALITY_ORDER]
+        if unknown or not modalities:
+            raise ValueError(f"modalities {tuple(modalities)}: unknown {unknown}; known {MODALITY_ORDER}")
+        for case in cases:
+            if case.label is None:
+                raise ValueError(f"case {case.case_id} has no label; training samples need labels")
+        self.cases = list(cases)
+        self.modalities = tuple(modalities)
+        self.channel_idx = [MODALITY_ORDER.index(m) for m in modalities]
+        self.samples_per_volume = int(samples_per_volume)
+        self.foreground_fraction = float(foreground_fraction)
+        self.seed = int(seed)
+        self.epoch = 0
+        self._fg: dict[int, dict[int, np.ndarray]] = {}
+
+    def __len__(self) -> int:
+        return len(self.cases) * self.samples_per_volume
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch used in the sample RNG (plain-int indices)."""
+        self.epoch = int(epoch)
+
+    def fg_coords(self, case_index: int) -> dict[int, np.ndarray]:
+        """Foreground coordinates of one case, computed on first use and cached."""
+        if case_index not in self._fg:
+            self._fg[case_index] = foreground_coords(self.cases[case_index].label, seed=case_index)
+            logger.debug("case %s: foreground voxels per class (kept) %s", self.cases[case_index].case_id,
+                         {c: len(v) for c, v in self._fg[case_index].items()})
+        return self._fg[case_index]
+
+    def _resolve(self, index: int | tuple[int, int]) -> tuple[int, CachedCase, np.random.Generator, dict | None]:
+        epoch, i = (int(index[0]), int(index[1])) if isinstance(index, (tuple, list)) else (self.epoch, int(index))
+        if not 0 <= i < len(self):
+            raise IndexError(f"index {i} out of range for {len(self)} samples")
+        case_index, k = divmod(i, self.samples_per_volume)
+        rng = np.random.default_rng([self.seed, epoch, i])
+        fg = None
+        if is_foreground_sample(k, self.foreground_fraction):
+            fg = self.fg_coords(case_index) or None
+        return case_index, self.cases[case_index], rng, fg
+
+
+class PatchDataset(_CaseSampler):
+    """3D training patches: ``{"image": float32 (C, *patch), "label": int64 (*patch), "case_id": str}``.
+
+    Length ``len(cases) * samples_per_volume``; index i draws from case ``i // samples_per_volume``.
+    See the module docstring for the foreground rule and the RNG.
+    """
+
+    def __init__(self, cases: list[CachedCase], modalities: tuple[str, ...], patch_size: tuple[int, int, int],
+                 samples_per_volume: int = 4, foreground_fraction: float = 1 / 3, augment: bool = True,
+                 seed: int = 0) -> None:
+        super().__init__(cases, modalities, samples_per_volume, foreground_fraction, seed)
+        if len(patch_size) != 3 or min(patch_size) < 1:
+            raise ValueError(f"patch_size must be 3 positive ints, got {tuple(patch_size)}")
+        self.patch_size = tuple(int(p) for p in patch_size)
+        self.augment = build_augmentation(3, self.patch_size) if augment else None
+
+    def __getitem__(self, index: int | tuple[int, int]) -> dict:
+        _, case, rng, fg = self._resolve(index)
+        center = sample_patch_center(case.label.shape, self.patch_size, rng, fg)
+        img, lab = crop_patch(case.image, case.label, center, self.patch_size, self.channel_idx)
+        return _finish(img, lab, case.case_id, self.augment, rng)
+
+
+class SliceDataset(_CaseSampler):
+    """2D / 2.5D training slices along the LAST spatial axis (W; axial for RAS-stored BraTS volumes).
+
+    A 3D centre is sampled with the same rule as :class:`PatchDataset` (patch depth 1 on the last
+    axis); its last coordinate picks slice z. The image holds, for each modality, slices
+    ``z - k .. z + k`` (``k = context_slices``, edge slices replicated) as channels, cropped to
+    ``patch_size`` (D, H) around the centre with zero padding; the label is slice z.
+    Returns ``{"image": float32 (C * (2k + 1), pD, pH), "label": int64 (pD, pH), "case_id": str}``.
+    Memory-map reads along the last axis are strided (it is the fastest-varying axis on disk).
+    """
+
+    def __init__(self, cases: list[CachedCase], modalities: tuple[str, ...], patch_size: tuple[int, int],
+                 samples_per_volume: int = 4, foreground_fraction: float = 1 / 3, augment: bool = True,
+                 seed: int = 0, context_slices: int = 0) -> None:
+        super().__init__(cases, modalities, samples_per_volume, foreground_fraction, seed)
+        if len(patch_size) != 2 or min(patch_size) < 1:
+            raise ValueError(f"patch_size must be 2 positive ints for 2D slices, got {tuple(patch_size)}")
+        if context_slices < 0:
+            raise ValueError(f"context_slices must be >= 0, got {context_slices}")
+        self.patch_size = tuple(int(p) for p in patch_size)
+        self.context_slices = int(context_slices)
+        self.augment = build_augmentation(2, self.patch_size) if augment else None
+
+    def __getitem__(self, index: int | tuple[int, int]) -> dict:
+        _, case, rng, fg = self._resolve(index)
+        depth = case.label.shape[-1]
+        center = sample_patch_center(case.label.shape, (*self.patch_size, 1), rng, fg)
+        z, k = center[-1], self.context_slices
+        z_idx = np.clip(np.arange(z - k, z + k + 1), 0, depth - 1)
+        src, dst = _crop_windows(case.label.shape[:2], center[:2], self.patch_size)
+        view = case.image[(slice(None),) + src + (slice(None),)]  # (4, d', h', W) view, not read yet
+        stack = np.asarray(view[..., z_idx], dtype=np.float32)[self.channel_idx]  # (C, d', h', 2k+1)
+        img = np.zeros((len(self.channel_idx), *self.patch_size, 2 * k + 1), dtype=np.float32)
+        img[(slice(None),) + dst] = stack
+        img = img.transpose(0, 3, 1, 2).reshape(-1, *self.patch_size)  # modality-major, then slices
+        lab = np.zeros(self.patch_size, dtype=case.label.dtype)
+        lab[dst] = np.asarray(case.label[src + (z,)])
+        return _finish(img, lab, case.case_id, self.augment, rng)
+
+
+def _finish(img: np.ndarray, lab: np.ndarray, case_id: str, augment, rng: np.random.Generator) -> dict:
+    image = torch.from_numpy(np.ascontiguousarray(img))
+    label = torch.from_numpy(np.ascontiguousarray(lab).astype(np.int64))
+    if augment is not None:
+        image, label = apply_augmentation(augment, image, label, int(rng.integers(2**32)))
+    return {"image": image, "label": label, "case_id": case_id}
+
+
+def volume_to_slices(image: np.ndarray | torch.Tensor, context_slices: int = 0) -> torch.Tensor:
+    """Whole-volume 2D inference input: (C, D, H, W) -> (W, C * (2k + 1), D, H).
+
+    Slice w holds, for each modality, slices ``w - k .. w + k`` of the last axis (edges replicated),
+    the same channel order as :class:`SliceDataset`.
+    """
+    vol = torch.as_tensor(image)
+    if vol.ndim != 4:
+        raise ValueError(f"volume_to_slices expects (C, D, H, W), got shape {tuple(vol.shape)}")
+    if context_slices < 0:
+        raise ValueError(f"context_slices must be >= 0, got {context_slices}")
+    c, d, h, w = vol.shape
+    k = context_slices
+    idx = (torch.arange(w)[:, None] + torch.arange(-k, k + 1)[None, :]).clamp_(0, w - 1)  # (W, 2k+1)
+    out = vol[..., idx]  # (C, D, H, W, 2k+1)
+    return out.permute(3, 0, 4, 1, 2).reshape(w, c * (2 * k + 1), d, h).contiguous()
+
+
+def slices_to_volume(slices: torch.Tensor) -> torch.Tensor:
+    """Stack per-slice 2D outputs back: (W, K, D, H) -> (K, D, H, W)."""
+    if slices.ndim != 4:
+        raise ValueError(f"slices_to_volume expects (W, K, D, H), got shape {tuple(slices.shape)}")
+    return slices.permute(1, 2, 3, 0).contiguous()
