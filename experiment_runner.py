@@ -31,7 +31,7 @@ from engine.trainer import DivergedError, FitResult, fit
 from losses import create_loss
 from metrics.efficiency import measure_efficiency, stage_wise_pam
 from metrics.regions import BRATS_SPEC
-from models import resolve_model_names
+from models import model_info, resolve_model_names
 from utils.atomic import atomic_write_json
 from utils.checkpoint import load_checkpoint
 from utils.environment import environment_info
@@ -220,6 +220,12 @@ def _efficiency(setup: ModelSetup, config: ExperimentConfig, device: torch.devic
         return {}
 
 
+def _overrides(name: str, config: ExperimentConfig) -> dict[str, Any]:
+    """Build kwargs for ``name``: its tiny test configuration with ``--tiny``, then ``--model_kwargs``."""
+    base = dict(model_info(name).tiny_kwargs) if config.tiny else {}
+    return dict(base, **config.model_kwargs.get(name, {}))
+
+
 def default_output_dir() -> Path:
     return Path("baseline_results") / f"integrated_experiment_results_{datetime.now():%Y%m%d_%H%M%S}"
 
@@ -235,8 +241,9 @@ def run_integrated_experiment(config: ExperimentConfig) -> Path:
     atomic_write_json(output_dir / "environment.json", environment_info())
     data = prepare_data(config, output_dir)
     setups = {m: setup_model(m, available_modalities=MODALITY_ORDER, n_classes=N_CLASSES,
-                             requested_patch=config.patch_size, data_extent=data.extent, dim=config.dim,
-                             overrides=config.model_kwargs.get(m)) for m in models}
+                             requested_patch=config.patch_size or (model_info(m).test_patch_size if config.tiny else None),
+                             data_extent=data.extent, dim=config.dim,
+                             overrides=_overrides(m, config)) for m in models}
     store = ResultStore.resume(output_dir) if config.resume else ResultStore(output_dir)
     jobs = [j for j in make_jobs(models, config.seeds, data.splits) if j.key not in store.finished_jobs()]
     log.info("%d jobs to run (%d models x %d seeds x %d folds), results in %s", len(jobs), len(models),

@@ -64,6 +64,7 @@ class ExperimentConfig:
     latency_runs: int = 10
     skip_efficiency: bool = False
     model_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    tiny: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able view (tuples become lists)."""
@@ -165,6 +166,8 @@ def _add_training_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--pam_runs", type=int, default=5)
     g.add_argument("--latency_runs", type=int, default=10)
     g.add_argument("--skip_efficiency", action="store_true", help="do not measure FLOPs, PAM, latency")
+    g.add_argument("--tiny", action="store_true",
+                   help="build every model in its tiny test configuration (pipeline smoke tests, not results)")
     g.add_argument("--model_kwargs", type=_json_dict, default={},
                    help='JSON overrides per model, e.g. \'{"unet3d_xs": {"base": 8}}\'')
 

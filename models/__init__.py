@@ -14,6 +14,13 @@ from ._registry import (
 )
 from . import unet3d  # noqa: F401  (registers unet3d_*, unet3d_stride_*)
 from . import monai_transformers  # noqa: F401  (registers unetr, swin_unetr)
+from . import dualbranch_basic  # noqa: F401  (dualbranch_01/02/03_unet_*)
+from . import dualbranch_replk  # noqa: F401  (dualbranch_04..07_unet_*)
+from . import dualbranch_mvit  # noqa: F401  (dualbranch_13_unet_*)
+from . import dualbranch_14  # noqa: F401  (dualbranch_14_<backbone>_*)
+from . import dualbranch_mobile  # noqa: F401  (dualbranch_mobilenetv2_dilated[_fixed]_*)
+from . import modality_comparison  # noqa: F401  (unet3d_2/4modal_s, dualbranch_2modal, quadbranch_*; after dualbranch_basic)
+from . import mobile_unetr  # noqa: F401  (mobile_unetr, mobile_unetr_3d)
 
 __all__ = ["MODALITY_ORDER", "ModelInfo", "create_model", "list_models", "model_info", "register_model",
            "resolve_model_names"]

@@ -206,9 +206,9 @@ class MobileUNETR2D(nn.Module):
         return F.interpolate(self.head(y), size=x.shape[2:], mode="bilinear", align_corners=False)
 
 
-TINY_3D: dict[str, Any] = dict(channels=(4, 4, 8, 8, 8, 8, 16), mvit_dims=(8, 8, 8), mvit_depths=(1, 1, 1),
+TINY_3D: dict[str, Any] = dict(channels=(2, 4, 4, 8, 8, 8, 16), mvit_dims=(8, 8, 8), mvit_depths=(1, 1, 1),
                                mvit_mlp_dims=(16, 16, 16), head_dim=2, bottleneck_depth=1, bottleneck_head_dim=4,
-                               bottleneck_mlp_dim=32, decoder_channels=(8, 8, 8, 8, 8, 4), stem_stride=1)
+                               bottleneck_mlp_dim=32, decoder_channels=(8, 8, 8, 8, 4, 2), stem_stride=1)
 TINY_2D: dict[str, Any] = dict(channels=(4, 8, 8, 8, 8, 8), mvit_dims=(8, 8, 8), mvit_depths=(1, 1, 1),
                                bottleneck_dim=16, bottleneck_depth=1, decoder_channels=(8, 8, 8, 8),
                                decoder_mvit_dims=(8, 8, 0, 0))

@@ -53,6 +53,7 @@ def test_flop_counter_matches_conv_formula_and_thop_is_twice_macs() -> None:
     # a conv-only model: thop's MACs are the same multiply-adds, so 2 x MACs equals the torch count
     assert result["flops_thop"] == result["flops_torch"]
     assert result["flops_input"] == f"1x{cin}x{size}x{size}x{size}"
+    assert count_flops(conv, (1, cin, size, size, size), device="meta") == result  # shapes only, same counts
 
 
 def test_flops_are_stated_at_batch_one() -> None:
@@ -175,6 +176,14 @@ def small_bn_net() -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(nn.Conv3d(2, 4, 3, padding=1), nn.BatchNorm3d(4), nn.ReLU(inplace=True), nn.Dropout3d(0.5),
                          nn.ConvTranspose3d(4, 2, 2, stride=2), nn.BatchNorm3d(2))
+
+
+def test_stage_wise_pam_on_monai_swin_unetr() -> None:
+    model = create_model("swin_unetr", feature_size=12, depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1))
+    rows = stage_wise_pam(model, (1, 4, 64, 64, 64), device=CPU)
+    names = [r["stage"] for r in rows]
+    assert names[0] == "swinViT" and names[-1] == "out" and set(names) <= {n for n, _ in model.named_children()}
+    assert rows[0]["pam_train_mb"] > 0
 
 
 def test_measure_efficiency_leaves_model_unchanged() -> None:

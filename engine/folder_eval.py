@@ -1,0 +1,173 @@
+"""Evaluate a folder of predictions against a folder of labels, without any model (nnU-Net habit).
+
+Matching: a file's case name is its name without ``.nii.gz`` / ``.nii`` / ``.npy`` and without a trailing
+``_seg`` or ``-seg``; ``P/BraTS_001.nii.gz`` pairs with ``L/BraTS_001_seg.nii.gz``. Every prediction must
+have a label and every label a prediction (``ValueError`` naming the files otherwise).
+
+Labels of both files are read in ``label_convention`` and mapped to internal labels (``task="brats"``,
+regions WT/TC/ET and classes NCR/ED of ``BRATS_SPEC``), or binarised (``task="binary"``: every non-zero
+voxel is foreground, region ``lesion``). Metrics are ``metrics.segmentation.case_metrics``, the function
+the sweep uses: Dice, HD95 in mm (spacing of the label file's header; ``.npy`` files have 1 mm, or the
+``spacing`` given), precision and recall, with the empty-mask rules of ``metrics.surface.EMPTY_MASK_RULES``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from dataio.conventions import CONVENTIONS, to_internal
+from dataio.nifti_io import load_label
+from metrics.regions import BRATS_SPEC, MetricSpec, binary_spec
+from metrics.segmentation import SegmentationMetricAccumulator
+from metrics.surface import EMPTY_MASK_RULES
+
+logger = logging.getLogger(__name__)
+
+TASKS = ("brats", "binary")
+EXTENSIONS = (".nii.gz", ".nii", ".npy")
+SEG_SUFFIXES = ("_seg", "-seg")
+SPACING_TOLERANCE = 1e-3
+
+
+@dataclass(frozen=True)
+class CasePair:
+    """A prediction file and its label file, matched by case name."""
+
+    case_id: str
+    prediction: Path
+    label: Path
+
+
+def case_name(path: Path) -> str | None:
+    """Case name of a prediction/label file, or None when the extension is not supported."""
+    name = path.name
+    ext = next((e for e in EXTENSIONS if name.endswith(e)), None)
+    if ext is None:
+        return None
+    stem = name[: -len(ext)]
+    for suffix in SEG_SUFFIXES:
+        if stem.endswith(suffix) and len(stem) > len(suffix):
+            return stem[: -len(suffix)]
+    return stem
+
+
+def _index(folder: Path, flag: str) -> dict[str, Path]:
+    if not folder.is_dir():
+        raise ValueError(f"{flag} {folder} is not a folder")
+    found: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        name = case_name(path) if path.is_file() and not path.name.startswith(".") else None
+        if name is None:
+            continue
+        if name in found:
+            raise ValueError(f"{flag} {folder}: two files for case {name!r}: {found[name].name} and {path.name}")
+        found[name] = path
+    if not found:
+        raise ValueError(f"{flag} {folder} holds no {'/'.join(EXTENSIONS)} files")
+    return found
+
+
+def match_pairs(pred_dir: Path, label_dir: Path) -> list[CasePair]:
+    """Pairs sorted by case name. Raises ``ValueError`` naming files without a partner."""
+    preds, labels = _index(Path(pred_dir), "--pred_dir"), _index(Path(label_dir), "--label_dir")
+    no_label = sorted(set(preds) - set(labels))
+    if no_label:
+        raise ValueError(f"missing label for case(s) {no_label[:10]} in --label_dir {label_dir} "
+                         f"(predictions {[preds[c].name for c in no_label[:3]]})")
+    no_pred = sorted(set(labels) - set(preds))
+    if no_pred:
+        raise ValueError(f"missing prediction for case(s) {no_pred[:10]} in --pred_dir {pred_dir} "
+                         f"(labels {[labels[c].name for c in no_pred[:3]]})")
+    return [CasePair(c, preds[c], labels[c]) for c in sorted(preds)]
+
+
+def read_label_file(path: Path, spacing: Sequence[float] | None = None) -> tuple[np.ndarray, tuple[float, ...] | None]:
+    """Array and spacing (mm) of a label file; ``.npy`` files get ``spacing`` (1 mm when None).
+
+    The returned spacing of a NIfTI file is its header's, ``spacing`` overriding it when given.
+    """
+    path = Path(path)
+    if path.name.endswith(".npy"):
+        try:
+            array = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"cannot read {path}: {exc}") from exc
+        return array, tuple(spacing) if spacing is not None else (1.0,) * array.ndim
+    array, _, header_spacing = load_label(path)
+    return array, tuple(spacing) if spacing is not None else header_spacing
+
+
+def _to_task_labels(array: np.ndarray, task: str, convention: str, path: Path) -> np.ndarray:
+    if array.ndim != 3:
+        raise ValueError(f"{path} has shape {array.shape}; expected a 3D label map")
+    if task == "binary":
+        return (np.asarray(array) != 0).astype(np.uint8)
+    return to_internal(array, convention, source=str(path))
+
+
+def task_spec(task: str) -> MetricSpec:
+    """``BRATS_SPEC`` for ``brats``, ``binary_spec("lesion")`` for ``binary``."""
+    if task not in TASKS:
+        raise ValueError(f"--task {task!r} is not one of {TASKS}")
+    return BRATS_SPEC if task == "brats" else binary_spec("lesion")
+
+
+def evaluate_pair(pair: CasePair, accumulator: SegmentationMetricAccumulator, *, task: str, convention: str,
+                  spacing: Sequence[float] | None = None) -> dict[str, Any] | None:
+    """Metrics of one pair, added to ``accumulator``; HD95 uses the label file's spacing."""
+    pred, pred_spacing = read_label_file(pair.prediction, spacing)
+    ref, ref_spacing = read_label_file(pair.label, spacing)
+    if pred.shape != ref.shape:
+        raise ValueError(f"case {pair.case_id}: prediction {pair.prediction} has shape {pred.shape} but label "
+                         f"{pair.label} has {ref.shape}")
+    both_nifti = not pair.prediction.name.endswith(".npy") and not pair.label.name.endswith(".npy")
+    if both_nifti and not np.allclose(pred_spacing, ref_spacing, rtol=0, atol=SPACING_TOLERANCE):
+        raise ValueError(f"case {pair.case_id}: voxel spacing of {pair.prediction} {pred_spacing} differs from "
+                         f"that of {pair.label} {ref_spacing}")
+    return accumulator.update(_to_task_labels(pred, task, convention, pair.prediction),
+                              _to_task_labels(ref, task, convention, pair.label), ref_spacing, pair.case_id)
+
+
+def metric_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per metric: nanmean, number of non-NaN cases and number of NaN cases, over ``rows``."""
+    keys = [k for k in (rows[0] if rows else {}) if k not in ("case_id", "model", "seed", "fold")]
+    mean, n_valid, n_nan = {}, {}, {}
+    for key in keys:
+        values = [float(r[key]) for r in rows if r.get(key) is not None]
+        finite = [v for v in values if not math.isnan(v)]
+        mean[key] = float(np.mean(finite)) if finite else float("nan")
+        n_valid[key] = len(finite)
+        n_nan[key] = len(values) - len(finite)
+    return {"n_cases": len(rows), "mean": mean, "n_valid": n_valid, "nan_count": n_nan}
+
+
+def evaluate_folder(pred_dir: Path, label_dir: Path, *, task: str = "brats", label_convention: str = "brats2021",
+                    spacing: Sequence[float] | None = None,
+                    include_hd95: bool = True) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Per-case metric rows and a summary (means, NaN counts, rules) of a prediction folder.
+
+    Raises:
+        ValueError: unknown task/convention, unmatched files, shape or spacing mismatches, label values
+            outside the convention -- each naming the file.
+    """
+    spec = task_spec(task)
+    if label_convention not in CONVENTIONS:
+        raise ValueError(f"--label_convention {label_convention!r} is not one of {CONVENTIONS}")
+    if spacing is not None and (len(spacing) != 3 or any(s <= 0 for s in spacing)):
+        raise ValueError(f"--spacing needs three values > 0 (mm), got {list(spacing)}")
+    pairs = match_pairs(Path(pred_dir), Path(label_dir))
+    accumulator = SegmentationMetricAccumulator(spec=spec, include_hd95=include_hd95)
+    for pair in pairs:
+        evaluate_pair(pair, accumulator, task=task, convention=label_convention, spacing=spacing)
+    rows = accumulator.per_case()
+    summary = dict(task=task, label_convention=label_convention, pred_dir=str(pred_dir), label_dir=str(label_dir),
+                   regions={k: list(v) for k, v in spec.regions.items()}, **metric_summary(rows),
+                   empty_mask_rules=dict(EMPTY_MASK_RULES))
+    logger.info("evaluated %d cases of %s against %s", len(rows), pred_dir, label_dir)
+    return rows, summary
