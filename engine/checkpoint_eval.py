@@ -36,6 +36,7 @@ from engine.folder_eval import case_name, metric_summary
 from engine.prediction_io import save_case_prediction
 from metrics.regions import BRATS_SPEC, MetricSpec, binary_spec
 from metrics.segmentation import SegmentationMetricAccumulator
+from metrics.surface import EMPTY_MASK_RULES
 from models import create_model, model_info
 from utils.checkpoint import load_checkpoint
 
@@ -77,10 +78,13 @@ class RunSpec:
     fold: int | None
     case_ids: list[str] | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # columns carried over from the sweep's run row
+    name: str | None = None  # overrides the derived label (to keep labels unique)
 
     @property
     def label(self) -> str:
         """Folder/file name of the run, e.g. ``unet3d_xs_seed_1_fold_0``."""
+        if self.name:
+            return self.name
         seed = "" if self.seed is None else f"_seed_{self.seed}"
         fold = "" if self.fold is None else f"_fold_{self.fold}"
         return f"{self.model}{seed}{fold}" if seed or fold else self.checkpoint.stem
@@ -293,9 +297,16 @@ def plan_checkpoint_runs(paths: list[Path], split: str | None, splits_file: Path
         payload = load_checkpoint(path)
         meta = payload.get("meta", {})
         fold = _fold_of(meta.get("fold"))
-        ids = split_ids(splits, split, fold, splits_file) if splits is not None and split else None  # type: ignore[arg-type]
+        ids = None
+        if splits is not None and split is not None and splits_file is not None:
+            ids = split_ids(splits, split, fold, splits_file)
         plan.append(RunSpec(checkpoint=Path(path), model=str(payload["model_name"]), seed=meta.get("seed"),
                             fold=fold, case_ids=ids))
+    seen: dict[str, int] = {}
+    for run in plan:  # two files of the same model/seed/fold get distinct labels (prediction folders)
+        seen[run.label] = seen.get(run.label, 0) + 1
+        if seen[run.label] > 1:
+            run.name = f"{run.label}_{seen[run.label]}"
     return plan
 
 
@@ -377,7 +388,7 @@ def summary_of(results: list[RunResult], context: dict[str, Any]) -> dict[str, A
         means = {k: [r["mean"][k] for r in own if k in r["mean"] and not math.isnan(r["mean"][k])] for k in keys}
         models[model] = {"n_runs": len(own), "mean_over_runs": {k: float(np.mean(v)) if v else float("nan")
                                                                 for k, v in means.items()}}
-    return dict(context, runs=runs, models=models)
+    return dict(context, runs=runs, models=models, empty_mask_rules=dict(EMPTY_MASK_RULES))
 
 
 def write_evaluation(output_dir: Path, results: list[RunResult], context: dict[str, Any]) -> list[Path]:

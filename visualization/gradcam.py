@@ -4,7 +4,8 @@ MONAI's class-activation maps expect ``(B, classes)`` outputs, so :class:`ClassS
 segmentation logits (B, K, D, H, W) to one score per class: the mean logit of class k over the voxels
 predicted as k (over all voxels when none is), the predicted mask being a constant (no gradient). The
 map is computed on one window of ``roi_size`` voxels (the model's sliding-window size) centred on the
-focus region (tumour), upsampled to the window and scaled to [0, 1] by MONAI's default normaliser.
+focus region (tumour), upsampled to the window (trilinear) and scaled to [0, 1] with the maximum at 1
+(:func:`scale_to_unit`; MONAI's default normaliser would flip it).
 
 This module imports torch and MONAI; it is deliberately not imported by ``visualization/__init__``.
 """
@@ -47,6 +48,18 @@ class ClassScores(nn.Module):
         return (flat * weights).sum(2) / weights.sum(2)
 
 
+def scale_to_unit(cam: torch.Tensor) -> torch.Tensor:
+    """Per-sample linear scaling of a (B, 1, *spatial) map to [0, 1], max -> 1 (0 everywhere when constant).
+
+    MONAI's ``default_normalizer`` maps the maximum to 0 (it flips magnitudes), hence this replacement.
+    """
+    flat = cam.flatten(1)
+    lo, hi = flat.min(1).values, flat.max(1).values
+    span = torch.where(hi > lo, hi - lo, torch.ones_like(hi))
+    shape = (-1,) + (1,) * (cam.ndim - 1)
+    return (cam - lo.view(shape)) / span.view(shape)
+
+
 def check_layer(model: nn.Module, layer: str) -> None:
     """``ValueError`` naming close matches when ``layer`` is not a module name of ``model``."""
     names = [n for n, _ in model.named_modules() if n]
@@ -66,15 +79,27 @@ def window_around(shape: Sequence[int], centre: Sequence[int], roi: Sequence[int
     return tuple(out)
 
 
+def make_gradcam(model: nn.Module, layer: str) -> GradCAM:
+    """MONAI ``GradCAM`` on ``model``'s module ``layer`` through :class:`ClassScores`.
+
+    MONAI registers hooks on the model that are never removed: build one per model and layer and
+    reuse it for every case.
+    """
+    check_layer(model, layer)
+    scorer = ClassScores(model).train(model.training)  # MONAI evaluates in eval mode, then restores this mode
+    return GradCAM(nn_module=scorer, target_layers=PREFIX + layer, postprocessing=scale_to_unit)
+
+
 def gradcam_window(model: nn.Module, image: np.ndarray, layer: str, class_idx: int, roi_size: Sequence[int],
-                   focus: np.ndarray | None = None) -> tuple[np.ndarray, tuple[slice, ...]]:
+                   focus: np.ndarray | None = None, cam: GradCAM | None = None) -> tuple[np.ndarray, tuple[slice, ...]]:
     """Grad-CAM map in [0, 1] of ``class_idx`` on a window of ``image`` (C, D, H, W).
 
     Returns the map (window shape) and the window's slices into ``image``'s spatial axes. The window
     is centred on the centre of mass of ``focus`` (a mask, e.g. the tumour) or on the image centre;
-    it is zero-padded to ``roi_size`` when the image is smaller.
+    it is zero-padded to ``roi_size`` when the image is smaller. ``cam`` (from :func:`make_gradcam`
+    for this model and layer) avoids adding hooks on every call.
     """
-    check_layer(model, layer)
+    cam = cam if cam is not None else make_gradcam(model, layer)
     spatial = image.shape[1:]
     centre = (np.argwhere(focus).mean(0).round().astype(int) if focus is not None and focus.any()
               else np.asarray(spatial) // 2)
@@ -83,7 +108,6 @@ def gradcam_window(model: nn.Module, image: np.ndarray, layer: str, class_idx: i
     pad = [(0, 0)] + [(0, max(0, int(r) - s)) for r, s in zip(roi_size, crop.shape[1:])]
     x = torch.from_numpy(np.pad(crop, pad))[None].requires_grad_(True)
     device = next(model.parameters()).device
-    cam = GradCAM(nn_module=ClassScores(model), target_layers=PREFIX + layer)
     with torch.enable_grad():
         heat = cam(x.to(device), class_idx=int(class_idx))
     heat = heat[0, 0].detach().float().cpu().numpy()
@@ -121,9 +145,9 @@ def draw_gradcam(background: np.ndarray, heat: np.ndarray, out_path: Path, *, ti
 
 def save_gradcam_overlay(model: nn.Module, image: np.ndarray, out_path: Path, *, layer: str, class_idx: int,
                          roi_size: Sequence[int], background_channel: int = -1, focus: np.ndarray | None = None,
-                         title: str = "") -> Path:
+                         title: str = "", cam: GradCAM | None = None) -> Path:
     """Grad-CAM of one case image (C, D, H, W) drawn over one of its channels; returns the PNG path."""
-    heat, window = gradcam_window(model, image, layer, class_idx, roi_size, focus)
+    heat, window = gradcam_window(model, image, layer, class_idx, roi_size, focus, cam)
     background = np.asarray(image[background_channel][window], dtype=np.float32)
     contour = focus[window] if focus is not None else None
     return draw_gradcam(background, heat, out_path, contour=contour,

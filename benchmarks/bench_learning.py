@@ -1,0 +1,101 @@
+"""Does the pipeline learn? Test WT Dice of each trained run beside the same model untrained.
+
+    python benchmarks/bench_learning.py --results_dir baseline_results/integrated_experiment_results_...
+    python benchmarks/bench_learning.py            # runs the README's main job first
+
+For every ok run of the sweep, the untrained model is built exactly as the job built it (same seed,
+same kwargs) and evaluated on the same test cases with the same sliding-window settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import integrated_experiment  # noqa: E402
+from engine.config import ExperimentConfig  # noqa: E402
+from engine.model_setup import ModelSetup  # noqa: E402
+from experiment_runner import evaluate_model, prepare_data, resolve_device  # noqa: E402
+from models import model_info  # noqa: E402
+from utils.checkpoint import load_checkpoint  # noqa: E402
+from utils.seeding import seed_everything  # noqa: E402
+
+# The README's main job, flag for flag.
+MAIN_JOB = ["--models", "unet3d_xs", "unet3d_stride_xs", "dualbranch_01_unet_xs", "--seeds", "24", "42",
+            "--epochs", "5", "--synthetic_cases", "16", "--synthetic_size", "48", "48", "48",
+            "--patch_size", "32", "32", "32", "--samples_per_volume", "3"]
+
+
+def load_config(results_dir: Path) -> ExperimentConfig:
+    raw = json.loads((results_dir / "config.json").read_text())
+    names = {f.name for f in dataclasses.fields(ExperimentConfig)}
+    values = {k: tuple(v) if k in ("synthetic_size", "patch_size") and v else v for k, v in raw.items() if k in names}
+    return ExperimentConfig(**values)
+
+
+def untrained_dice(run: pd.Series, config: ExperimentConfig, data, device: torch.device) -> float:
+    payload = load_checkpoint(run["checkpoint"])
+    meta = payload["meta"]
+    setup = ModelSetup(name=payload["model_name"], info=model_info(payload["model_name"]),
+                       modalities=tuple(meta["modalities"]), spatial_dims=meta["spatial_dims"],
+                       patch_size=tuple(meta["patch_size"]), model_kwargs=payload["model_kwargs"])
+    seed_everything(int(run["seed"]))  # the job seeded the same way right before building
+    model = setup.build().to(device)
+    result = evaluate_model(model, setup, data.subset(data.splits["test"]), config, device=device)
+    return float(result.aggregate["dice_wt"])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--results_dir", type=Path, default=None, help="an existing sweep (default: run the main job)")
+    args = parser.parse_args()
+    start = time.perf_counter()
+    results_dir = args.results_dir
+    if results_dir is None:
+        results_dir = Path("baseline_results") / f"bench_learning_{datetime.now():%Y%m%d_%H%M%S}"
+        if integrated_experiment.main(MAIN_JOB + ["--output_dir", str(results_dir)]) != 0:
+            return 1
+    sweep_s = time.perf_counter() - start
+    config = load_config(results_dir)
+    device = resolve_device(config.device)
+    data = prepare_data(config, results_dir)
+    runs = pd.read_csv(results_dir / "integrated_experiment_results.csv")
+    rows = []
+    for _, run in runs[runs["status"] == "ok"].iterrows():
+        rows.append(dict(model=run["model"], seed=int(run["seed"]), trained_wt=float(run["dice_wt"]),
+                         untrained_wt=untrained_dice(run, config, data, device)))
+    table = pd.DataFrame(rows)
+    table["gain"] = table["trained_wt"] - table["untrained_wt"]
+    summary = table.groupby("model")[["trained_wt", "untrained_wt", "gain"]].mean()
+    print(f"# bench_learning {datetime.now():%Y-%m-%d %H:%M}  {platform.platform()}  cpus={torch.get_num_threads()}  "
+          f"torch {torch.__version__}")
+    print(f"sweep: {results_dir}  ({sweep_s:.0f} s for the sweep when run here)")
+    print(table.to_markdown(index=False, floatfmt=".3f") if _has_tabulate() else table.to_string(index=False))
+    print("\nmean over seeds (test WT Dice):")
+    print(summary.to_string(float_format=lambda v: f"{v:.3f}"))
+    ok = bool((summary["gain"] >= 0.3).all())
+    print(f"\nevery model gains >= 0.3 WT Dice over its untrained self: {ok}")
+    return 0 if ok else 1
+
+
+def _has_tabulate() -> bool:
+    try:
+        import tabulate  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+if __name__ == "__main__":
+    sys.exit(main())

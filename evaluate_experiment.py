@@ -1,0 +1,322 @@
+"""volbench evaluation CLI: re-evaluate checkpoints, evaluate prediction folders, draw overlays and Grad-CAM.
+
+Checkpoints of a finished sweep (every ok run; test split, or each run's own fold's val cases)::
+
+    python evaluate_experiment.py --results_dir DIR [--models unet3d_*] [--split test|val] [--tta]
+        [--save_predictions] [--save_probabilities [--probability_format nifti|npz]] [--output_dir OUT]
+
+  The data flags of DIR/config.json are used unless --data_path/--dataset_version are given (then they
+  define the dataset and every case is used unless --split is given; --cache_dir, --max_samples and
+  --synthetic_* override one by one). Default output: DIR/evaluation_<split or data folder>[_tta]/
+  (the sweep's own tables are never touched).
+
+Single checkpoint files (data from the flags: the synthetic default, or --data_path/--dataset_version;
+all cases, or --split of --splits_file)::
+
+    python evaluate_experiment.py --checkpoint A.pth [B.pth ...] [--split test --splits_file splits.json]
+
+  Default output: baseline_results/evaluation_YYYYMMDD_HHMMSS/.
+
+Other data as folders (with --results_dir or --checkpoint): ``--image_dir I [--label_dir L]`` with files
+``I/{case}_{t1,t1ce,t2,flair}.nii.gz`` (or .nii) and labels ``L/{case}.nii.gz`` (or ``{case}_seg``,
+``{case}-seg``; --label_convention, default brats2021). Without --label_dir only predictions are written.
+
+Outputs: per_case_results.csv, integrated_experiment_results.csv (one row per evaluated run),
+model_comparison.csv, evaluation_summary.json, the charts, predictions/<run>/{case}.nii.gz (original
+space and label convention; see engine/prediction_io.py).
+
+Prediction folders, no model::
+
+    python evaluate_experiment.py --pred_dir P --label_dir L --task brats|binary
+        --label_convention brats2021|brats2023|msd|internal --output_csv OUT.csv [--spacing X Y Z]
+
+  writes OUT.csv (per case) and OUT_summary.json (means, NaN counts). See engine/folder_eval.py.
+
+Pictures: ``--visualize_cases N`` (first N evaluated cases) or case ids -> overlays/overlay_{case}.png
+(rows = runs); ``--gradcam_layer NAME [--gradcam_model M] [--gradcam_class K]`` ->
+gradcam/{run}_{case}_{layer}_class{K}.png. Bad input exits with code 2 and a message naming the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+from dataio.conventions import CONVENTIONS
+from engine.config import add_data_arguments
+
+if TYPE_CHECKING:  # heavy imports (torch, models) happen only after the flags are checked
+    from engine.checkpoint_eval import DataOptions
+
+log = logging.getLogger("volbench.evaluate")
+DATA_FLAGS = ("data_path", "dataset_version", "synthetic_cases", "synthetic_size", "synthetic_seed", "cache_dir",
+              "max_samples")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Argument parser of ``evaluate_experiment.py``."""
+    p = argparse.ArgumentParser(prog="evaluate_experiment.py", description=__doc__.split("\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--results_dir", type=Path, help="finished sweep: evaluate the best checkpoint of every ok run")
+    src.add_argument("--checkpoint", type=Path, nargs="+", help="checkpoint file(s) to evaluate")
+    src.add_argument("--pred_dir", type=Path, help="prediction folder to compare with --label_dir (no model)")
+    p.add_argument("--models", nargs="+", default=None, help="with --results_dir: only these models (wildcards)")
+    p.add_argument("--split", choices=("test", "val"), default=None,
+                   help="cases to use (default: test with --results_dir, all cases with --checkpoint)")
+    p.add_argument("--splits_file", type=Path, default=None, help="splits.json for --split with --checkpoint")
+    p.add_argument("--image_dir", type=Path, default=None, help="evaluate on {case}_{t1,t1ce,t2,flair}.nii.gz files")
+    p.add_argument("--label_dir", type=Path, default=None, help="labels {case}[_seg].nii.gz (or .npy for --pred_dir)")
+    p.add_argument("--label_convention", choices=CONVENTIONS, default="brats2021",
+                   help="label values of --label_dir/--pred_dir files (brats2021: ET = 4)")
+    p.add_argument("--task", choices=("brats", "binary"), default="brats", help="--pred_dir: regions to evaluate")
+    p.add_argument("--output_csv", type=Path, default=None, help="--pred_dir: per-case CSV (summary JSON beside)")
+    p.add_argument("--spacing", type=float, nargs=3, default=None, metavar=("X", "Y", "Z"),
+                   help="--pred_dir: voxel spacing in mm (overrides headers; .npy files default to 1 mm)")
+    add_data_arguments(p)
+    p.set_defaults(**{flag: None for flag in DATA_FLAGS})  # None = not given: config.json values apply
+    _add_output_arguments(p)
+    return p
+
+
+def _add_output_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("inference and outputs")
+    g.add_argument("--tta", action="store_true", help="flip test-time augmentation (mean logits over 4 passes)")
+    g.add_argument("--save_predictions", action="store_true", help="write every case's labels as NIfTI")
+    g.add_argument("--save_probabilities", action="store_true", help="also write softmax probabilities")
+    g.add_argument("--probability_format", choices=("nifti", "npz"), default="nifti")
+    g.add_argument("--output_dir", type=Path, default=None, help="where to write (defaults: see above)")
+    g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    g.add_argument("--no_amp", action="store_true", help="disable mixed precision (used on CUDA only)")
+    g.add_argument("--visualize_cases", nargs="+", default=None, help="N (first N cases) or case ids to draw")
+    g.add_argument("--gradcam_layer", default=None, help="module name for Grad-CAM, e.g. dec1 (needs cases)")
+    g.add_argument("--gradcam_model", default=None, help="model or run name for Grad-CAM (default: first run)")
+    g.add_argument("--gradcam_class", type=int, default=None, help="internal class for Grad-CAM (default: last)")
+
+
+def check_flags(args: argparse.Namespace) -> None:
+    """Flag combinations that make no sense raise ``ValueError`` naming the flag."""
+    if args.pred_dir is not None:
+        if args.label_dir is None or args.output_csv is None:
+            raise ValueError("--pred_dir needs --label_dir and --output_csv")
+        used = [f"--{k}" for k in ("image_dir", "visualize_cases", "gradcam_layer", "models", "split")
+                if getattr(args, k)]
+        if used:
+            raise ValueError(f"{used} do not apply to --pred_dir (prediction folders are evaluated without a model)")
+        return
+    if args.label_dir is not None and args.image_dir is None:
+        raise ValueError("--label_dir needs --image_dir (or --pred_dir)")
+    if args.image_dir is not None and args.split is not None:
+        raise ValueError("--split does not apply with --image_dir (every case of the folder is used)")
+    if args.models and args.results_dir is None:
+        raise ValueError("--models selects runs of --results_dir; it does not apply to --checkpoint")
+    if args.gradcam_layer and not args.visualize_cases:
+        raise ValueError("--gradcam_layer needs --visualize_cases (which cases to draw)")
+
+
+def data_options(args: argparse.Namespace, config: dict[str, Any] | None) -> "DataOptions":
+    """The sweep's data flags (config.json), overridden by the data flags given on the command line."""
+    from engine.checkpoint_eval import DataOptions, data_options_from_config
+
+    opts = data_options_from_config(config) if config else DataOptions()
+    if args.data_path is not None or args.dataset_version is not None:
+        opts.data_path = args.data_path
+        opts.dataset_version = args.dataset_version or ("synthetic" if args.data_path is None else "brats2018")
+    for key in ("synthetic_cases", "synthetic_seed", "cache_dir", "max_samples"):
+        if getattr(args, key) is not None:
+            setattr(opts, key, getattr(args, key))
+    if args.synthetic_size is not None:
+        opts.synthetic_size = tuple(args.synthetic_size)
+    return opts
+
+
+def run_folder_mode(args: argparse.Namespace) -> Path:
+    """Evaluate --pred_dir against --label_dir; write the CSV and its summary JSON."""
+    import pandas as pd
+
+    from engine.folder_eval import evaluate_folder
+    from utils.atomic import atomic_write_csv, atomic_write_json
+
+    rows, summary = evaluate_folder(args.pred_dir, args.label_dir, task=args.task,
+                                    label_convention=args.label_convention, spacing=args.spacing)
+    out = Path(args.output_csv)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_csv(out, pd.DataFrame(rows))
+    atomic_write_json(summary_path(out), summary)
+    return out
+
+
+def summary_path(output_csv: Path) -> Path:
+    """``OUT.csv`` -> ``OUT_summary.json`` in the same folder."""
+    return output_csv.with_name(f"{output_csv.stem}_summary.json")
+
+
+def default_output_dir(args: argparse.Namespace) -> Path:
+    """DIR/evaluation_<split or image folder>[_tta] for a sweep; baseline_results/evaluation_<time> else."""
+    if args.output_dir is not None:
+        return Path(args.output_dir)
+    if args.results_dir is None:
+        return Path("baseline_results") / f"evaluation_{datetime.now():%Y%m%d_%H%M%S}"
+    if args.image_dir is not None or args.data_path is not None:
+        name = Path(args.image_dir if args.image_dir is not None else args.data_path).name
+    else:
+        name = args.split or "test"
+    return Path(args.results_dir) / f"evaluation_{name}{'_tta' if args.tta else ''}"
+
+
+def plan_runs(args: argparse.Namespace) -> tuple[list[Any], dict[str, Any] | None]:
+    """The runs to evaluate and the sweep's config.json (None for --checkpoint)."""
+    from engine.checkpoint_eval import (CONFIG_JSON, check_runs, plan_checkpoint_runs, plan_results_runs,
+                                        read_json)
+
+    if args.results_dir is not None:
+        split = args.split or "test"
+        plan = plan_results_runs(args.results_dir, args.models, split)
+        config = read_json(Path(args.results_dir) / CONFIG_JSON, "sweep config")
+    else:
+        plan, config = plan_checkpoint_runs(list(args.checkpoint), args.split, args.splits_file), None
+    check_runs(plan)
+    if other_data(args) and args.split is None:
+        for run in plan:
+            run.case_ids = None  # every case of the other data (the sweep's split names its own cases)
+    return plan, config
+
+
+def other_data(args: argparse.Namespace) -> bool:
+    """True when the data is not the sweep's own: --image_dir, or a dataset named by the data flags."""
+    return args.image_dir is not None or args.data_path is not None or args.dataset_version is not None
+
+
+def load_data(args: argparse.Namespace, config: dict[str, Any] | None) -> tuple[list[Any], dict[str, Any], Any]:
+    """Cached (or folder) cases, their original files by case id (for overlays), and the data context."""
+    from engine.checkpoint_eval import dataset_case_files, image_folder_cases, load_cases, load_image_folder
+
+    if args.image_dir is not None:
+        files = image_folder_cases(args.image_dir, args.label_dir, args.label_convention)
+        context = dict(image_dir=str(args.image_dir), label_dir=str(args.label_dir) if args.label_dir else None,
+                       label_convention=args.label_convention)
+        return load_image_folder(files), {f.case_id: f for f in files}, context
+    opts = data_options(args, config)
+    cases = load_cases(opts, require_labels=False)  # unlabelled cases are predicted, not scored
+    files = dataset_case_files(opts) if args.visualize_cases else {}
+    return cases, files, dict(vars(opts), synthetic_size=list(opts.synthetic_size))
+
+
+def chosen_cases(values: list[str] | None, evaluated: list[str]) -> list[str]:
+    """--visualize_cases: N = the first N evaluated cases, else the given ids (must be evaluated)."""
+    if not values:
+        return []
+    if len(values) == 1 and values[0].isdigit():
+        return evaluated[: int(values[0])]
+    unknown = [v for v in values if v not in evaluated]
+    if unknown:
+        raise ValueError(f"--visualize_cases {unknown} are not among the evaluated cases {evaluated[:10]}")
+    return list(values)
+
+
+def run_model_mode(args: argparse.Namespace) -> Path:
+    """Evaluate checkpoints on cases; write tables, summary, predictions, charts and pictures."""
+    from engine.checkpoint_eval import evaluate_run, resolve_device, select_cases, write_evaluation
+
+    plan, config = plan_runs(args)
+    cases, files, data_context = load_data(args, config)
+    output_dir = default_output_dir(args)
+    device = resolve_device(args.device)
+    amp = not args.no_amp and bool((config or {}).get("amp", True))
+    run_cases = {run.label: select_cases(cases, run.case_ids, str(run.checkpoint)) for run in plan}
+    evaluated = list(dict.fromkeys(c.case_id for cs in run_cases.values() for c in cs))
+    shown = chosen_cases(args.visualize_cases, evaluated)
+    if not any(c.label is not None for cs in run_cases.values() for c in cs) and not args.save_predictions:
+        log.info("no labelled case: writing predictions only")
+        args.save_predictions = True
+    save_ids = None if args.save_predictions or args.save_probabilities else set(shown)
+    results = []
+    for run in plan:
+        pred_dir = output_dir / "predictions" / run.label if save_ids is None or save_ids else None
+        results.append(evaluate_run(run, run_cases[run.label], device=device, tta=args.tta, amp=amp,
+                                    prediction_dir=pred_dir, save_ids=save_ids,
+                                    save_probabilities=args.save_probabilities,
+                                    probability_format=args.probability_format))
+    split = args.split or ("test" if args.results_dir is not None and not other_data(args) else None)
+    context = dict(mode="results_dir" if args.results_dir else "checkpoint", split=split, tta=args.tta,
+                   results_dir=str(args.results_dir) if args.results_dir else None, data=data_context)
+    write_evaluation(output_dir, results, context)
+    _draw(output_dir, args, plan, results, run_cases, files, shown, device)
+    return output_dir
+
+
+def _draw(output_dir: Path, args: argparse.Namespace, plan: list[Any], results: list[Any],
+          run_cases: dict[str, list[Any]], files: dict[str, Any], shown: list[str], device: Any) -> None:
+    """Charts from the written tables, overlays of the shown cases, Grad-CAM of one run."""
+    from visualization import draw_all
+    from visualization.overlays import draw_case_overlay
+
+    draw_all(output_dir)
+    for case_id in shown:
+        case_files = files.get(case_id)
+        if case_files is None or not case_files.images:
+            log.warning("no per-modality image files for case %s (4D source?); overlay skipped", case_id)
+            continue
+        preds = {run.label: res.prediction_dir / f"{case_id}.nii.gz" for run, res in zip(plan, results)
+                 if any(c.case_id == case_id for c in run_cases[run.label])}
+        draw_case_overlay(case_id, case_files.images, preds, output_dir / "overlays" / f"overlay_{case_id}.png",
+                          label=case_files.label, convention=case_files.convention)
+    if args.gradcam_layer:
+        _gradcam(output_dir, args, plan, run_cases, shown, device)
+
+
+def _gradcam(output_dir: Path, args: argparse.Namespace, plan: list[Any], run_cases: dict[str, list[Any]],
+             shown: list[str], device: Any) -> None:
+    import numpy as np
+
+    from engine.checkpoint_eval import load_model
+    from visualization.gradcam import make_gradcam, save_gradcam_overlay
+
+    wanted = args.gradcam_model
+    run = next((r for r in plan if wanted in (None, r.model, r.label)), None)
+    if run is None:
+        raise ValueError(f"--gradcam_model {wanted!r} is none of the evaluated runs {[r.label for r in plan]}")
+    model, payload = load_model(run.checkpoint, device)
+    meta = payload["meta"]
+    if int(meta.get("spatial_dims", 3)) != 3:
+        raise ValueError(f"--gradcam_layer: Grad-CAM 3D needs a 3D model; {run.checkpoint} is 2D")
+    modalities = list(meta["modalities"])
+    class_idx = args.gradcam_class if args.gradcam_class is not None else int(meta.get("n_classes", 4)) - 1
+    if not 0 <= class_idx < int(meta.get("n_classes", 4)):
+        raise ValueError(f"--gradcam_class {class_idx} is not a class of {run.checkpoint} "
+                         f"(0..{int(meta.get('n_classes', 4)) - 1})")
+    cam = make_gradcam(model, args.gradcam_layer)
+    for case in (c for c in run_cases[run.label] if c.case_id in shown):
+        focus = np.asarray(case.label) == class_idx if case.label is not None else None
+        out = output_dir / "gradcam" / f"{run.label}_{case.case_id}_{args.gradcam_layer}_class{class_idx}.png"
+        save_gradcam_overlay(model, np.asarray(case.channels(modalities)), out, layer=args.gradcam_layer,
+                             class_idx=class_idx, roi_size=meta["patch_size"], focus=focus,
+                             background_channel=modalities.index("flair") if "flair" in modalities else -1,
+                             title=f"{run.label} {case.case_id}: Grad-CAM of class {class_idx} at {args.gradcam_layer}",
+                             cam=cam)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse flags, run the chosen mode, return the exit code (2 on bad input, with the message)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    args = build_parser().parse_args(argv)
+    try:
+        check_flags(args)
+        if args.pred_dir is not None:
+            out = run_folder_mode(args)
+        else:
+            out = run_model_mode(args)
+    except (ValueError, FileNotFoundError) as exc:
+        log.error("%s", exc)
+        return 2
+    print(f"results: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
