@@ -350,7 +350,7 @@ def evaluate_run(run: RunSpec, cases: list[CachedCase], *, device: torch.device,
                                  probability_format=probability_format)
         if case.label is not None:
             accumulator.update(logits.argmax(0).numpy(), np.asarray(case.label, dtype=np.int64), case.spacing,
-                               case.case_id)
+                               case.case_id, image_shape=case.original_shape)
     keys = dict(model=run.model, seed=run.seed, fold=run.fold)
     aggregate = {k: v for k, v in accumulator.aggregate().items() if not k.startswith("n_")}
     row = dict(keys, status="ok", error="", best_epoch=meta.get("epoch"), n_cases=len(cases),

@@ -80,7 +80,8 @@ def evaluate_cases(model: nn.Module, cases: list[CachedCase], settings: Inferenc
         if loss_fn is not None:
             with torch.no_grad():
                 losses.append(float(loss_fn(logits[None], label[None])))
-        accumulator.update(logits.argmax(0).numpy(), label.numpy(), case.spacing, case.case_id)
+        accumulator.update(logits.argmax(0).numpy(), label.numpy(), case.spacing, case.case_id,
+                           image_shape=case.original_shape)
         if record_attention:
             for stage, weights in predictor.mean_weights().items():  # type: ignore[union-attr]
                 for modality, weight in zip(settings.modalities, weights):

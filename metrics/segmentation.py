@@ -42,7 +42,8 @@ def _nanmean(values: Sequence[float]) -> float:
 
 
 def case_metrics(pred_labels: Any, ref_labels: Any, spacing: float | Sequence[float],
-                 spec: MetricSpec = BRATS_SPEC, *, include_hd95: bool = True) -> dict[str, float]:
+                 spec: MetricSpec = BRATS_SPEC, *, include_hd95: bool = True,
+                 image_shape: Sequence[int] | None = None) -> dict[str, float]:
     """Metrics of one case (see the module docstring for the keys and rules).
 
     Args:
@@ -51,6 +52,7 @@ def case_metrics(pred_labels: Any, ref_labels: Any, spacing: float | Sequence[fl
         spacing: mm per voxel along each array axis (HD95 only).
         spec: regions and classes to evaluate.
         include_hd95: compute ``hd95_<region>`` (the slow part).
+        image_shape: original image shape when the maps are a crop (HD95 worst case = its diagonal).
 
     Raises:
         ValueError: if the shapes differ or a map is not integer-valued.
@@ -66,7 +68,7 @@ def case_metrics(pred_labels: Any, ref_labels: Any, spacing: float | Sequence[fl
         out[f"dice_{name}"] = dice(p, r)
         region_dice.append(out[f"dice_{name}"])
         if include_hd95:
-            out[f"hd95_{name}"] = hd95(p, r, spacing)
+            out[f"hd95_{name}"] = hd95(p, r, spacing, image_shape=image_shape)
         out[f"precision_{name}"], out[f"recall_{name}"] = precision_recall(p, r)
     for name, label in spec.classes.items():
         p, r = pred == label, ref == label
@@ -95,7 +97,7 @@ class SegmentationMetricAccumulator:
         self._confusion = np.zeros((self.spec.n_classes, self.spec.n_classes), dtype=np.int64)
 
     def update(self, pred_labels: Any, ref_labels: Any, spacing: float | Sequence[float],
-               case_id: str) -> dict[str, Any] | None:
+               case_id: str, *, image_shape: Sequence[int] | None = None) -> dict[str, Any] | None:
         """Evaluate one case; returns its row (``case_id`` first), or ``None`` for a repeated id."""
         case_id = str(case_id)
         if case_id in self._cases:
@@ -104,7 +106,8 @@ class SegmentationMetricAccumulator:
         pred = _to_numpy_labels(pred_labels, "pred_labels")
         ref = _to_numpy_labels(ref_labels, "ref_labels")
         row: dict[str, Any] = {"case_id": case_id}
-        row.update(case_metrics(pred, ref, spacing, self.spec, include_hd95=self.include_hd95))
+        row.update(case_metrics(pred, ref, spacing, self.spec, include_hd95=self.include_hd95,
+                                image_shape=image_shape))
         self._confusion += confusion_matrix(pred, ref, self.spec.n_classes)
         self._cases[case_id] = row
         return row

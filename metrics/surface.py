@@ -48,13 +48,16 @@ def worst_case_distance(shape: Sequence[int], spacing: float | Sequence[float]) 
     return float(math.sqrt(float(np.sum((np.asarray(shape, dtype=np.float64) * sp) ** 2))))
 
 
-def hd95(pred: Any, ref: Any, spacing: float | Sequence[float] = 1.0) -> float:
+def hd95(pred: Any, ref: Any, spacing: float | Sequence[float] = 1.0, *,
+         image_shape: Sequence[int] | None = None) -> float:
     """95th-percentile symmetric Hausdorff distance between two boolean masks, in mm.
 
     Args:
         pred: predicted mask (2D or 3D, anything ``np.asarray`` takes; non-zero = inside).
         ref: reference mask of the same shape.
         spacing: mm per voxel along each array axis (one number = isotropic).
+        image_shape: shape of the whole original image when the masks are a crop of it (the
+            worst-case distance is then that image's diagonal, as for uncropped files).
 
     Returns:
         HD95 in mm; NaN when both masks are empty; ``worst_case_distance(shape, spacing)`` when
@@ -72,7 +75,7 @@ def hd95(pred: Any, ref: Any, spacing: float | Sequence[float] = 1.0) -> float:
     if not p_any and not r_any:
         return float("nan")
     if p_any != r_any:
-        return worst_case_distance(p.shape, sp)
+        return worst_case_distance(tuple(image_shape) if image_shape is not None else p.shape, sp)
     import torch  # lazy: keeps ``import metrics`` numpy-only
     from monai.metrics import compute_hausdorff_distance
 

@@ -77,3 +77,16 @@ def test_agrees_with_monai_and_scipy_on_random_masks():
                        spacing=list(spacing))
         assert ours == pytest.approx(float(monai.item()), rel=1e-5)
         assert ours == pytest.approx(_scipy_hd95(p, r, spacing), rel=1e-5)
+
+
+def test_worst_case_uses_the_original_image_when_the_masks_are_a_crop() -> None:
+    from metrics.segmentation import case_metrics
+
+    pred = np.zeros((4, 4, 4), dtype=np.int64)
+    ref = np.zeros_like(pred)
+    ref[1, 1, 1] = 1  # reference tumour, prediction empty -> worst case
+    spacing = (1.0, 2.0, 3.0)
+    cropped = case_metrics(pred, ref, spacing, include_hd95=True)
+    full = case_metrics(pred, ref, spacing, include_hd95=True, image_shape=(240, 240, 155))
+    assert cropped["hd95_wt"] == pytest.approx(float(np.sqrt(4**2 + 8**2 + 12**2)))
+    assert full["hd95_wt"] == pytest.approx(float(np.sqrt(240**2 + 480**2 + 465**2)))
