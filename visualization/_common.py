@@ -188,8 +188,8 @@ def rotate_labels(ax: object, n_labels: int) -> None:
     """Rotate x tick labels so 1..30 model names stay readable."""
     if n_labels > 15:
         ax.tick_params(axis="x", labelrotation=90)
-    elif n_labels > 4:
-        ax.tick_params(axis="x", labelrotation=45)
+    elif n_labels > 1:  # long registry names overlap even in pairs on half-width panels
+        ax.tick_params(axis="x", labelrotation=30)
         for label in ax.get_xticklabels():
             label.set_horizontalalignment("right")
 
