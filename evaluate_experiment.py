@@ -50,7 +50,7 @@ from dataio.conventions import CONVENTIONS
 from engine.config import add_data_arguments
 
 if TYPE_CHECKING:  # heavy imports (torch, models) happen only after the flags are checked
-    from engine.checkpoint_eval import DataOptions
+    from engine.data_options import DataOptions
 
 log = logging.getLogger("volbench.evaluate")
 DATA_FLAGS = ("data_path", "dataset_version", "synthetic_cases", "synthetic_size", "synthetic_seed", "cache_dir",
@@ -120,7 +120,7 @@ def check_flags(args: argparse.Namespace) -> None:
 
 def data_options(args: argparse.Namespace, config: dict[str, Any] | None) -> "DataOptions":
     """The sweep's data flags (config.json), overridden by the data flags given on the command line."""
-    from engine.checkpoint_eval import DataOptions, data_options_from_config
+    from engine.data_options import DataOptions, data_options_from_config
 
     opts = data_options_from_config(config) if config else DataOptions()
     if args.data_path is not None or args.dataset_version is not None:
@@ -193,7 +193,7 @@ def other_data(args: argparse.Namespace) -> bool:
 
 def load_data(args: argparse.Namespace, config: dict[str, Any] | None) -> tuple[list[Any], dict[str, Any], Any]:
     """Cached (or folder) cases, their original files by case id (for overlays), and the data context."""
-    from engine.checkpoint_eval import dataset_case_files, image_folder_cases, load_cases, load_image_folder
+    from engine.checkpoint_eval import dataset_case_files, image_folder_cases, load_image_folder
 
     if args.image_dir is not None:
         files = image_folder_cases(args.image_dir, args.label_dir, args.label_convention)
@@ -201,7 +201,7 @@ def load_data(args: argparse.Namespace, config: dict[str, Any] | None) -> tuple[
                        label_convention=args.label_convention)
         return load_image_folder(files), {f.case_id: f for f in files}, context
     opts = data_options(args, config)
-    cases = load_cases(opts, require_labels=False)  # unlabelled cases are predicted, not scored
+    cases = opts.load_cases(require_labels=False, progress=False)  # unlabelled cases are predicted, not scored
     files = dataset_case_files(opts) if args.visualize_cases else {}
     return cases, files, dict(vars(opts), synthetic_size=list(opts.synthetic_size))
 
@@ -220,7 +220,8 @@ def chosen_cases(values: list[str] | None, evaluated: list[str]) -> list[str]:
 
 def run_model_mode(args: argparse.Namespace) -> Path:
     """Evaluate checkpoints on cases; write tables, summary, predictions, charts and pictures."""
-    from engine.checkpoint_eval import evaluate_run, resolve_device, select_cases, write_evaluation
+    from engine.checkpoint_eval import evaluate_run, select_cases, write_evaluation
+    from utils.device import resolve_device
 
     plan, config = plan_runs(args)
     cases, files, data_context = load_data(args, config)

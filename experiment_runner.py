@@ -18,7 +18,6 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from dataio.cache import DEFAULT_CACHE_ROOT, load_dataset
 from dataio.loaders import LoaderSettings, make_train_loader
 from dataio.sampling import PatchDataset, SliceDataset
 from dataio.splits import iter_folds, load_splits, make_splits, save_splits
@@ -34,6 +33,7 @@ from metrics.regions import BRATS_SPEC
 from models import model_info, resolve_model_names
 from utils.atomic import atomic_write_json
 from utils.checkpoint import load_checkpoint
+from utils.device import resolve_device
 from utils.environment import environment_info
 from utils.seeding import seed_everything
 
@@ -72,23 +72,9 @@ class SweepData:
         return [self.cases[i] for i in ids]
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when present, else CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name} requested but CUDA is not available")
-    return device
-
-
 def prepare_data(config: ExperimentConfig, output_dir: Path) -> SweepData:
     """Load (and cache) the dataset, then make or reuse the split and write ``splits.json``."""
-    cases = load_dataset(
-        Path(config.data_path) if config.data_path else None, config.dataset_version,
-        cache_root=Path(config.cache_dir) if config.cache_dir else DEFAULT_CACHE_ROOT,
-        synthetic_cases=config.synthetic_cases, synthetic_size=tuple(config.synthetic_size),
-        synthetic_seed=config.synthetic_seed, max_samples=config.max_samples)
+    cases = config.load_cases()
     by_id = {c.case_id: c for c in cases}
     existing = output_dir / "splits.json"
     splits_path = Path(config.splits_file) if config.splits_file else (existing if existing.is_file() else None)

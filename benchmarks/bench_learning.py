@@ -26,7 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import integrated_experiment  # noqa: E402
 from engine.config import ExperimentConfig  # noqa: E402
 from engine.model_setup import ModelSetup  # noqa: E402
-from experiment_runner import evaluate_model, prepare_data, resolve_device  # noqa: E402
+from experiment_runner import evaluate_model, prepare_data  # noqa: E402
+from utils.device import resolve_device  # noqa: E402
 from models import model_info  # noqa: E402
 from utils.checkpoint import load_checkpoint  # noqa: E402
 from utils.seeding import seed_everything  # noqa: E402

@@ -176,6 +176,11 @@ def _synthetic_id(n_cases: int, size: tuple[int, int, int], seed: int) -> str:
     return f"n{n_cases}_s{size[0]}x{size[1]}x{size[2]}_seed{seed}"
 
 
+def synthetic_root(cache_root: Path, n_cases: int, size: tuple[int, int, int], seed: int) -> Path:
+    """Folder under the cache where the phantoms of these parameters live (without ``--data_path``)."""
+    return Path(cache_root).expanduser() / "synthetic" / _synthetic_id(n_cases, tuple(size), seed)
+
+
 def load_dataset(data_path: Path | None, dataset_version: str, *, cache_root: Path = DEFAULT_CACHE_ROOT,
                  synthetic_cases: int = 12, synthetic_size: tuple[int, int, int] = (64, 64, 64),
                  synthetic_seed: int = 0, max_samples: int | None = None, require_labels: bool = True,
@@ -198,7 +203,8 @@ def load_dataset(data_path: Path | None, dataset_version: str, *, cache_root: Pa
     if dataset_version == "synthetic":
         size = validate_synthetic_args(synthetic_cases, synthetic_size, synthetic_seed)
         name = _synthetic_id(synthetic_cases, size, synthetic_seed)
-        root = Path(data_path).expanduser() if data_path is not None else cache_root / "synthetic" / name
+        root = Path(data_path).expanduser() if data_path is not None else synthetic_root(cache_root, synthetic_cases,
+                                                                                          size, synthetic_seed)
         data_path = ensure_synthetic_brats(root, synthetic_cases, size, synthetic_seed)
         # the folder is part of the identity too, so two phantom folders do not evict each other's entries
         dataset_id = f"synthetic:{name}:format{FORMAT_VERSION}:{root.resolve()}"

@@ -27,11 +27,12 @@ import torch
 import torch.nn as nn
 
 from dataio.adapters import discover_cases
-from dataio.cache import DEFAULT_CACHE_ROOT, load_dataset
 from dataio.preprocess import preprocess_case
 from dataio.splits import load_splits
 from dataio.types import MODALITY_ORDER, CachedCase, CaseFiles
+from engine.data_options import DataOptions
 from engine.evaluation import InferenceSettings, case_logits
+from engine.results import EFFICIENCY_COLUMNS
 from engine.folder_eval import case_name, metric_summary
 from engine.prediction_io import save_case_prediction
 from metrics.regions import BRATS_SPEC, MetricSpec, binary_spec
@@ -47,27 +48,6 @@ SPLITS_JSON = "splits.json"
 CONFIG_JSON = "config.json"
 IMAGE_EXTENSIONS = (".nii.gz", ".nii")
 # per-model measurements of the sweep, copied into the evaluation's run table for the charts
-EFFICIENCY_COLUMNS = ("params", "flops_torch", "flops_thop", "flops_input", "pam_train_mb", "pam_train_mb_std",
-                      "pam_infer_mb", "pam_infer_mb_std", "latency_ms", "latency_ms_std", "latency_ms_median")
-
-
-@dataclass
-class DataOptions:
-    """The data flags of a sweep (``engine.config.add_data_arguments``), as resolved values."""
-
-    data_path: str | None = None
-    dataset_version: str = "synthetic"
-    synthetic_cases: int = 12
-    synthetic_size: tuple[int, int, int] = (64, 64, 64)
-    synthetic_seed: int = 0
-    cache_dir: str | None = None
-    max_samples: int | None = None
-
-    @property
-    def cache_root(self) -> Path:
-        return Path(self.cache_dir).expanduser() if self.cache_dir else DEFAULT_CACHE_ROOT
-
-
 @dataclass
 class RunSpec:
     """One checkpoint to evaluate: identity of its run and the case ids to use (``None`` = all)."""
@@ -88,16 +68,6 @@ class RunSpec:
         seed = "" if self.seed is None else f"_seed_{self.seed}"
         fold = "" if self.fold is None else f"_fold_{self.fold}"
         return f"{self.model}{seed}{fold}" if seed or fold else self.checkpoint.stem
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` = CUDA when available, else CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name} requested but CUDA is not available")
-    return device
 
 
 def load_model(path: Path, device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
@@ -153,33 +123,9 @@ def read_json(path: Path, what: str) -> Any:
         raise ValueError(f"{what} {path} is not valid JSON: {exc}") from None
 
 
-def data_options_from_config(config: dict[str, Any]) -> DataOptions:
-    """The data flags recorded in a sweep's ``config.json``."""
-    opts = DataOptions()
-    for key in ("data_path", "dataset_version", "synthetic_cases", "synthetic_seed", "cache_dir", "max_samples"):
-        if key in config:
-            setattr(opts, key, config[key])
-    if "synthetic_size" in config:
-        opts.synthetic_size = tuple(config["synthetic_size"])  # type: ignore[assignment]
-    return opts
-
-
-def load_cases(options: DataOptions, *, require_labels: bool = True) -> list[CachedCase]:
-    """Cached cases of the dataset described by ``options`` (the same cache entries as the sweep)."""
-    return load_dataset(Path(options.data_path) if options.data_path else None, options.dataset_version,
-                        cache_root=options.cache_root, synthetic_cases=options.synthetic_cases,
-                        synthetic_size=tuple(options.synthetic_size), synthetic_seed=options.synthetic_seed,
-                        max_samples=options.max_samples, require_labels=require_labels, progress=False)
-
-
 def dataset_case_files(options: DataOptions) -> dict[str, CaseFiles]:
     """Original files (images, label) of every case of the dataset, keyed by case id (for overlays)."""
-    root = Path(options.data_path).expanduser() if options.data_path else None
-    if root is None:  # where load_dataset generates the phantoms
-        size = tuple(options.synthetic_size)
-        name = f"n{options.synthetic_cases}_s{size[0]}x{size[1]}x{size[2]}_seed{options.synthetic_seed}"
-        root = options.cache_root / "synthetic" / name
-    return {c.case_id: c for c in discover_cases(root, options.dataset_version, require_labels=False)}
+    return {c.case_id: c for c in discover_cases(options.dataset_root, options.dataset_version, require_labels=False)}
 
 
 def _image_file(image_dir: Path, case: str, modality: str) -> Path | None:

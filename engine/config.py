@@ -15,26 +15,23 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from dataio.adapters import DATASET_VERSIONS
+from engine.data_options import DataOptions
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULERS = ("cosine", "plateau", "step", "poly", "none")
 
 
 @dataclass
-class ExperimentConfig:
-    """Resolved settings of one sweep. Sizes are voxels (D, H, W); times seconds; lr per step."""
+class ExperimentConfig(DataOptions):
+    """Resolved settings of one sweep (the data flags come from :class:`DataOptions`).
+
+    Sizes are voxels (D, H, W); times seconds; lr per optimizer step.
+    """
 
     models: list[str] = field(default_factory=lambda: ["unet3d_xs"])
     seeds: list[int] = field(default_factory=lambda: [24])
     epochs: int = 10
     batch_size: int = 1
-    data_path: str | None = None
-    dataset_version: str = "synthetic"
-    synthetic_cases: int = 12
-    synthetic_size: tuple[int, int, int] = (64, 64, 64)
-    synthetic_seed: int = 0
-    cache_dir: str | None = None
-    max_samples: int | None = None
     dim: str | None = None
     use_pretrained: bool = False
     pretrained_checkpoint: str | None = None

@@ -71,10 +71,10 @@ def test_results_dir_reproduces_sweep_metrics(sweep: dict[str, Path], evaluated:
 
 
 def test_predictions_are_in_original_space_and_convention(sweep: dict[str, Path], evaluated: Path) -> None:
-    from engine.checkpoint_eval import DataOptions, load_cases
+    from engine.data_options import DataOptions
 
-    cases = {c.case_id: c for c in load_cases(DataOptions(synthetic_cases=7, synthetic_size=(32, 32, 32),
-                                                          cache_dir=str(sweep["cache"])))}
+    options = DataOptions(synthetic_cases=7, synthetic_size=(32, 32, 32), cache_dir=str(sweep["cache"]))
+    cases = {c.case_id: c for c in options.load_cases()}
     files = sorted((evaluated / "predictions" / "unet3d_xs_seed_1").glob("*.nii.gz"))
     labels = [f for f in files if not f.name.endswith("_probabilities.nii.gz")]
     assert labels
