@@ -95,6 +95,9 @@ class ExperimentConfig(DataOptions):
                 raise ValueError(message)
         if self.use_pretrained and not self.pretrained_checkpoint:
             raise ValueError("--use_pretrained needs --pretrained_checkpoint PATH (nothing is downloaded)")
+        if self.pretrained_checkpoint and not self.use_pretrained:
+            raise ValueError(f"--pretrained_checkpoint {self.pretrained_checkpoint} is only used with --use_pretrained; "
+                             "add the flag or drop the path")
         if self.pretrained_checkpoint and not Path(self.pretrained_checkpoint).is_file():
             raise ValueError(f"--pretrained_checkpoint {self.pretrained_checkpoint} does not exist")
         if self.data_path is None and self.dataset_version != "synthetic":

@@ -133,3 +133,31 @@ def test_dim_contradicting_the_model_fails_before_training(tmp_path: Path, cache
     assert code == 2
     assert not list(tmp_path.glob("*.pth"))
     assert torch.get_num_threads() >= 1
+
+
+def test_pretrained_weights_come_from_a_local_checkpoint(holdout_sweep: Path, tmp_path: Path) -> None:
+    from experiment_runner import _load_pretrained
+    from models import create_model
+
+    checkpoint = pd.read_csv(holdout_sweep / RUNS_CSV)["checkpoint"].iloc[0]
+    payload = load_checkpoint(checkpoint)
+    torch.manual_seed(123)
+    model = create_model(payload["model_name"], **payload["model_kwargs"])
+    _load_pretrained(model, checkpoint)
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, payload["state_dict"][name]), name
+    plain = tmp_path / "plain_state_dict.pth"
+    torch.save(payload["state_dict"], plain)  # a bare state dict (not a volbench checkpoint) works too
+    torch.manual_seed(321)
+    other = create_model(payload["model_name"], **payload["model_kwargs"])
+    _load_pretrained(other, str(plain))
+    assert all(torch.equal(other.state_dict()[k], v) for k, v in payload["state_dict"].items())
+
+
+def test_pretrained_flags_must_come_together(capsys) -> None:
+    with pytest.raises(SystemExit):
+        integrated_experiment.main(["--use_pretrained"])
+    assert "needs --pretrained_checkpoint" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        integrated_experiment.main(["--pretrained_checkpoint", "missing.pth"])
+    assert "missing.pth" in capsys.readouterr().err
