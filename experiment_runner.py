@@ -173,6 +173,7 @@ def run_job(job: Job, setup: ModelSetup, data: SweepData, config: ExperimentConf
         test = evaluate_model(model, setup, data.subset(data.splits["test"]), config, device=device)
         store.per_case.extend(dict(keys, **r) for r in test.per_case)
         store.attention.extend(dict(keys, **r) for r in test.attention)
+        store.confusion.extend(dict(keys, **r) for r in test.confusion_rows())
         row.update(epochs=fit_result.epochs_run, best_epoch=fit_result.best_epoch,
                    best_val_dice=fit_result.best_val_dice, n_test_cases=len(test.per_case),
                    **{k: v for k, v in test.aggregate.items() if not k.startswith("n_")},

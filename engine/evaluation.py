@@ -37,12 +37,21 @@ class InferenceSettings:
 
 @dataclass
 class EvaluationResult:
-    """Per-case metric rows, their aggregate, the mean loss and modality weights (attention models)."""
+    """Per-case metric rows, their aggregate, the mean loss, modality weights (attention models) and the
+    voxel confusion matrix summed over cases (rows = reference label, columns = predicted label)."""
 
     per_case: list[dict[str, Any]]
     aggregate: dict[str, float]
     mean_loss: float | None = None
     attention: list[dict[str, Any]] = field(default_factory=list)
+    confusion: np.ndarray | None = None
+
+    def confusion_rows(self) -> list[dict[str, int]]:
+        """The confusion matrix as long-format rows: reference, prediction, voxels."""
+        if self.confusion is None:
+            return []
+        return [dict(reference=r, prediction=p, voxels=int(self.confusion[r, p]))
+                for r in range(self.confusion.shape[0]) for p in range(self.confusion.shape[1])]
 
 
 def case_tensor(case: CachedCase, modalities: tuple[str, ...]) -> torch.Tensor:
@@ -87,4 +96,5 @@ def evaluate_cases(model: nn.Module, cases: list[CachedCase], settings: Inferenc
                 for modality, weight in zip(settings.modalities, weights):
                     attention_rows.append(dict(case_id=case.case_id, stage=stage, modality=modality, weight=weight))
     return EvaluationResult(per_case=accumulator.per_case(), aggregate=accumulator.aggregate(),
-                            mean_loss=float(np.mean(losses)) if losses else None, attention=attention_rows)
+                            mean_loss=float(np.mean(losses)) if losses else None, attention=attention_rows,
+                            confusion=accumulator.confusion_matrix)

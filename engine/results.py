@@ -2,7 +2,8 @@
 
 Files: integrated_experiment_results.csv (run), all_epochs_results.csv (run x epoch),
 per_case_results.csv (run x test case), model_comparison.csv (model), stage_wise_pam_results.csv
-(model x stage), modality_attention.csv (run x case x stage x modality; attention models only).
+(model x stage), modality_attention.csv (run x case x stage x modality; attention models only),
+confusion_matrices.csv (run x reference label x predicted label: test voxels summed over cases).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ PER_CASE_CSV = "per_case_results.csv"
 COMPARISON_CSV = "model_comparison.csv"
 STAGE_PAM_CSV = "stage_wise_pam_results.csv"
 ATTENTION_CSV = "modality_attention.csv"
+CONFUSION_CSV = "confusion_matrices.csv"
 
 RUN_KEYS = ("model", "seed", "fold")
 RUN_LEADING = ["model", "seed", "fold", "status", "error", "epochs", "best_epoch", "best_val_dice"]
@@ -87,6 +89,7 @@ class ResultStore:
         self.per_case: list[dict[str, Any]] = []
         self.stage_pam: list[dict[str, Any]] = []
         self.attention: list[dict[str, Any]] = []
+        self.confusion: list[dict[str, Any]] = []
 
     @classmethod
     def resume(cls, output_dir: Path) -> "ResultStore":
@@ -100,7 +103,8 @@ class ResultStore:
         done = runs[(runs["status"] == "ok") & runs["checkpoint"].map(lambda p: isinstance(p, str) and Path(p).is_file())]
         keys = {tuple(_key(r)) for r in done.to_dict("records")}
         store.runs = done.to_dict("records")
-        for attr, name in (("epochs", EPOCHS_CSV), ("per_case", PER_CASE_CSV), ("attention", ATTENTION_CSV)):
+        for attr, name in (("epochs", EPOCHS_CSV), ("per_case", PER_CASE_CSV), ("attention", ATTENTION_CSV),
+                           ("confusion", CONFUSION_CSV)):
             path = output_dir / name
             if path.is_file():
                 frame = pd.read_csv(path, dtype={"fold": "Int64"})
@@ -126,7 +130,8 @@ class ResultStore:
         for rows, name, leading in ((self.epochs, EPOCHS_CSV, ["model", "seed", "fold", "epoch"]),
                                     (self.per_case, PER_CASE_CSV, ["model", "seed", "fold", "case_id"]),
                                     (self.stage_pam, STAGE_PAM_CSV, ["model", "stage"]),
-                                    (self.attention, ATTENTION_CSV, ["model", "seed", "fold", "case_id"])):
+                                    (self.attention, ATTENTION_CSV, ["model", "seed", "fold", "case_id"]),
+                                    (self.confusion, CONFUSION_CSV, ["model", "seed", "fold", "reference"])):
             if rows:
                 atomic_write_csv(self.output_dir / name, _order(pd.DataFrame(rows), leading))
 

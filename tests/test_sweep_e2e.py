@@ -10,7 +10,8 @@ import pytest
 import torch
 
 import integrated_experiment
-from engine.results import (ATTENTION_CSV, COMPARISON_CSV, EPOCHS_CSV, PER_CASE_CSV, RUNS_CSV, STAGE_PAM_CSV)
+from engine.results import (COMPARISON_CSV, CONFUSION_CSV, EPOCHS_CSV, PER_CASE_CSV, RUNS_CSV,
+                            STAGE_PAM_CSV)
 from utils.checkpoint import load_checkpoint
 
 TINY = json.dumps({"unet3d_xs": {"base": 2}, "unet3d_stride_xs": {"base": 2}})
@@ -57,6 +58,10 @@ def test_sweep_writes_every_file_with_its_columns(holdout_sweep: Path) -> None:
     assert list(comparison["model"]) == ["unet3d_xs", "unet3d_stride_xs"]
     assert {"n_runs", "rank", "dice_wt_mean", "dice_wt_std", "params", "latency_ms"} <= set(comparison.columns)
     assert (comparison["n_runs"] == 2).all()
+    confusion = pd.read_csv(holdout_sweep / CONFUSION_CSV)
+    assert len(confusion) == 4 * 16  # 4 runs x 4 reference x 4 predicted labels
+    test_voxels = confusion.groupby(["model", "seed"])["voxels"].sum()
+    assert test_voxels.nunique() == 1 and test_voxels.iloc[0] > 0  # every run counts the same test voxels
     stages = pd.read_csv(holdout_sweep / STAGE_PAM_CSV)
     assert {"enc1", "bottleneck", "dec1"} <= set(stages["stage"])
     for name in CHARTS + ("config.json", "environment.json", "splits.json"):
