@@ -103,19 +103,33 @@ def check_flags(args: argparse.Namespace) -> None:
     if args.pred_dir is not None:
         if args.label_dir is None or args.output_csv is None:
             raise ValueError("--pred_dir needs --label_dir and --output_csv")
-        used = [f"--{k}" for k in ("image_dir", "visualize_cases", "gradcam_layer", "models", "split")
-                if getattr(args, k)]
+        used = [f"--{k}" for k in ("image_dir", "visualize_cases", "gradcam_layer", "gradcam_model", "gradcam_class",
+                                   "models", "split", "splits_file", "tta", "save_predictions",
+                                   "save_probabilities", "output_dir", *DATA_FLAGS)
+                if getattr(args, k) is not None and getattr(args, k) is not False]
         if used:
             raise ValueError(f"{used} do not apply to --pred_dir (prediction folders are evaluated without a model)")
         return
+    folder_only = [f"--{k}" for k in ("output_csv", "spacing") if getattr(args, k) is not None]
+    if folder_only:
+        raise ValueError(f"{folder_only} apply to --pred_dir only (with a model, spacing comes from the images)")
     if args.label_dir is not None and args.image_dir is None:
         raise ValueError("--label_dir needs --image_dir (or --pred_dir)")
     if args.image_dir is not None and args.split is not None:
         raise ValueError("--split does not apply with --image_dir (every case of the folder is used)")
+    if args.splits_file is not None and (args.results_dir is not None or args.split is None):
+        raise ValueError("--splits_file is used with --checkpoint and --split only (a --results_dir uses its own "
+                         "splits.json; without --split every case would be evaluated)")
     if args.models and args.results_dir is None:
         raise ValueError("--models selects runs of --results_dir; it does not apply to --checkpoint")
     if args.gradcam_layer and not args.visualize_cases:
         raise ValueError("--gradcam_layer needs --visualize_cases (which cases to draw)")
+    if not args.gradcam_layer and (args.gradcam_model is not None or args.gradcam_class is not None):
+        raise ValueError("--gradcam_model/--gradcam_class need --gradcam_layer")
+    if (args.results_dir is not None and args.output_dir is not None
+            and Path(args.output_dir).resolve() == Path(args.results_dir).resolve()):
+        raise ValueError(f"--output_dir {args.output_dir} is the --results_dir: the evaluation would overwrite "
+                         f"the sweep's own tables; choose another folder")
 
 
 def data_options(args: argparse.Namespace, config: dict[str, Any] | None) -> "DataOptions":
@@ -163,6 +177,8 @@ def default_output_dir(args: argparse.Namespace) -> Path:
         return Path("baseline_results") / f"evaluation_{datetime.now():%Y%m%d_%H%M%S}"
     if args.image_dir is not None or args.data_path is not None:
         name = Path(args.image_dir if args.image_dir is not None else args.data_path).name
+    elif args.dataset_version is not None:  # other data: never the folder of the sweep's own split
+        name = args.dataset_version
     else:
         name = args.split or "test"
     return Path(args.results_dir) / f"evaluation_{name}{'_tta' if args.tta else ''}"

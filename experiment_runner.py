@@ -77,9 +77,14 @@ def prepare_data(config: ExperimentConfig, output_dir: Path) -> SweepData:
     cases = config.load_cases()
     by_id = {c.case_id: c for c in cases}
     existing = output_dir / "splits.json"
-    splits_path = Path(config.splits_file) if config.splits_file else (existing if existing.is_file() else None)
+    resumed = config.resume and existing.is_file()  # a resumed sweep keeps the split its finished jobs used
+    splits_path = Path(config.splits_file) if config.splits_file else (existing if resumed else None)
     if splits_path is not None:
         splits = load_splits(splits_path, list(by_id))
+        wanted = "5fold" if config.use_5fold else "holdout"
+        if splits.get("mode") != wanted:
+            raise ValueError(f"{splits_path} holds a {splits.get('mode')} split but the flags ask for {wanted} "
+                             f"({'with' if config.use_5fold else 'without'} --use_5fold)")
     else:
         ids = sorted(by_id)
         splits = make_splits(ids, [by_id[i].patient_id for i in ids], use_5fold=config.use_5fold,
@@ -224,9 +229,9 @@ def run_integrated_experiment(config: ExperimentConfig) -> Path:
     device = resolve_device(config.device)
     output_dir = Path(config.output_dir) if config.output_dir else default_output_dir()
     output_dir.mkdir(parents=True, exist_ok=True)
+    data = prepare_data(config, output_dir)
     atomic_write_json(output_dir / "config.json", dict(config.to_dict(), resolved_models=models, device=str(device)))
     atomic_write_json(output_dir / "environment.json", environment_info())
-    data = prepare_data(config, output_dir)
     setups = {m: setup_model(m, available_modalities=MODALITY_ORDER, n_classes=N_CLASSES,
                              requested_patch=config.patch_size or (model_info(m).test_patch_size if config.tiny else None),
                              data_extent=data.extent, dim=config.dim,

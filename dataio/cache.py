@@ -67,6 +67,36 @@ def _tmp_is_stale(folder: Path) -> bool:
     return time.time() - folder.stat().st_mtime > _FOREIGN_TMP_MAX_AGE_S
 
 
+def _ensure_fd_limit(n_maps: int, margin: int = 256) -> None:
+    """Raise the soft open-file limit (up to the hard one) so that ``n_maps`` more memory maps fit.
+
+    Python's ``mmap`` keeps a duplicated file descriptor per map, so a full BraTS release (1251 cases,
+    two maps each) exceeds the common soft limit of 1024 and would fail with "Too many open files".
+    """
+    try:
+        import resource
+    except ImportError:  # not on POSIX: nothing to do
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        in_use = len(os.listdir("/proc/self/fd"))
+    except OSError:
+        in_use = 64
+    needed = in_use + n_maps + margin
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return
+    target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        logger.info("raised the open-file limit from %d to %d for %d memory-mapped arrays", soft, target, n_maps)
+    except (ValueError, OSError) as exc:
+        target = soft
+        logger.debug("could not raise the open-file limit: %s", exc)
+    if target < needed:
+        logger.warning("%d cached arrays are memory-mapped (one file descriptor each) but the open-file limit is "
+                       "%d: raise it (ulimit -n %d) or use --max_samples", n_maps, target, needed)
+
+
 class PreprocessedCache:
     """Preprocessed cases on disk, keyed by dataset identity + preprocessing parameters.
 
@@ -102,6 +132,7 @@ class PreprocessedCache:
             logger.info("preprocessing %d of %d cases into %s", len(todo), len(cases), key_dir)
         for case in tqdm(todo, desc="preprocessing", unit="case", disable=not progress):
             self._build(key_dir, case, params, sources[case.case_id])
+        _ensure_fd_limit(2 * len(cases))  # each memory map holds a file descriptor (image + label per case)
         return [self._read(key_dir / c.case_id) for c in cases]
 
     def _remove_stale_tmp(self, key_dir: Path) -> None:
@@ -132,7 +163,11 @@ class PreprocessedCache:
                 np.save(tmp / "label.npy", np.ascontiguousarray(cached.label, dtype=np.uint8))
             atomic_write_json(tmp / "meta.json", _meta(cached, params, sources))
             if not self._is_valid(key_dir / case.case_id, case, sources):  # another process may have won
-                self._replace(tmp, key_dir / case.case_id)
+                try:
+                    self._replace(tmp, key_dir / case.case_id)
+                except OSError:  # e.g. ENOTEMPTY: a concurrent writer put its entry in place just now
+                    if not self._is_valid(key_dir / case.case_id, case, sources):
+                        raise
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)

@@ -90,6 +90,12 @@ def _storable(array: np.ndarray, path: Path) -> np.ndarray:
     return array
 
 
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
 def save_volume(path: str | os.PathLike[str], array: np.ndarray, affine: np.ndarray) -> None:
     """Write ``array`` (dtype kept) with ``affine`` to ``path`` atomically.
 
@@ -112,6 +118,7 @@ def save_volume(path: str | os.PathLike[str], array: np.ndarray, affine: np.ndar
         img = nib.Nifti1Image(_storable(np.asarray(array), path), np.asarray(affine, dtype=np.float64))
         img.header.set_xyzt_units("mm")
         nib.save(img, str(tmp_path))
+        os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600 files; others must read phantoms/predictions
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():

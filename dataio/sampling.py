@@ -6,9 +6,12 @@ Conventions:
 - A patch of size ``p`` centred at ``c`` covers ``[c - p // 2, c - p // 2 + p)`` on each axis; what
   lies outside the volume is zero (image 0, label 0 = background), which matches the brain-cropped,
   zero-outside-brain cache.
-- Foreground sampling (nnU-Net's rule): within each case's run of ``samples_per_volume`` samples,
-  sample k is foreground-forced when ``ceil((k + 1) f) > ceil(k f)`` for ``f = foreground_fraction``;
-  for f = 1/3 that is exactly ``k % 3 == 0``. A forced sample picks a random class among those
+- Foreground sampling: sample k of case c in epoch e is foreground-forced when
+  ``ceil((j + 1) f) > ceil(j f)`` for ``f = foreground_fraction`` and the running count
+  ``j = (e + c) * samples_per_volume + k``. So the forced fraction is f (to within one sample per case
+  and epoch) for any ``samples_per_volume``, even 1 or 2 (then the forced cases rotate over epochs);
+  when ``samples_per_volume`` is a multiple of 3 and f = 1/3 this is exactly ``k % 3 == 0``. A
+  forced sample picks a random class among those
   present, then a random voxel of that class as the patch centre (so the centre voxel is
   foreground; near the border the patch is zero-padded rather than shifted). Other samples use a
   uniform centre that keeps the patch inside the volume where the volume is large enough.
@@ -137,7 +140,7 @@ def foreground_coords(label: np.ndarray, max_per_class: int = MAX_FG_COORDS, see
 
 
 def is_foreground_sample(k: int, foreground_fraction: float) -> bool:
-    """Whether sample ``k`` of a case's run is foreground-forced (``k % 3 == 0`` for 1/3)."""
+    """Whether position ``k`` of the running sample count is foreground-forced (``k % 3 == 0`` for 1/3)."""
     f = Fraction(foreground_fraction).limit_denominator(1000)
     return ceil((k + 1) * f) > ceil(k * f)
 
@@ -190,7 +193,8 @@ class _CaseSampler(Dataset):
         case_index, k = divmod(i, self.samples_per_volume)
         rng = np.random.default_rng([self.seed, epoch, i])
         fg = None
-        if is_foreground_sample(k, self.foreground_fraction):
+        # the count runs on over cases and epochs, so that f holds even when samples_per_volume < 1 / f
+        if is_foreground_sample((epoch + case_index) * self.samples_per_volume + k, self.foreground_fraction):
             fg = self.fg_coords(case_index) or None
         return case_index, self.cases[case_index], rng, fg
 

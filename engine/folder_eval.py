@@ -2,13 +2,18 @@
 
 Matching: a file's case name is its name without ``.nii.gz`` / ``.nii`` / ``.npy`` and without a trailing
 ``_seg`` or ``-seg``; ``P/BraTS_001.nii.gz`` pairs with ``L/BraTS_001_seg.nii.gz``. Every prediction must
-have a label and every label a prediction (``ValueError`` naming the files otherwise).
+have a label and every label a prediction (``ValueError`` naming the files otherwise). In the prediction
+folder, ``{case}_probabilities.nii[.gz]`` / ``.npy`` files beside ``{case}`` (written by
+``evaluate_experiment.py --save_probabilities``) are probability maps, not label maps, and are skipped.
 
 Labels of both files are read in ``label_convention`` and mapped to internal labels (``task="brats"``,
 regions WT/TC/ET and classes NCR/ED of ``BRATS_SPEC``), or binarised (``task="binary"``: every non-zero
 voxel is foreground, region ``lesion``). Metrics are ``metrics.segmentation.case_metrics``, the function
-the sweep uses: Dice, HD95 in mm (spacing of the label file's header; ``.npy`` files have 1 mm, or the
-``spacing`` given), precision and recall, with the empty-mask rules of ``metrics.surface.EMPTY_MASK_RULES``.
+the sweep uses: Dice, HD95 in mm (spacing of the label file's header, or of the prediction's header when
+the label is a ``.npy`` file; 1 mm when neither has a header; ``spacing`` overrides all), precision and
+recall, with the empty-mask rules of ``metrics.surface.EMPTY_MASK_RULES``. When both files are NIfTI their
+voxel axes must agree (same spacing and axis directions of the affines, within 1e-3): a prediction
+stored flipped or permuted relative to its label would otherwise be compared voxel by voxel, wrongly.
 """
 
 from __future__ import annotations
@@ -19,10 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+import nibabel as nib
 import numpy as np
 
 from dataio.conventions import CONVENTIONS, to_internal
-from dataio.nifti_io import load_label
+from dataio.nifti_io import load_label, read_header
 from metrics.regions import BRATS_SPEC, MetricSpec, binary_spec
 from metrics.segmentation import SegmentationMetricAccumulator
 from metrics.surface import EMPTY_MASK_RULES
@@ -33,6 +39,7 @@ TASKS = ("brats", "binary")
 EXTENSIONS = (".nii.gz", ".nii", ".npy")
 SEG_SUFFIXES = ("_seg", "-seg")
 SPACING_TOLERANCE = 1e-3
+PROBABILITY_SUFFIX = "_probabilities"
 
 
 @dataclass(frozen=True)
@@ -73,9 +80,18 @@ def _index(folder: Path, flag: str) -> dict[str, Path]:
     return found
 
 
+def _drop_probability_files(preds: dict[str, Path]) -> dict[str, Path]:
+    """Leave out ``{case}_probabilities`` files that sit beside a ``{case}`` label map."""
+    skipped = [n for n in preds if n.endswith(PROBABILITY_SUFFIX) and n[: -len(PROBABILITY_SUFFIX)] in preds]
+    if skipped:
+        logger.info("--pred_dir: skipping %d probability file(s), e.g. %s", len(skipped), preds[skipped[0]].name)
+    return {n: p for n, p in preds.items() if n not in skipped}
+
+
 def match_pairs(pred_dir: Path, label_dir: Path) -> list[CasePair]:
     """Pairs sorted by case name. Raises ``ValueError`` naming files without a partner."""
-    preds, labels = _index(Path(pred_dir), "--pred_dir"), _index(Path(label_dir), "--label_dir")
+    preds = _drop_probability_files(_index(Path(pred_dir), "--pred_dir"))
+    labels = _index(Path(label_dir), "--label_dir")
     no_label = sorted(set(preds) - set(labels))
     if no_label:
         raise ValueError(f"missing label for case(s) {no_label[:10]} in --label_dir {label_dir} "
@@ -118,18 +134,35 @@ def task_spec(task: str) -> MetricSpec:
     return BRATS_SPEC if task == "brats" else binary_spec("lesion")
 
 
+def _check_same_axes(pair: CasePair) -> None:
+    """The voxel axes of two NIfTI files must point the same way (direction cosines of the affines, 1e-3)."""
+    _, pred_affine = read_header(pair.prediction)
+    _, ref_affine = read_header(pair.label)
+    directions = [a[:3, :3] / np.maximum(np.linalg.norm(a[:3, :3], axis=0), 1e-12) for a in (pred_affine, ref_affine)]
+    if not np.allclose(directions[0], directions[1], rtol=0, atol=SPACING_TOLERANCE):
+        raise ValueError(f"case {pair.case_id}: voxel axes of {pair.prediction} "
+                         f"({''.join(nib.aff2axcodes(pred_affine))}) differ from those of {pair.label} "
+                         f"({''.join(nib.aff2axcodes(ref_affine))}); the prediction is flipped or permuted "
+                         f"relative to its label:\n{pred_affine[:3, :3]}\nvs\n{ref_affine[:3, :3]}")
+
+
 def evaluate_pair(pair: CasePair, accumulator: SegmentationMetricAccumulator, *, task: str, convention: str,
                   spacing: Sequence[float] | None = None) -> dict[str, Any] | None:
-    """Metrics of one pair, added to ``accumulator``; HD95 uses the label file's spacing."""
+    """Metrics of one pair, added to ``accumulator``; HD95 uses the label file's spacing (the prediction's
+    when the label is ``.npy``; ``spacing`` when given)."""
     pred, pred_spacing = read_label_file(pair.prediction, spacing)
     ref, ref_spacing = read_label_file(pair.label, spacing)
     if pred.shape != ref.shape:
         raise ValueError(f"case {pair.case_id}: prediction {pair.prediction} has shape {pred.shape} but label "
                          f"{pair.label} has {ref.shape}")
-    both_nifti = not pair.prediction.name.endswith(".npy") and not pair.label.name.endswith(".npy")
-    if both_nifti and not np.allclose(pred_spacing, ref_spacing, rtol=0, atol=SPACING_TOLERANCE):
-        raise ValueError(f"case {pair.case_id}: voxel spacing of {pair.prediction} {pred_spacing} differs from "
-                         f"that of {pair.label} {ref_spacing}")
+    pred_nifti, ref_nifti = not pair.prediction.name.endswith(".npy"), not pair.label.name.endswith(".npy")
+    if pred_nifti and ref_nifti:
+        if not np.allclose(pred_spacing, ref_spacing, rtol=0, atol=SPACING_TOLERANCE):
+            raise ValueError(f"case {pair.case_id}: voxel spacing of {pair.prediction} {pred_spacing} differs from "
+                             f"that of {pair.label} {ref_spacing}")
+        _check_same_axes(pair)
+    elif pred_nifti and spacing is None:  # .npy label: the prediction's header is the only spacing there is
+        ref_spacing = pred_spacing
     return accumulator.update(_to_task_labels(pred, task, convention, pair.prediction),
                               _to_task_labels(ref, task, convention, pair.label), ref_spacing, pair.case_id)
 

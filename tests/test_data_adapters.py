@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gzip
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +71,19 @@ def test_save_volume_round_trip_is_atomic(tmp_path):
     np.testing.assert_array_equal(data, arr)
     np.testing.assert_allclose(aff, affine)
     np.testing.assert_array_equal(load_label(tmp_path / "x.nii.gz")[0], arr)
+
+
+@pytest.mark.parametrize("name", ["pred.nii.gz", "pred.nii"])
+def test_save_volume_honours_umask_not_0600(tmp_path, name):
+    """Phantoms and predictions are shared files: the temp file's private 0600 mode must not stick."""
+    old = os.umask(0o022)
+    try:
+        save_volume(tmp_path / name, np.zeros((2, 2, 2), dtype=np.uint8), np.eye(4))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644
+    assert [p.name for p in tmp_path.iterdir()] == [name]
+    assert load_label(tmp_path / name)[0].shape == (2, 2, 2)
 
 
 def test_truncated_nifti_raises_naming_file(tmp_path):

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -156,3 +157,61 @@ def test_load_dataset_real_layout(tmp_path):
                          progress=False)
     assert [c.case_id for c in cases] == ["BraTS2021_00000", "BraTS2021_00002"]
     assert cases[0].label is not None and set(np.unique(cases[0].label).tolist()) == {0, 1, 2, 3}
+
+
+def test_many_cached_cases_fit_under_a_low_open_file_limit(tmp_path):
+    """Every cached array is a memory map holding a file descriptor: a full BraTS release (1251 cases,
+    two maps each) must not die with 'Too many open files' under the common soft limit of 1024."""
+    pytest.importorskip("resource")
+    from data_fixtures import BRATS21_FILES, write_split_case
+
+    n = 40
+    for i in range(n):
+        case_id = f"BraTS2021_{i:05d}"
+        write_split_case(tmp_path / "data" / "BraTS2021_Training_Data" / case_id, case_id, "_", BRATS21_FILES,
+                         "brats2021", shape=(8, 8, 8), seed=i)
+    cases = discover_cases(tmp_path / "data", "brats2021")
+    PreprocessedCache(tmp_path / "cache").get_or_create(cases, "ds", PARAMS, progress=False)
+    code = (
+        "import os, resource, sys\n"
+        "from pathlib import Path\n"
+        "from dataio.adapters import discover_cases\n"
+        "from dataio.cache import PreprocessedCache\n"
+        "soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)\n"
+        "low = len(os.listdir('/proc/self/fd')) + 30\n"  # room for 15 cases only
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (low, hard))\n"
+        "root = Path(sys.argv[1])\n"
+        "cache = PreprocessedCache(root / 'cache')\n"
+        "out = cache.get_or_create(discover_cases(root / 'data', 'brats2021'), 'ds',\n"
+        "                          {'clip_percentiles': [0.5, 99.5]}, progress=False)\n"
+        "assert cache.stats['reused'] == len(out) == 40, cache.stats\n"
+        "print(sum(int(c.label.sum() > 0) for c in out))\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == str(n)
+
+
+def test_concurrent_writer_winning_the_rename_is_not_an_error(tmp_path, monkeypatch):
+    """Two processes (e.g. a sweep and an evaluation, or several ranks) may build the same entry; the one
+    whose rename finds the other's finished entry in place must use it instead of crashing."""
+    import shutil
+
+    import dataio.cache as cache_mod
+
+    make_brats2021(tmp_path / "data", n=1)
+    cases = discover_cases(tmp_path / "data", "brats2021")
+    real_replace = os.replace
+
+    def racing_replace(src, dst):
+        src, dst = Path(src), Path(dst)
+        if dst.name == "BraTS2021_00002" and src.name.startswith(".tmp-") and not dst.exists():
+            shutil.copytree(src, dst)  # the other writer finishes first
+        real_replace(src, dst)
+
+    monkeypatch.setattr(cache_mod.os, "replace", racing_replace)
+    cache = PreprocessedCache(tmp_path / "cache")
+    out = cache.get_or_create(cases, "ds", PARAMS, progress=False)
+    assert out[0].case_id == "BraTS2021_00002" and out[0].image.shape[0] == 4
+    key_dir = tmp_path / "cache" / cache.key_for("ds", PARAMS)
+    assert not [p for p in key_dir.iterdir() if p.name.startswith(".tmp-")]

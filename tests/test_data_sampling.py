@@ -60,6 +60,23 @@ def test_foreground_rule_every_third_sample() -> None:
     assert uniform_hits <= 1  # 28 foreground voxels out of 64000: uniform centres almost never hit
 
 
+@pytest.mark.parametrize("spv", [1, 2, 4, 8])
+def test_foreground_fraction_holds_for_any_samples_per_volume(spv: int) -> None:
+    """One third of the patches are foreground-forced whatever samples_per_volume is (the default is 8;
+    quick runs use 1), and with spv = 1 every case still gets forced samples in some epochs."""
+    cases = [_small_fg_case(case_id=f"c{i}") for i in range(6)]
+    ds = PatchDataset(cases, ("t1",), (4, 4, 4), samples_per_volume=spv, augment=False, seed=0)
+    forced_per_case = [0] * len(cases)
+    for epoch in range(3):
+        forced = 0
+        for i in range(len(ds)):
+            case_index, _, _, fg = ds._resolve((epoch, i))
+            forced += fg is not None
+            forced_per_case[case_index] += fg is not None
+        assert abs(forced - len(ds) / 3) <= 1, (epoch, forced, len(ds))
+    assert all(n > 0 for n in forced_per_case)
+
+
 def test_uniform_centre_keeps_patch_inside() -> None:
     rng = np.random.default_rng(0)
     for _ in range(200):

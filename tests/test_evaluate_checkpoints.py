@@ -254,3 +254,30 @@ def test_model_loading_rebuilds_from_metadata(sweep: dict[str, Path], tmp_path: 
                     model_kwargs=payload["model_kwargs"], meta=payload["meta"])
     with pytest.raises(ValueError, match="broken.pth"):
         load_model(broken, torch.device("cpu"))
+
+
+def test_flag_combinations_that_would_be_ignored_are_errors(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Checked before anything is loaded (no sweep needed): each would otherwise silently do something else."""
+    results = tmp_path / "sweep"
+    results.mkdir()
+    ck = str(tmp_path / "a.pth")
+    # the evaluation's tables have the sweep's names: writing into the sweep would overwrite it
+    _fails(["--results_dir", str(results), "--output_dir", str(results)], caplog, "--output_dir", "overwrite")
+    _fails(["--results_dir", str(results), "--output_dir", str(results / ".." / "sweep")], caplog, "overwrite")
+    # --splits_file without --split (every case would be used), or with --results_dir (its own splits.json)
+    _fails(["--checkpoint", ck, "--splits_file", str(tmp_path / "splits.json")], caplog, "--splits_file")
+    _fails(["--results_dir", str(results), "--split", "val", "--splits_file", str(tmp_path / "s.json")], caplog,
+           "--splits_file")
+    _fails(["--checkpoint", ck, "--spacing", "1", "1", "2"], caplog, "--spacing")
+    _fails(["--checkpoint", ck, "--gradcam_class", "0"], caplog, "--gradcam_layer")
+    folder = ["--pred_dir", str(tmp_path), "--label_dir", str(tmp_path), "--output_csv", str(tmp_path / "o.csv")]
+    for extra in (["--tta"], ["--save_probabilities"], ["--output_dir", str(tmp_path)], ["--data_path", "x"]):
+        _fails([*folder, *extra], caplog, extra[0], "--pred_dir")
+
+
+def test_default_output_dir_of_other_data_is_not_the_test_split_folder(tmp_path: Path) -> None:
+    parse = evaluate_experiment.build_parser().parse_args
+    own = evaluate_experiment.default_output_dir(parse(["--results_dir", str(tmp_path)]))
+    other = evaluate_experiment.default_output_dir(parse(["--results_dir", str(tmp_path), "--dataset_version",
+                                                          "synthetic", "--synthetic_cases", "3"]))
+    assert own == tmp_path / "evaluation_test" and other != own

@@ -139,3 +139,33 @@ def test_bad_folder_inputs(folders: tuple[Path, Path, dict], tmp_path: Path, cap
     (pred_dir / "case_d.nii.gz").unlink()
     _fails(base, caplog, "missing prediction for case(s) ['case_d']")
     _fails(["--pred_dir", str(pred_dir), "--label_dir", str(label_dir)], caplog, "--output_csv")
+
+
+def test_probability_files_beside_predictions_are_skipped(folders: tuple[Path, Path, dict]) -> None:
+    """A volbench prediction folder written with --save_probabilities can be evaluated as it is."""
+    pred_dir, label_dir, _ = folders
+    _save(pred_dir / "case_a_probabilities.nii.gz", np.zeros((*SHAPE, 4), dtype=np.float32))
+    assert [p.case_id for p in match_pairs(pred_dir, label_dir)] == ["case_a", "case_b", "case_c"]
+    rows, _ = evaluate_folder(pred_dir, label_dir, task="brats", label_convention="brats2021")
+    assert [r["case_id"] for r in rows] == ["case_a", "case_b", "case_c"]
+
+
+def test_npy_label_takes_the_spacing_of_the_nifti_prediction(tmp_path: Path) -> None:
+    ref, pred = _blob_labels(0), _blob_labels(10, shift=1)
+    _save(tmp_path / "p" / "x.nii.gz", TO_BRATS2021[pred])  # header spacing SPACING
+    (tmp_path / "l").mkdir()
+    np.save(tmp_path / "l" / "x_seg.npy", TO_BRATS2021[ref])
+    rows, _ = evaluate_folder(tmp_path / "p", tmp_path / "l", task="brats", label_convention="brats2021")
+    _, hd = _monai(pred, ref)
+    for i, region in enumerate(REGIONS):
+        assert rows[0][f"hd95_{region}"] == pytest.approx(float(hd[i]), abs=1e-4), region
+
+
+def test_prediction_with_flipped_axes_is_an_error(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    ref = _blob_labels(0)
+    _save(tmp_path / "l" / "x_seg.nii.gz", TO_BRATS2021[ref])
+    flipped = np.diag([-SPACING[0], SPACING[1], SPACING[2], 1.0])  # same shape and spacing, axis 0 reversed
+    (tmp_path / "p").mkdir()
+    nib.save(nib.Nifti1Image(TO_BRATS2021[ref[::-1]], flipped), str(tmp_path / "p" / "x.nii.gz"))
+    _fails(["--pred_dir", str(tmp_path / "p"), "--label_dir", str(tmp_path / "l"), "--output_csv",
+            str(tmp_path / "o.csv")], caplog, "x.nii.gz", "x_seg.nii.gz", "flipped")

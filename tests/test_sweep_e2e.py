@@ -166,3 +166,11 @@ def test_pretrained_flags_must_come_together(capsys) -> None:
     with pytest.raises(SystemExit):
         integrated_experiment.main(["--pretrained_checkpoint", "missing.pth"])
     assert "missing.pth" in capsys.readouterr().err
+
+
+def test_resume_refuses_a_split_of_another_mode(holdout_sweep: Path, cache_dir: Path) -> None:
+    config_before = (holdout_sweep / "config.json").read_text()
+    code = _run(holdout_sweep, cache_dir, "--models", "unet3d_xs", "--seeds", "1", "--use_5fold", "--resume")
+    assert code == 2
+    assert len(pd.read_csv(holdout_sweep / RUNS_CSV)) == 4  # nothing of the sweep was touched
+    assert (holdout_sweep / "config.json").read_text() == config_before
