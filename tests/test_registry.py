@@ -60,7 +60,7 @@ def _build_tiny(name: str) -> tuple[torch.nn.Module, torch.Tensor]:
 
 
 @pytest.mark.parametrize("name", ALL)
-def test_forward_backward_every_parameter_gets_a_gradient(name: str) -> None:
+def test_train_step_and_inference_every_parameter_gets_a_gradient(name: str) -> None:
     info = model_info(name)
     model, x = _build_tiny(name)
     model.train()
@@ -73,6 +73,11 @@ def test_forward_backward_every_parameter_gets_a_gradient(name: str) -> None:
     missing = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not torch.isfinite(p.grad).all())]
     assert not missing, f"{name}: parameters without a finite gradient: {missing[:5]}"
     assert any(float(p.grad.abs().sum()) > 0 for p in model.parameters())
+    model.eval()  # inference after the training step: eval-mode norms, no autograd
+    with torch.no_grad():
+        out = model(x)
+    logits = out[0] if isinstance(out, (tuple, list)) else out
+    assert logits.shape == (1, N_CLASSES, *info.test_patch_size) and torch.isfinite(logits).all()
 
 
 @pytest.mark.parametrize("name", ALL)
