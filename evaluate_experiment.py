@@ -207,6 +207,19 @@ def other_data(args: argparse.Namespace) -> bool:
     return args.image_dir is not None or args.data_path is not None or args.dataset_version is not None
 
 
+def require_data_flags_for_real_checkpoints(plan: list[Any]) -> None:
+    """--checkpoint without data flags means the synthetic phantoms: refuse it for a checkpoint trained on a
+    real dataset, whose own data the user most likely meant (raises ``ValueError`` naming the file)."""
+    from utils.checkpoint import load_checkpoint
+
+    for run in plan:
+        version = load_checkpoint(run.checkpoint).get("meta", {}).get("dataset_version", "synthetic")
+        if version != "synthetic":
+            raise ValueError(f"checkpoint {run.checkpoint} was trained on {version}: name the data to evaluate on "
+                             f"(--data_path DIR --dataset_version {version}, or --image_dir); without data flags "
+                             f"the synthetic phantoms would be used")
+
+
 def load_data(args: argparse.Namespace, config: dict[str, Any] | None) -> tuple[list[Any], dict[str, Any], Any]:
     """Cached (or folder) cases, their original files by case id (for overlays), and the data context."""
     from engine.checkpoint_eval import dataset_case_files, image_folder_cases, load_image_folder
@@ -240,6 +253,8 @@ def run_model_mode(args: argparse.Namespace) -> Path:
     from utils.device import resolve_device
 
     plan, config = plan_runs(args)
+    if config is None and not other_data(args):
+        require_data_flags_for_real_checkpoints(plan)
     cases, files, data_context = load_data(args, config)
     output_dir = default_output_dir(args)
     device = resolve_device(args.device)

@@ -281,3 +281,15 @@ def test_default_output_dir_of_other_data_is_not_the_test_split_folder(tmp_path:
     other = evaluate_experiment.default_output_dir(parse(["--results_dir", str(tmp_path), "--dataset_version",
                                                           "synthetic", "--synthetic_cases", "3"]))
     assert own == tmp_path / "evaluation_test" and other != own
+
+
+def test_checkpoint_of_a_real_dataset_needs_data_flags(sweep: dict[str, Path], tmp_path: Path,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    from utils.checkpoint import load_checkpoint, save_checkpoint
+
+    payload = load_checkpoint(_checkpoint(sweep))
+    real = save_checkpoint(tmp_path / "real.pth", payload["state_dict"], model_name=payload["model_name"],
+                           model_kwargs=payload["model_kwargs"], meta=dict(payload["meta"], dataset_version="brats2021"))
+    _fails(["--checkpoint", str(real), "--output_dir", str(tmp_path / "out")], caplog, str(real),
+           "trained on brats2021", "--data_path")
+    assert not (tmp_path / "out").exists()
