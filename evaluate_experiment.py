@@ -10,8 +10,8 @@ Checkpoints of a finished sweep (every ok run; test split, or each run's own fol
   --synthetic_* override one by one). Default output: DIR/evaluation_<split or data folder>[_tta]/
   (the sweep's own tables are never touched).
 
-Single checkpoint files (data from the flags: the synthetic default, or --data_path/--dataset_version;
-all cases, or --split of --splits_file)::
+Single checkpoint files (data from the flags, else the data flags recorded in the checkpoint when it
+was trained; all cases, or --split of --splits_file)::
 
     python evaluate_experiment.py --checkpoint A.pth [B.pth ...] [--split test --splits_file splits.json]
 
@@ -207,17 +207,26 @@ def other_data(args: argparse.Namespace) -> bool:
     return args.image_dir is not None or args.data_path is not None or args.dataset_version is not None
 
 
-def require_data_flags_for_real_checkpoints(plan: list[Any]) -> None:
-    """--checkpoint without data flags means the synthetic phantoms: refuse it for a checkpoint trained on a
-    real dataset, whose own data the user most likely meant (raises ``ValueError`` naming the file)."""
+def recorded_data(plan: list[Any]) -> dict[str, Any] | None:
+    """--checkpoint without data flags: the data flags the checkpoints were trained with (their meta).
+
+    Raises ``ValueError`` naming the files when the checkpoints disagree, or when an older checkpoint
+    without recorded flags was trained on a real dataset (the phantoms are used only for synthetic ones).
+    """
     from utils.checkpoint import load_checkpoint
 
+    recorded: dict[str, Any] | None = None
     for run in plan:
-        version = load_checkpoint(run.checkpoint).get("meta", {}).get("dataset_version", "synthetic")
-        if version != "synthetic":
-            raise ValueError(f"checkpoint {run.checkpoint} was trained on {version}: name the data to evaluate on "
-                             f"(--data_path DIR --dataset_version {version}, or --image_dir); without data flags "
-                             f"the synthetic phantoms would be used")
+        meta = load_checkpoint(run.checkpoint).get("meta", {})
+        data = meta.get("data")
+        if data is None and meta.get("dataset_version", "synthetic") != "synthetic":
+            raise ValueError(f"checkpoint {run.checkpoint} was trained on {meta['dataset_version']} and records no "
+                             f"data path: name the data (--data_path DIR --dataset_version ..., or --image_dir)")
+        if recorded is not None and data != recorded:
+            raise ValueError(f"checkpoints {plan[0].checkpoint} and {run.checkpoint} were trained on different data; "
+                             f"name the data to evaluate on with the data flags")
+        recorded = data
+    return recorded
 
 
 def load_data(args: argparse.Namespace, config: dict[str, Any] | None) -> tuple[list[Any], dict[str, Any], Any]:
@@ -254,7 +263,7 @@ def run_model_mode(args: argparse.Namespace) -> Path:
 
     plan, config = plan_runs(args)
     if config is None and not other_data(args):
-        require_data_flags_for_real_checkpoints(plan)
+        config = recorded_data(plan)
     cases, files, data_context = load_data(args, config)
     output_dir = default_output_dir(args)
     device = resolve_device(args.device)

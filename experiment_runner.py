@@ -23,6 +23,7 @@ from dataio.sampling import PatchDataset, SliceDataset
 from dataio.splits import iter_folds, load_splits, make_splits, save_splits
 from dataio.types import MODALITY_ORDER, CachedCase
 from engine.config import ExperimentConfig
+from engine.data_options import DATA_FIELDS
 from engine.evaluation import EvaluationResult, InferenceSettings, evaluate_cases
 from engine.model_setup import ModelSetup, setup_model
 from engine.results import ResultStore
@@ -121,6 +122,10 @@ def _load_pretrained(model: nn.Module, path: str) -> None:
              len(result.missing_keys), len(result.unexpected_keys))
 
 
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
 def inference_settings(setup: ModelSetup, config: ExperimentConfig, device: torch.device,
                        tta: bool = False) -> InferenceSettings:
     return InferenceSettings(modalities=setup.modalities, roi_size=setup.roi_size, overlap=config.val_overlap,
@@ -144,6 +149,7 @@ def train_model(job: Job, setup: ModelSetup, data: SweepData, config: Experiment
                 meta=dict(seed=job.seed, fold=job.fold, modalities=list(setup.modalities),
                           spatial_dims=setup.spatial_dims, patch_size=list(setup.patch_size),
                           context_slices=setup.info.context_slices, dataset_version=config.dataset_version,
+                          data={k: _plain(getattr(config, k)) for k in DATA_FIELDS},
                           val_overlap=config.val_overlap, n_classes=N_CLASSES))
     result = fit(model, loader, data.subset(job.val_ids), inference_settings(setup, config, device),
                  loss_fn=create_loss(config.loss), config=config, checkpoint_path=checkpoint,

@@ -283,13 +283,20 @@ def test_default_output_dir_of_other_data_is_not_the_test_split_folder(tmp_path:
     assert own == tmp_path / "evaluation_test" and other != own
 
 
-def test_checkpoint_of_a_real_dataset_needs_data_flags(sweep: dict[str, Path], tmp_path: Path,
-                                                       caplog: pytest.LogCaptureFixture) -> None:
+def test_checkpoint_without_data_flags_uses_the_data_it_was_trained_on(sweep: dict[str, Path], tmp_path: Path,
+                                                                          caplog: pytest.LogCaptureFixture) -> None:
     from utils.checkpoint import load_checkpoint, save_checkpoint
 
     payload = load_checkpoint(_checkpoint(sweep))
+    assert payload["meta"]["data"]["synthetic_size"] == [32, 32, 32]
+    out = tmp_path / "recorded"
+    assert evaluate_experiment.main(["--checkpoint", str(_checkpoint(sweep)), "--output_dir", str(out)]) == 0
+    per_case = pd.read_csv(out / "per_case_results.csv")
+    assert len(per_case) == 7  # the 7 phantoms of the sweep, not the 12 default ones
+    old_style = dict(payload["meta"], dataset_version="brats2021")
+    old_style.pop("data")
     real = save_checkpoint(tmp_path / "real.pth", payload["state_dict"], model_name=payload["model_name"],
-                           model_kwargs=payload["model_kwargs"], meta=dict(payload["meta"], dataset_version="brats2021"))
+                           model_kwargs=payload["model_kwargs"], meta=old_style)
     _fails(["--checkpoint", str(real), "--output_dir", str(tmp_path / "out")], caplog, str(real),
            "trained on brats2021", "--data_path")
     assert not (tmp_path / "out").exists()
