@@ -31,7 +31,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ._registry import register_model
-from .blocks.mobilenetv2 import InvertedResidual, conv_nd, conv_norm_act_nd
+from .blocks.layers import conv_nd, conv_norm_act_nd
+from .blocks.mobilenetv2 import InvertedResidual
 from .blocks.mobilevit import MobileViTBlock, make_transformer
 
 PAPER = ("Perera et al., MobileUNETR: a lightweight end-to-end hybrid vision transformer for efficient "

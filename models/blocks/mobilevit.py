@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .mobilenetv2 import conv_nd, conv_norm_act_nd, make_norm_nd
+from .layers import conv_nd, conv_norm_act_nd, make_norm_nd
 
 
 def unfold_patches(x: torch.Tensor, patch_size: int) -> tuple[torch.Tensor, tuple[int, ...]]:
