@@ -3,7 +3,7 @@
 A checkpoint (``utils.checkpoint``) carries the model name, its build kwargs and ``meta`` (modalities,
 spatial dims, patch size, context slices, validation overlap, fold). Inference uses exactly the sweep's
 settings: sliding window of ``meta["patch_size"]`` voxels, overlap ``meta["val_overlap"]``, Gaussian
-blending, argmax labels; metrics are ``SegmentationMetricAccumulator`` (the sweep's), so re-evaluating
+blending, argmax labels; cases go through ``engine.evaluation.evaluate_cases`` (the sweep's), so re-evaluating
 a sweep's checkpoint on its test cases reproduces its ``per_case_results.csv``.
 
 Data sources: the on-disk cache (``DataOptions`` = the sweep's data flags) or an image folder
@@ -31,12 +31,11 @@ from dataio.preprocess import preprocess_case
 from dataio.splits import load_splits
 from dataio.types import MODALITY_ORDER, CachedCase, CaseFiles
 from engine.data_options import DataOptions
-from engine.evaluation import InferenceSettings, case_logits
+from engine.evaluation import InferenceSettings, evaluate_cases
 from engine.results import EFFICIENCY_COLUMNS
 from engine.folder_eval import case_name, metric_summary
 from engine.prediction_io import save_case_prediction
 from metrics.regions import BRATS_SPEC, MetricSpec, binary_spec
-from metrics.segmentation import SegmentationMetricAccumulator
 from metrics.surface import EMPTY_MASK_RULES
 from models import create_model, model_info
 from utils.checkpoint import load_checkpoint
@@ -288,21 +287,20 @@ def evaluate_run(run: RunSpec, cases: list[CachedCase], *, device: torch.device,
     model, payload = load_model(run.checkpoint, device)
     meta = payload["meta"]
     settings = settings_from_meta(meta, run.checkpoint, device, tta=tta, amp=amp)
-    accumulator = SegmentationMetricAccumulator(spec=spec_for(meta), include_hd95=True)
-    for case in cases:
-        logits = case_logits(model, case, settings)
+
+    def save(case: CachedCase, logits: torch.Tensor) -> None:
         if prediction_dir is not None and (save_ids is None or case.case_id in save_ids):
             save_case_prediction(case, logits, prediction_dir, save_probabilities=save_probabilities,
                                  probability_format=probability_format)
-        if case.label is not None:
-            accumulator.update(logits.argmax(0).numpy(), np.asarray(case.label, dtype=np.int64), case.spacing,
-                               case.case_id, image_shape=case.original_shape)
+
+    result = evaluate_cases(model, cases, settings, spec=spec_for(meta), include_hd95=True, desc=run.label,
+                            on_logits=save)
     keys = dict(model=run.model, seed=run.seed, fold=run.fold)
-    aggregate = {k: v for k, v in accumulator.aggregate().items() if not k.startswith("n_")}
+    aggregate = {k: v for k, v in result.aggregate.items() if not k.startswith("n_")}
     row = dict(keys, status="ok", error="", best_epoch=meta.get("epoch"), n_cases=len(cases),
-               n_labelled_cases=accumulator.aggregate()["n_cases"], **aggregate, **run.extra,
+               n_labelled_cases=result.aggregate["n_cases"], **aggregate, **run.extra,
                eval_time_s=time.perf_counter() - start, checkpoint=str(run.checkpoint))
-    per_case = [dict(keys, **r) for r in accumulator.per_case()]
+    per_case = [dict(keys, **r) for r in result.per_case]
     logger.info("%s: %d cases (%d labelled), dice_mean %.4f", run.label, len(cases), row["n_labelled_cases"],
                 float(row.get("dice_mean", float("nan"))))
     del model

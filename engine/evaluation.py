@@ -70,12 +70,14 @@ def case_logits(model: nn.Module, case: CachedCase, settings: InferenceSettings)
 def evaluate_cases(model: nn.Module, cases: list[CachedCase], settings: InferenceSettings, *,
                    spec: MetricSpec = BRATS_SPEC, include_hd95: bool = True,
                    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-                   record_attention: bool = False, desc: str = "eval") -> EvaluationResult:
+                   record_attention: bool = False, desc: str = "eval",
+                   on_logits: Callable[[CachedCase, torch.Tensor], None] | None = None) -> EvaluationResult:
     """Predict every case, compute per-case metrics (``metrics.segmentation.case_metrics`` rules).
 
     ``loss_fn`` (optional) is applied to the whole-volume logits and labels; its mean is reported.
     With ``record_attention`` the model is called with ``return_attention=True`` and the mean
-    weight per stage and modality is returned for every case.
+    weight per stage and modality is returned for every case. ``on_logits(case, logits)`` sees every
+    case's logits (K, D, H, W), labelled or not (e.g. to write predictions).
     """
     accumulator = SegmentationMetricAccumulator(spec=spec, include_hd95=include_hd95)
     predictor: nn.Module = AttentionRecorder(model) if record_attention else model
@@ -83,6 +85,8 @@ def evaluate_cases(model: nn.Module, cases: list[CachedCase], settings: Inferenc
     attention_rows: list[dict[str, Any]] = []
     for case in tqdm(cases, desc=desc, leave=False, unit="case"):
         logits = case_logits(predictor, case, settings)
+        if on_logits is not None:
+            on_logits(case, logits)
         if case.label is None:
             continue
         label = torch.from_numpy(np.asarray(case.label, dtype=np.int64))
