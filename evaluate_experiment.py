@@ -213,11 +213,9 @@ def recorded_data(plan: list[Any]) -> dict[str, Any] | None:
     Raises ``ValueError`` naming the files when the checkpoints disagree, or when an older checkpoint
     without recorded flags was trained on a real dataset (the phantoms are used only for synthetic ones).
     """
-    from utils.checkpoint import load_checkpoint
-
     recorded: dict[str, Any] | None = None
     for run in plan:
-        meta = load_checkpoint(run.checkpoint).get("meta", {})
+        meta = run.meta or {}  # read once by check_runs
         data = meta.get("data")
         if data is None and meta.get("dataset_version", "synthetic") != "synthetic":
             raise ValueError(f"checkpoint {run.checkpoint} was trained on {meta['dataset_version']} and records no "

@@ -122,10 +122,6 @@ def _load_pretrained(model: nn.Module, path: str) -> None:
              len(result.missing_keys), len(result.unexpected_keys))
 
 
-def _plain(value: Any) -> Any:
-    return list(value) if isinstance(value, tuple) else value
-
-
 def inference_settings(setup: ModelSetup, config: ExperimentConfig, device: torch.device,
                        tta: bool = False) -> InferenceSettings:
     return InferenceSettings(modalities=setup.modalities, roi_size=setup.roi_size, overlap=config.val_overlap,
@@ -149,7 +145,7 @@ def train_model(job: Job, setup: ModelSetup, data: SweepData, config: Experiment
                 meta=dict(seed=job.seed, fold=job.fold, modalities=list(setup.modalities),
                           spatial_dims=setup.spatial_dims, patch_size=list(setup.patch_size),
                           context_slices=setup.info.context_slices, dataset_version=config.dataset_version,
-                          data={k: _plain(getattr(config, k)) for k in DATA_FIELDS},
+                          data={k: v for k, v in config.to_dict().items() if k in DATA_FIELDS},
                           val_overlap=config.val_overlap, n_classes=N_CLASSES))
     result = fit(model, loader, data.subset(job.val_ids), inference_settings(setup, config, device),
                  loss_fn=create_loss(config.loss), config=config, checkpoint_path=checkpoint,

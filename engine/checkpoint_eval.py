@@ -58,6 +58,7 @@ class RunSpec:
     case_ids: list[str] | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # columns carried over from the sweep's run row
     name: str | None = None  # overrides the derived label (to keep labels unique)
+    meta: dict[str, Any] | None = None  # the checkpoint's meta, read by check_runs
 
     @property
     def label(self) -> str:
@@ -257,9 +258,11 @@ def plan_checkpoint_runs(paths: list[Path], split: str | None, splits_file: Path
 
 def check_runs(plan: list[RunSpec]) -> None:
     """Fail early (before any data is loaded): every checkpoint must exist, be readable and name a
-    registered model. Raises ``FileNotFoundError`` / ``ValueError`` naming the file."""
+    registered model. Raises ``FileNotFoundError`` / ``ValueError`` naming the file. Keeps each
+    checkpoint's meta on its run."""
     for run in plan:
         payload = load_checkpoint(run.checkpoint)
+        run.meta = payload.get("meta", {})
         try:
             model_info(payload["model_name"])
         except ValueError as exc:
