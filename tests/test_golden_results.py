@@ -1,0 +1,56 @@
+"""The engine redesign keeps results identical: the golden sweeps (tests/golden_sweeps.py) re-run and
+give the same rows and metric values as the CSVs recorded under tests/golden/ (relative 1e-6;
+timing, latency and path columns excepted; new columns allowed)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from golden_sweeps import GOLDEN_DIR, SWEEPS, TABLES, VOLATILE, run_sweep
+
+KEYS = ("model", "seed", "fold", "epoch", "case_id", "stage", "reference", "prediction")
+
+
+def _volatile(column: str) -> bool:
+    return any(column.startswith(v) for v in VOLATILE)
+
+
+def assert_same_table(expected: pd.DataFrame, actual: pd.DataFrame, name: str) -> None:
+    """Same columns (a superset is allowed), same rows in the same order, equal values."""
+    missing = [c for c in expected.columns if c not in actual.columns]
+    assert not missing, f"{name}: columns {missing} disappeared"
+    assert len(actual) == len(expected), f"{name}: {len(actual)} rows, expected {len(expected)}"
+    keys = [k for k in KEYS if k in expected.columns]
+    pd.testing.assert_frame_equal(actual[keys].reset_index(drop=True), expected[keys].reset_index(drop=True),
+                                  check_dtype=False, obj=f"{name} keys")
+    for column in expected.columns:
+        if _volatile(column) or column in keys:
+            continue
+        want, got = expected[column], actual[column]
+        if pd.api.types.is_numeric_dtype(want) and pd.api.types.is_numeric_dtype(got):
+            np.testing.assert_allclose(got.to_numpy(float), want.to_numpy(float), rtol=1e-6, atol=1e-12,
+                                       equal_nan=True, err_msg=f"{name}: column {column}")
+        else:
+            assert got.fillna("").astype(str).tolist() == want.fillna("").astype(str).tolist(), \
+                f"{name}: column {column}"
+
+
+@pytest.mark.parametrize("sweep", sorted(SWEEPS))
+def test_golden_sweep_reproduces_recorded_results(sweep: str, tmp_path: Path) -> None:
+    source = json.loads((GOLDEN_DIR / "SOURCE.json").read_text())
+    assert source["sweeps"][sweep] == list(SWEEPS[sweep]), "the golden command changed: regenerate the fixtures"
+    out = tmp_path / "out"
+    assert run_sweep(sweep, out, tmp_path / "cache") == 0
+    recorded = sorted(p.name for p in (GOLDEN_DIR / sweep).glob("*.csv"))
+    assert recorded, f"no golden tables for {sweep}"
+    for table in TABLES:
+        golden = GOLDEN_DIR / sweep / table
+        if not golden.is_file():
+            continue
+        assert (out / table).is_file(), f"{sweep}: {table} was not written"
+        assert_same_table(pd.read_csv(golden), pd.read_csv(out / table), f"{sweep}/{table}")
