@@ -1,0 +1,95 @@
+"""The result-file contract (ARCHITECTURE.md section 4) in one place: file names, columns, run keys,
+job folder and checkpoint names, region names.
+
+The runner, the reducer, ``evaluate_experiment.py`` and ``visualization/`` import these names instead
+of repeating literals. This module imports nothing of volbench, so any layer may use it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+# sweep-level tables (reduced from the job folders)
+RUNS_CSV = "integrated_experiment_results.csv"
+EPOCHS_CSV = "all_epochs_results.csv"
+PER_CASE_CSV = "per_case_results.csv"
+COMPARISON_CSV = "model_comparison.csv"
+STAGE_PAM_CSV = "stage_wise_pam_results.csv"
+ATTENTION_CSV = "modality_attention.csv"
+CONFUSION_CSV = "confusion_matrices.csv"
+CONFIG_JSON = "config.json"
+ENVIRONMENT_JSON = "environment.json"
+SPLITS_JSON = "splits.json"
+EVALUATION_SUMMARY_JSON = "evaluation_summary.json"
+
+# per-job folders: jobs/<model>_seed_<s>[_fold_<k>]/{job.json, run.csv, epochs.csv, ...}
+JOBS_DIR = "jobs"
+JOB_JSON = "job.json"
+LATEST_CHECKPOINT = "latest.pth"
+LOCK_FILE = ".volbench.lock"
+
+# table name -> (job-folder file, sweep-level file, leading columns)
+TABLES: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "runs": ("run.csv", RUNS_CSV, ()),  # leading/trailing of the runs table: RUN_LEADING / RUN_TRAILING
+    "epochs": ("epochs.csv", EPOCHS_CSV, ("model", "seed", "fold", "epoch")),
+    "per_case": ("per_case.csv", PER_CASE_CSV, ("model", "seed", "fold", "case_id")),
+    "stage_pam": ("stage_pam.csv", STAGE_PAM_CSV, ("model", "stage")),
+    "attention": ("attention.csv", ATTENTION_CSV, ("model", "seed", "fold", "case_id")),
+    "confusion": ("confusion.csv", CONFUSION_CSV, ("model", "seed", "fold", "reference")),
+}
+
+RUN_KEYS = ("model", "seed", "fold")
+RUN_LEADING = ["model", "seed", "fold", "status", "error", "epochs", "best_epoch", "best_val_dice"]
+RUN_TRAILING = ["params", "flops_torch", "flops_thop", "flops_input", "pam_train_mb", "pam_train_mb_std",
+                "pam_infer_mb", "pam_infer_mb_std", "latency_ms", "latency_ms_std", "latency_ms_median",
+                "train_time_s", "checkpoint"]
+# per-model measurements (identical for every run of a model): copied into model_comparison.csv as is
+EFFICIENCY_COLUMNS = ["params", "flops_torch", "flops_thop", "flops_input", "pam_train_mb", "pam_train_mb_std",
+                      "pam_infer_mb", "pam_infer_mb_std", "latency_ms", "latency_ms_std", "latency_ms_median"]
+# prefixes of test-metric columns in the runs table
+METRIC_PREFIXES = ("dice_", "hd95_", "precision_", "recall_", "map_", "mar_", "froc_")
+STATUSES = ("ok", "failed", "diverged", "oom")
+
+# region names used in column names (dice_<region>, hd95_<region>, ...)
+BRATS_REGION_NAMES = ("wt", "tc", "et")
+BRATS_CLASS_NAMES = ("ncr", "ed")
+DEFAULT_BINARY_REGION = "lesion"  # binary tasks without a dataset-given name (folder evaluation)
+ICH_REGION = "ich"
+
+
+def fold_suffix(fold: int | None) -> str:
+    """``""`` for the holdout split, ``"_fold_<k>"`` for fold k."""
+    return "" if fold is None else f"_fold_{int(fold)}"
+
+
+def job_name(model: str, seed: int, fold: int | None) -> str:
+    """Name of a job's folder under ``jobs/``, e.g. ``unet3d_xs_seed_24_fold_0``."""
+    return f"{model}_seed_{int(seed)}{fold_suffix(fold)}"
+
+
+def checkpoint_name(model: str, seed: int, fold: int | None) -> str:
+    """File name of a job's best checkpoint in the results folder, e.g. ``unet3d_xs_seed_24_best.pth``."""
+    return f"{job_name(model, seed, fold)}_best.pth"
+
+
+def fold_value(value: Any) -> int | None:
+    """A fold read back from a CSV/JSON (NaN, None, <NA> or a number) as ``int | None``."""
+    if value is None or value is _pandas_na():
+        return None
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return int(value)
+
+
+def run_key(row: dict[str, Any]) -> tuple[str, int, int | None]:
+    """(model, seed, fold) of a result row."""
+    return (str(row["model"]), int(row["seed"]), fold_value(row.get("fold")))
+
+
+def _pandas_na() -> Any:
+    try:
+        import pandas as pd
+    except ImportError:  # pragma: no cover - pandas is a dependency
+        return None
+    return pd.NA
