@@ -1,8 +1,12 @@
-"""The sweep: jobs = models x seeds x folds (or the single split); train, evaluate, write tables.
+"""The sweep: jobs = models x seeds x folds (or the single split); each job trains, tests and writes its
+own folder, and one reducer builds the sweep tables from those folders.
 
-Public steps: :func:`train_model`, :func:`evaluate_model`, :func:`run_integrated_experiment`
-(alias :func:`run_sweep`). A job that fails (exception, out of memory, non-finite loss) becomes a
-row with its status and error, and the sweep goes on. ``--resume`` skips jobs already finished.
+Public steps: :func:`train_model`, :func:`evaluate_model`, :func:`run_integrated_experiment` (alias
+:func:`run_sweep`). Everything task-specific (samples, losses, prediction, metrics, selection) comes from
+the job's task (``engine.tasks``), chosen from the model's ``ModelInfo.task`` and the dataset; the runner
+never branches on a model kind. A job that fails (exception, out of memory, non-finite loss) becomes a
+row with its status and error, and the sweep goes on. ``--resume`` skips jobs that finished ok, runs
+failed ones again and continues an interrupted one from its ``latest`` training state.
 """
 
 from __future__ import annotations
@@ -13,33 +17,35 @@ import traceback
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
+import pandas as pd
 import torch
 import torch.nn as nn
 
 from dataio.loaders import LoaderSettings, make_train_loader
-from dataio.sampling import PatchDataset, SliceDataset
 from dataio.splits import iter_folds, load_splits, make_splits, save_splits
-from dataio.types import MODALITY_ORDER, CachedCase
+from dataio.types import CachedCase, DatasetInfo, LoadedDataset
 from engine.config import ExperimentConfig
+from engine.context import RunContext
 from engine.data_options import DATA_FIELDS
 from engine.evaluation import EvaluationResult, InferenceSettings, evaluate_cases
+from engine.job_results import JobFolder
 from engine.model_setup import ModelSetup, setup_model
-from engine.results import ResultStore
-from engine.trainer import DivergedError, FitResult, fit
-from losses import create_loss
+from engine.reducer import IncrementalReducer, reduce_results
+from engine.tasks import Task, task_for
+from engine.trainer import DivergedError, FitResult, TrainerHooks, TrainerSettings, fit
 from metrics.efficiency import measure_efficiency, stage_wise_pam
-from metrics.regions import BRATS_SPEC
 from models import model_info, resolve_model_names
 from utils.atomic import atomic_write_json
 from utils.checkpoint import load_checkpoint
 from utils.device import resolve_device
 from utils.environment import environment_info
+from utils.schema import (CONFIG_JSON, EFFICIENCY_COLUMNS, ENVIRONMENT_JSON, JOBS_DIR, RUNS_CSV, SPLITS_JSON,
+                          checkpoint_name, job_name)
 from utils.seeding import seed_everything
 
 log = logging.getLogger("volbench.runner")
-N_CLASSES = 4
 
 
 @dataclass(frozen=True)
@@ -51,33 +57,46 @@ class Job:
     fold: int | None
     train_ids: tuple[str, ...]
     val_ids: tuple[str, ...]
+    index: int = 0
 
     @property
     def key(self) -> tuple[str, int, int | None]:
         return (self.model, self.seed, self.fold)
 
+    @property
+    def name(self) -> str:
+        return job_name(self.model, self.seed, self.fold)
+
     def checkpoint_name(self) -> str:
-        fold = "" if self.fold is None else f"_fold_{self.fold}"
-        return f"{self.model}_seed_{self.seed}{fold}_best.pth"
+        return checkpoint_name(self.model, self.seed, self.fold)
 
 
 @dataclass
 class SweepData:
-    """Cases served by the cache, keyed by id, with the split every model shares."""
+    """Cases served by the cache, keyed by id, with the split every model shares and the dataset's info."""
 
     cases: dict[str, CachedCase]
     splits: dict[str, Any]
     extent: tuple[int, int, int]
+    info: DatasetInfo
 
     def subset(self, ids: tuple[str, ...] | list[str]) -> list[CachedCase]:
         return [self.cases[i] for i in ids]
 
 
-def prepare_data(config: ExperimentConfig, output_dir: Path) -> SweepData:
-    """Load (and cache) the dataset, then make or reuse the split and write ``splits.json``."""
-    cases = config.load_cases()
-    by_id = {c.case_id: c for c in cases}
-    existing = output_dir / "splits.json"
+@dataclass(frozen=True)
+class ModelPlan:
+    """How one model runs in this sweep: its build/feed decisions and its task."""
+
+    setup: ModelSetup
+    task: Task
+
+
+def prepare_data(config: ExperimentConfig, output_dir: Path, dataset: LoadedDataset | None = None) -> SweepData:
+    """Load (and cache) the dataset, or take ``dataset``; make or reuse the split and write ``splits.json``."""
+    dataset = dataset if dataset is not None else config.load()
+    by_id = {c.case_id: c for c in dataset.cases}
+    existing = output_dir / SPLITS_JSON
     resumed = config.resume and existing.is_file()  # a resumed sweep keeps the split its finished jobs used
     splits_path = Path(config.splits_file) if config.splits_file else (existing if resumed else None)
     if splits_path is not None:
@@ -90,23 +109,15 @@ def prepare_data(config: ExperimentConfig, output_dir: Path) -> SweepData:
         ids = sorted(by_id)
         splits = make_splits(ids, [by_id[i].patient_id for i in ids], use_5fold=config.use_5fold,
                              split_seed=config.split_seed)
-    save_splits(output_dir / "splits.json", splits)
-    extent = tuple(max(c.image.shape[1 + a] for c in cases) for a in range(3))
-    return SweepData(cases=by_id, splits=splits, extent=extent)  # type: ignore[arg-type]
+    save_splits(existing, splits)
+    extent = tuple(max(c.image.shape[1 + a] for c in dataset.cases) for a in range(3))
+    return SweepData(cases=by_id, splits=splits, extent=extent, info=dataset.info)  # type: ignore[arg-type]
 
 
 def make_jobs(models: list[str], seeds: list[int], splits: dict[str, Any]) -> list[Job]:
-    """Jobs in the order models x seeds x folds."""
-    return [Job(m, s, fold, tuple(train), tuple(val))
-            for m in models for s in seeds for fold, train, val in iter_folds(splits)]
-
-
-def _train_dataset(setup: ModelSetup, cases: list[CachedCase], config: ExperimentConfig, seed: int) -> Any:
-    if setup.spatial_dims == 3:
-        return PatchDataset(cases, setup.modalities, setup.patch_size,
-                            samples_per_volume=config.samples_per_volume, augment=True, seed=seed)
-    return SliceDataset(cases, setup.modalities, setup.patch_size, context_slices=setup.info.context_slices,
-                        samples_per_volume=config.samples_per_volume, augment=True, seed=seed)
+    """Jobs in the order models x seeds x folds (``index`` = position in that order)."""
+    grid = [(m, s, fold, train, val) for m in models for s in seeds for fold, train, val in iter_folds(splits)]
+    return [Job(m, s, fold, tuple(train), tuple(val), index=i) for i, (m, s, fold, train, val) in enumerate(grid)]
 
 
 def _load_pretrained(model: nn.Module, path: str) -> None:
@@ -129,36 +140,67 @@ def inference_settings(setup: ModelSetup, config: ExperimentConfig, device: torc
                              context_slices=setup.info.context_slices, amp=config.amp, tta=tta)
 
 
-def train_model(job: Job, setup: ModelSetup, data: SweepData, config: ExperimentConfig, *,
-                output_dir: Path, device: torch.device) -> tuple[nn.Module, FitResult, Path]:
-    """Seed, build, train and validate one job; returns the model (best weights loaded)."""
+def trainer_settings(config: ExperimentConfig) -> TrainerSettings:
+    """The trainer's few settings from the sweep's config."""
+    return TrainerSettings(epochs=config.epochs, lr=config.lr, weight_decay=config.weight_decay,
+                           optimizer=config.optimizer, scheduler=config.scheduler, amp=config.amp,
+                           grad_accum=config.grad_accum, max_grad_norm=config.max_grad_norm,
+                           patience=config.patience, val_every=config.val_every)
+
+
+def checkpoint_info(plan: ModelPlan, job: Job, config: ExperimentConfig) -> dict[str, Any]:
+    """Model name, build kwargs and meta (everything re-evaluation needs) of a job's checkpoint."""
+    setup = plan.setup
+    meta = dict(seed=job.seed, fold=job.fold, modalities=list(setup.modalities), spatial_dims=setup.spatial_dims,
+                patch_size=list(setup.patch_size), context_slices=setup.info.context_slices,
+                dataset_version=config.dataset_version,
+                data={k: v for k, v in config.to_dict().items() if k in DATA_FIELDS},
+                val_overlap=config.val_overlap, **plan.task.checkpoint_meta())
+    return dict(model_name=setup.name, model_kwargs=setup.model_kwargs, meta=meta)
+
+
+class EpochRowWriter(TrainerHooks):
+    """Writes the job's epoch rows into its folder as each epoch ends (the whole table, atomically)."""
+
+    def __init__(self, folder: JobFolder, keys: dict[str, Any]) -> None:
+        self.folder, self.keys = folder, keys
+
+    def on_epoch_end(self, state: Any, row: dict[str, Any]) -> None:
+        self.folder.write_table("epochs", [dict(self.keys, **r) for r in state.epoch_rows])
+
+
+def train_model(job: Job, plan: ModelPlan, data: SweepData, config: ExperimentConfig, context: RunContext, *,
+                hooks: Sequence[TrainerHooks] = ()) -> tuple[nn.Module, FitResult, Path]:
+    """Seed, build, train and validate one job (resuming its ``latest`` state if there is one);
+    returns the model with the best weights loaded."""
     seed_everything(job.seed, deterministic=config.deterministic)
-    model = setup.build()
+    model = plan.setup.build()
     if config.use_pretrained and config.pretrained_checkpoint:
         _load_pretrained(model, config.pretrained_checkpoint)
-    model.to(device)
-    dataset = _train_dataset(setup, data.subset(job.train_ids), config, job.seed)
+    model.to(context.device)
+    info = plan.setup.info
+    dataset = plan.task.train_dataset(data.subset(job.train_ids), modalities=plan.setup.modalities,
+                                      spatial_dims=plan.setup.spatial_dims, patch_size=plan.setup.patch_size,
+                                      context_slices=info.context_slices,
+                                      samples_per_volume=config.samples_per_volume, seed=job.seed)
     loader = make_train_loader(dataset, LoaderSettings(batch_size=config.batch_size, num_workers=config.num_workers,
                                                        sharing_strategy=config.sharing_strategy), seed=job.seed)
-    checkpoint = output_dir / job.checkpoint_name()
-    info = dict(model_name=setup.name, model_kwargs=setup.model_kwargs,
-                meta=dict(seed=job.seed, fold=job.fold, modalities=list(setup.modalities),
-                          spatial_dims=setup.spatial_dims, patch_size=list(setup.patch_size),
-                          context_slices=setup.info.context_slices, dataset_version=config.dataset_version,
-                          data={k: v for k, v in config.to_dict().items() if k in DATA_FIELDS},
-                          val_overlap=config.val_overlap, n_classes=N_CLASSES))
-    result = fit(model, loader, data.subset(job.val_ids), inference_settings(setup, config, device),
-                 loss_fn=create_loss(config.loss), config=config, checkpoint_path=checkpoint,
-                 checkpoint_info=info, desc=f"{job.model} s{job.seed} f{job.fold}")
+    checkpoint = Path(context.output_dir) / job.checkpoint_name()
+    folder = JobFolder(context.job_dir) if context.job_dir else None
+    result = fit(model, loader, data.subset(job.val_ids), plan.task,
+                 inference_settings(plan.setup, config, context.device), trainer_settings(config),
+                 best_checkpoint=checkpoint, checkpoint_info=checkpoint_info(plan, job, config),
+                 latest_checkpoint=folder.latest_checkpoint if folder else None, hooks=hooks,
+                 desc=f"{job.model} s{job.seed} f{job.fold}")
     model.load_state_dict(load_checkpoint(checkpoint)["state_dict"])
     return model, result, checkpoint
 
 
-def evaluate_model(model: nn.Module, setup: ModelSetup, cases: list[CachedCase], config: ExperimentConfig, *,
+def evaluate_model(model: nn.Module, plan: ModelPlan, cases: list[CachedCase], config: ExperimentConfig, *,
                    device: torch.device, tta: bool = False) -> EvaluationResult:
-    """Per-case test metrics (Dice, HD95 in mm, precision, recall) of a trained model."""
-    return evaluate_cases(model, cases, inference_settings(setup, config, device, tta), spec=BRATS_SPEC,
-                          include_hd95=True, record_attention=setup.info.returns_attention, desc="test")
+    """Per-case test metrics of a trained model (the task's test metrics, e.g. Dice, HD95 in mm)."""
+    return evaluate_cases(model, cases, plan.task, inference_settings(plan.setup, config, device, tta),
+                          stage="test", record_attention=plan.setup.info.returns_attention, desc="test")
 
 
 def _failure_status(exc: BaseException) -> str:
@@ -169,49 +211,65 @@ def _failure_status(exc: BaseException) -> str:
     return "failed"
 
 
-def run_job(job: Job, setup: ModelSetup, data: SweepData, config: ExperimentConfig, store: ResultStore, *,
-            output_dir: Path, device: torch.device, efficiency: dict[str, Any]) -> dict[str, Any]:
-    """Train and test one job; any exception becomes a row with status and error."""
+def run_job(job: Job, plan: ModelPlan, data: SweepData, config: ExperimentConfig, context: RunContext, *,
+            efficiency: dict[str, Any], stage_pam: list[dict[str, Any]] | None = None,
+            hooks: Sequence[TrainerHooks] = ()) -> dict[str, Any]:
+    """Train and test one job into its folder (``context.job_dir``); any exception becomes a row with
+    status and error. Interruptions (``KeyboardInterrupt``, a kill) leave the ``latest`` state for resume."""
+    folder = JobFolder(context.job_dir)  # type: ignore[arg-type]
+    if not folder.latest_checkpoint.is_file():
+        folder.clear_results()  # a fresh start (or a rerun of a failed job): no rows of an earlier attempt
+    folder.write_job(dict(model=job.model, seed=job.seed, fold=job.fold, index=job.index))
     keys = dict(model=job.model, seed=job.seed, fold=job.fold)
     row: dict[str, Any] = dict(keys, status="ok", error="")
     try:
-        model, fit_result, checkpoint = train_model(job, setup, data, config, output_dir=output_dir, device=device)
-        store.epochs.extend(dict(keys, **r) for r in fit_result.epoch_rows)
-        test = evaluate_model(model, setup, data.subset(data.splits["test"]), config, device=device)
-        store.per_case.extend(dict(keys, **r) for r in test.per_case)
-        store.attention.extend(dict(keys, **r) for r in test.attention)
-        store.confusion.extend(dict(keys, **r) for r in test.confusion_rows())
+        model, fit_result, checkpoint = train_model(job, plan, data, config, context,
+                                                    hooks=[EpochRowWriter(folder, keys), *hooks])
+        folder.write_table("epochs", [dict(keys, **r) for r in fit_result.epoch_rows])
+        test = evaluate_model(model, plan, data.subset(data.splits["test"]), config, device=context.device)
+        for table, rows in test.all_tables().items():
+            folder.write_table(table, [dict(keys, **r) for r in rows])
         row.update(epochs=fit_result.epochs_run, best_epoch=fit_result.best_epoch,
-                   best_val_dice=fit_result.best_val_dice, n_test_cases=len(test.per_case),
+                   **{plan.task.selection.column: fit_result.best_metric}, n_test_cases=len(test.per_case),
                    **{k: v for k, v in test.aggregate.items() if not k.startswith("n_")},
                    train_time_s=fit_result.train_time_s, checkpoint=str(checkpoint))
         del model
     except Exception as exc:  # noqa: BLE001 - one failing model must not stop the sweep
         row.update(status=_failure_status(exc), error=f"{type(exc).__name__}: {exc}"[:500])
         log.error("job %s failed: %s\n%s", job.key, row["error"], traceback.format_exc(limit=5))
-        if device.type == "cuda":
+        if context.device.type == "cuda":
             torch.cuda.empty_cache()
     row.update(efficiency)
+    if stage_pam:
+        folder.write_table("stage_pam", stage_pam)
+    folder.write_table("runs", [row])  # last: the job is finished
+    if not config.keep_latest:
+        folder.latest_checkpoint.unlink(missing_ok=True)
     return row
 
 
-def _efficiency(setup: ModelSetup, config: ExperimentConfig, device: torch.device,
-                store: ResultStore) -> dict[str, Any]:
-    """Params, FLOPs, PAM and latency of a freshly built model at its patch size (once per model)."""
+def _efficiency(plan: ModelPlan, config: ExperimentConfig, device: torch.device,
+                model_jobs: list[JobFolder]) -> tuple[dict[str, Any], list[dict[str, Any]] | None]:
+    """Params, FLOPs, PAM and latency of a freshly built model at its patch size, and its stage-wise PAM
+    rows; measured once per model: values already recorded by a finished job of the model are reused."""
     if config.skip_efficiency:
-        return {}
+        return {}, None
+    recorded = [r for r in (f.run_row() for f in model_jobs) if r is not None and pd.notna(r.get("params"))]
+    has_stages = any(f.table_path("stage_pam").is_file() for f in model_jobs)
+    if recorded and has_stages:
+        return {c: recorded[0][c] for c in EFFICIENCY_COLUMNS if c in recorded[0]}, None
+    setup = plan.setup
     try:
         seed_everything(0)
         model = setup.build().to(device)
         values = measure_efficiency(model, setup.efficiency_input, device=device, pam_runs=config.pam_runs,
                                     latency_runs=config.latency_runs)
-        if not store.has_stage_pam(setup.name):
-            store.stage_pam.extend(dict(model=setup.name, **r)
-                                   for r in stage_wise_pam(model, setup.efficiency_input, device=device))
-        return values
+        stages = None if has_stages else [dict(model=setup.name, **r) for r in
+                                          stage_wise_pam(model, setup.efficiency_input, device=device)]
+        return values, stages
     except Exception as exc:  # noqa: BLE001 - efficiency must not cost the model its results
         log.warning("efficiency measurement of %s failed: %s", setup.name, exc)
-        return {}
+        return {}, None
 
 
 def _overrides(name: str, config: ExperimentConfig) -> dict[str, Any]:
@@ -224,40 +282,99 @@ def default_output_dir() -> Path:
     return Path("baseline_results") / f"integrated_experiment_results_{datetime.now():%Y%m%d_%H%M%S}"
 
 
-def run_integrated_experiment(config: ExperimentConfig) -> Path:
-    """Run the whole sweep; returns the results folder (tables, checkpoints, charts, JSON files)."""
+def check_output_dir(output_dir: Path, resume: bool) -> None:
+    """Refuse to overwrite results without ``--resume``, and to resume a folder made before ``jobs/``."""
+    has_jobs = (output_dir / JOBS_DIR).is_dir() and any((output_dir / JOBS_DIR).iterdir())
+    has_runs = (output_dir / RUNS_CSV).is_file()
+    if not resume and (has_jobs or has_runs):
+        raise ValueError(f"--output_dir {output_dir} already holds results; pass --resume to continue that sweep "
+                         "or choose another --output_dir")
+    if resume and has_runs and not (output_dir / JOBS_DIR).is_dir():
+        raise ValueError(f"--output_dir {output_dir} was written before per-job results ({JOBS_DIR}/) existed and "
+                         "cannot be resumed; start the sweep in a new --output_dir")
+
+
+def plan_models(models: list[str], config: ExperimentConfig, data: SweepData) -> dict[str, ModelPlan]:
+    """Task and setup of every model, checked before any job trains (a model that cannot run fails here)."""
+    plans = {}
+    for name in models:
+        info = model_info(name)
+        task = task_for(info, data.info, loss=config.loss)
+        requested = config.patch_size or (info.test_patch_size if config.tiny else None)
+        setup = setup_model(name, available_modalities=data.info.channels, n_classes=task.n_outputs,
+                            requested_patch=requested, data_extent=data.extent, dim=config.dim,
+                            overrides=_overrides(name, config))
+        plans[name] = ModelPlan(setup=setup, task=task)
+    return plans
+
+
+def _job_done(folder: JobFolder) -> bool:
+    """A job finished ok and its best checkpoint still exists: a resumed sweep skips it."""
+    row = folder.run_row()
+    return row is not None and row.get("status") == "ok" and isinstance(row.get("checkpoint"), str) \
+        and Path(row["checkpoint"]).is_file()
+
+
+def run_integrated_experiment(config: ExperimentConfig, *, dataset: LoadedDataset | None = None,
+                              hooks: Sequence[TrainerHooks] = ()) -> Path:
+    """Run the whole sweep; returns the results folder (tables, checkpoints, charts, JSON files).
+
+    ``dataset`` replaces the one the data flags describe (library use and tests); ``hooks`` are added
+    to every job's trainer.
+    """
     config.validate()
     models = resolve_model_names(config.models)
     device = resolve_device(config.device)
     output_dir = Path(config.output_dir) if config.output_dir else default_output_dir()
+    check_output_dir(output_dir, config.resume)
     output_dir.mkdir(parents=True, exist_ok=True)
-    data = prepare_data(config, output_dir)
-    atomic_write_json(output_dir / "config.json", dict(config.to_dict(), resolved_models=models, device=str(device)))
-    atomic_write_json(output_dir / "environment.json", environment_info())
-    setups = {m: setup_model(m, available_modalities=MODALITY_ORDER, n_classes=N_CLASSES,
-                             requested_patch=config.patch_size or (model_info(m).test_patch_size if config.tiny else None),
-                             data_extent=data.extent, dim=config.dim,
-                             overrides=_overrides(m, config)) for m in models}
-    store = ResultStore.resume(output_dir) if config.resume else ResultStore(output_dir)
-    jobs = [j for j in make_jobs(models, config.seeds, data.splits) if j.key not in store.finished_jobs()]
+    data = prepare_data(config, output_dir, dataset)
+    plans = plan_models(models, config, data)
+    atomic_write_json(output_dir / CONFIG_JSON, dict(config.to_dict(), resolved_models=models, device=str(device),
+                                                     dataset=dict(channels=list(data.info.channels),
+                                                                  label_kind=data.info.label_kind,
+                                                                  region=data.info.region)))
+    atomic_write_json(output_dir / ENVIRONMENT_JSON, environment_info())
+    context = RunContext(output_dir=output_dir, device=device)
+    all_jobs = make_jobs(models, config.seeds, data.splits)
+    folders = {j.key: JobFolder(context.for_job(*j.key).job_dir) for j in all_jobs}  # type: ignore[arg-type]
+    if config.resume and context.jobs_root.is_dir():
+        reduce_results(output_dir)  # tables exactly as the job folders say (e.g. after a kill)
+    jobs = [j for j in all_jobs if not _job_done(folders[j.key])]
     log.info("%d jobs to run (%d models x %d seeds x %d folds), results in %s", len(jobs), len(models),
              len(config.seeds), len(iter_folds(data.splits)), output_dir)
-    efficiency: dict[str, dict[str, Any]] = {}
+    _run_jobs(jobs, all_jobs, plans, data, config, context, folders, hooks)
+    reduce_results(output_dir)
+    _draw_charts(output_dir)
+    return output_dir
+
+
+def _run_jobs(jobs: list[Job], all_jobs: list[Job], plans: dict[str, ModelPlan], data: SweepData,
+              config: ExperimentConfig, context: RunContext, folders: dict[tuple, JobFolder],
+              hooks: Sequence[TrainerHooks]) -> None:
+    """Run ``jobs`` in order; after each, its rows go into the sweep tables (O(1) per job)."""
+    reducer = IncrementalReducer(context.output_dir)
+    efficiency: dict[str, tuple[dict[str, Any], list[dict[str, Any]] | None]] = {}
     start = time.perf_counter()
     for index, job in enumerate(jobs, start=1):
         elapsed = time.perf_counter() - start
         eta = elapsed / (index - 1) * (len(jobs) - index + 1) if index > 1 else float("nan")
         log.info("job %d/%d: %s seed %d fold %s (elapsed %.0fs, remaining ~%.0fs)", index, len(jobs),
                  job.model, job.seed, job.fold, elapsed, eta)
-        if job.model not in efficiency:
-            efficiency[job.model] = _efficiency(setups[job.model], config, device, store)
-        store.runs.append(run_job(job, setups[job.model], data, config, store, output_dir=output_dir,
-                                  device=device, efficiency=efficiency[job.model]))
-        store.flush()
-    store.flush()
-    _draw_charts(output_dir)
-    log.info("sweep finished in %.0fs; results in %s", time.perf_counter() - start, output_dir)
-    return output_dir
+        model_jobs = [folders[j.key] for j in all_jobs if j.model == job.model]
+        first = job.model not in efficiency
+        if first:
+            efficiency[job.model] = _efficiency(plans[job.model], config, context.device, model_jobs)
+        values, stages = efficiency[job.model]
+        folder = folders[job.key]
+        rerun = folder.run_row() is not None  # a failed job run again: its old rows are in the tables
+        run_job(job, plans[job.model], data, config, context.for_job(*job.key), efficiency=values,
+                stage_pam=stages if first else None, hooks=hooks)
+        if rerun:
+            reduce_results(context.output_dir)
+        else:
+            reducer.add_job(folder, model_jobs)
+    log.info("%d jobs finished in %.0fs; results in %s", len(jobs), time.perf_counter() - start, context.output_dir)
 
 
 def _draw_charts(output_dir: Path) -> None:

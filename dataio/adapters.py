@@ -21,11 +21,20 @@ from collections import Counter
 from pathlib import Path
 from typing import Callable, Iterable
 
-from .types import CaseFiles
+from .types import CaseFiles, DatasetInfo
 
 logger = logging.getLogger(__name__)
 
 DATASET_VERSIONS: tuple[str, ...] = ("synthetic", "brats2018", "brats2021", "brats2023", "msd_task01")
+
+
+
+def dataset_info(dataset_version: str) -> DatasetInfo:
+    """Channels and label kind of a dataset version (every version so far: four BraTS MRI modalities)."""
+    if dataset_version not in DATASET_VERSIONS:
+        raise ValueError(f"unknown dataset_version {dataset_version!r}; known: {', '.join(DATASET_VERSIONS)}")
+    return DatasetInfo(name=dataset_version)
+
 
 _BRATS21_SUFFIX = {"t1": "t1", "t1ce": "t1ce", "t2": "t2", "flair": "flair"}
 _BRATS23_SUFFIX = {"t1": "t1n", "t1ce": "t1c", "t2": "t2w", "flair": "t2f"}

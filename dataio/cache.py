@@ -28,7 +28,7 @@ from utils.atomic import atomic_write_json
 from .adapters import DATASET_VERSIONS, discover_cases
 from .preprocess import preprocess_case
 from .synthetic import FORMAT_VERSION, ensure_synthetic_brats, validate_synthetic_args
-from .types import CachedCase, CaseFiles, CropBox
+from .types import MODALITY_ORDER, CachedCase, CaseFiles, CropBox
 
 logger = logging.getLogger(__name__)
 
@@ -193,7 +193,8 @@ class PreprocessedCache:
             spacing=tuple(meta["spacing"]), affine=np.asarray(meta["affine"], dtype=np.float64),
             original_shape=tuple(meta["original_shape"]),
             crop=CropBox(start=tuple(meta["crop"]["start"]), stop=tuple(meta["crop"]["stop"])),
-            convention=meta["convention"])
+            convention=meta["convention"],
+            channel_names=tuple(meta.get("channel_names", MODALITY_ORDER)))  # entries before channel names: BraTS
 
 
 def _meta(cached: CachedCase, params: dict, sources: list[dict[str, Any]]) -> dict[str, Any]:
@@ -203,6 +204,7 @@ def _meta(cached: CachedCase, params: dict, sources: list[dict[str, Any]]) -> di
         "original_shape": list(cached.original_shape),
         "crop": {"start": list(cached.crop.start), "stop": list(cached.crop.stop)},
         "convention": cached.convention, "has_label": cached.label is not None,
+        "channel_names": list(cached.channel_names),
         "image_shape": list(cached.image.shape), "params": params, "sources": sources,
     }
 

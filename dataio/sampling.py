@@ -33,7 +33,7 @@ import torch
 from torch.utils.data import Dataset
 
 from dataio.augment import apply_augmentation, build_augmentation
-from dataio.types import MODALITY_ORDER, CachedCase
+from dataio.types import CachedCase
 
 logger = logging.getLogger(__name__)
 
@@ -156,15 +156,19 @@ class _CaseSampler(Dataset):
             raise ValueError(f"samples_per_volume must be >= 1, got {samples_per_volume}")
         if not 0.0 <= foreground_fraction <= 1.0:
             raise ValueError(f"foreground_fraction must be in [0, 1], got {foreground_fraction}")
-        unknown = [m for m in modalities if m not in MODALITY_ORDER]
+        names = cases[0].channel_names
+        unknown = [m for m in modalities if m not in names]
         if unknown or not modalities:
-            raise ValueError(f"modalities {tuple(modalities)}: unknown {unknown}; known {MODALITY_ORDER}")
+            raise ValueError(f"modalities {tuple(modalities)}: unknown {unknown}; known {names}")
         for case in cases:
             if case.label is None:
                 raise ValueError(f"case {case.case_id} has no label; training samples need labels")
+            if case.channel_names != names:
+                raise ValueError(f"case {case.case_id} has channels {case.channel_names} but case "
+                                 f"{cases[0].case_id} has {names}; one dataset needs one channel layout")
         self.cases = list(cases)
         self.modalities = tuple(modalities)
-        self.channel_idx = [MODALITY_ORDER.index(m) for m in modalities]
+        self.channel_idx = cases[0].channel_indices(modalities)
         self.samples_per_volume = int(samples_per_volume)
         self.foreground_fraction = float(foreground_fraction)
         self.seed = int(seed)

@@ -2,9 +2,11 @@
 
 Conventions (volbench-wide):
 - Arrays are channel-first, spatial axes in the order stored on disk (NIfTI i, j, k), called D, H, W.
-- Images hold one channel per modality in ``MODALITY_ORDER`` = (t1, t1ce, t2, flair), float32,
-  z-scored inside the brain mask, 0 outside.
-- Labels use the internal map {0 background, 1 NCR/NET, 2 ED, 3 ET}, uint8.
+- Images hold one channel per named channel of the dataset (``CachedCase.channel_names``): for BraTS
+  the modalities in ``MODALITY_ORDER`` = (t1, t1ce, t2, flair), float32, z-scored inside the brain mask,
+  0 outside; other datasets name their own channels (e.g. one CT channel).
+- Labels use the internal map {0 background, 1 NCR/NET, 2 ED, 3 ET} for BraTS, {0, 1} for binary
+  datasets, uint8.
 - Spacing is in millimetres per voxel along (D, H, W).
 """
 
@@ -18,6 +20,33 @@ import numpy as np
 MODALITY_ORDER: tuple[str, ...] = ("t1", "t1ce", "t2", "flair")
 INTERNAL_LABELS: tuple[int, ...] = (0, 1, 2, 3)
 LABEL_NAMES: dict[int, str] = {0: "background", 1: "ncr", 2: "ed", 3: "et"}
+
+
+LABEL_KINDS: tuple[str, ...] = ("brats", "binary")
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a dataset offers the models and tasks, known before any model is built.
+
+    Attributes:
+        name: dataset version (``synthetic``, ``brats2021``, ...).
+        channels: image channel names in the cached order (models take them by name or all of them).
+        label_kind: ``brats`` (internal BraTS labels 0-3, regions WT/TC/ET) or ``binary`` (0/1).
+        region: name of the foreground region of a binary dataset, used in column names
+            (``dice_<region>``); ignored for ``brats``.
+    """
+
+    name: str
+    channels: tuple[str, ...] = MODALITY_ORDER
+    label_kind: str = "brats"
+    region: str = "lesion"
+
+    def __post_init__(self) -> None:
+        if self.label_kind not in LABEL_KINDS:
+            raise ValueError(f"dataset {self.name!r}: label_kind {self.label_kind!r} is not one of {LABEL_KINDS}")
+        if not self.channels or len(set(self.channels)) != len(self.channels):
+            raise ValueError(f"dataset {self.name!r}: channel names must be unique and non-empty, got {self.channels}")
 
 
 @dataclass(frozen=True)
@@ -60,13 +89,14 @@ class CachedCase:
 
     Attributes:
         case_id, patient_id: as in :class:`CaseFiles`.
-        image: float32 (4, D, H, W) in ``MODALITY_ORDER``, cropped to the brain box.
+        image: float32 (C, D, H, W), one channel per name in ``channel_names``, cropped to the brain box.
         label: uint8 (D, H, W) internal labels, same crop; ``None`` for unlabelled data.
         spacing: mm per voxel (D, H, W).
         affine: 4x4 affine of the original image.
         original_shape: spatial shape of the original image before cropping.
         crop: where ``image`` sits in the original image.
         convention: label convention of the source dataset (to write predictions back).
+        channel_names: name of each image channel (BraTS: ``MODALITY_ORDER``).
     """
 
     case_id: str
@@ -78,13 +108,27 @@ class CachedCase:
     original_shape: tuple[int, int, int]
     crop: CropBox
     convention: str
+    channel_names: tuple[str, ...] = MODALITY_ORDER
+
+    def channel_indices(self, modalities: tuple[str, ...] | list[str]) -> list[int]:
+        """Indices of the named channels in ``image``; ``ValueError`` naming unknown ones."""
+        missing = [m for m in modalities if m not in self.channel_names]
+        if missing or not modalities:
+            raise ValueError(f"case {self.case_id}: unknown channels {missing or list(modalities)}; "
+                             f"known {self.channel_names}")
+        return [self.channel_names.index(m) for m in modalities]
 
     def channels(self, modalities: tuple[str, ...] | list[str]) -> np.ndarray:
         """Image channels for the named modalities, in the given order (copy-free when possible)."""
-        missing = [m for m in modalities if m not in MODALITY_ORDER]
-        if missing:
-            raise ValueError(f"case {self.case_id}: unknown modalities {missing}; known {MODALITY_ORDER}")
-        idx = [MODALITY_ORDER.index(m) for m in modalities]
+        idx = self.channel_indices(modalities)
         if idx == list(range(idx[0], idx[0] + len(idx))):
             return self.image[idx[0]: idx[0] + len(idx)]
         return self.image[idx]
+
+
+@dataclass
+class LoadedDataset:
+    """A dataset ready for a sweep: what it offers (:class:`DatasetInfo`) and its cached cases."""
+
+    info: DatasetInfo
+    cases: list[CachedCase]

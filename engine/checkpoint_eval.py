@@ -32,21 +32,19 @@ from dataio.splits import load_splits
 from dataio.types import MODALITY_ORDER, CachedCase, CaseFiles
 from engine.data_options import DataOptions
 from engine.evaluation import InferenceSettings, evaluate_cases
-from engine.results import EFFICIENCY_COLUMNS
 from engine.folder_eval import case_name, metric_summary
 from engine.prediction_io import save_case_prediction
-from metrics.regions import BRATS_SPEC, MetricSpec, binary_spec
+from engine.tasks import Task, task_from_meta
 from metrics.surface import EMPTY_MASK_RULES
 from models import create_model, model_info
 from utils.checkpoint import load_checkpoint
+from utils.schema import (COMPARISON_CSV, CONFIG_JSON, EFFICIENCY_COLUMNS, EVALUATION_SUMMARY_JSON, PER_CASE_CSV,
+                          RUNS_CSV, SPLITS_JSON, checkpoint_name, fold_value)
 
 logger = logging.getLogger(__name__)
 
-RESULTS_CSV = "integrated_experiment_results.csv"
-SPLITS_JSON = "splits.json"
-CONFIG_JSON = "config.json"
+RESULTS_CSV = RUNS_CSV
 IMAGE_EXTENSIONS = (".nii.gz", ".nii")
-# per-model measurements of the sweep, copied into the evaluation's run table for the charts
 @dataclass
 class RunSpec:
     """One checkpoint to evaluate: identity of its run and the case ids to use (``None`` = all)."""
@@ -103,14 +101,9 @@ def settings_from_meta(meta: dict[str, Any], path: Path, device: torch.device, *
                              context_slices=int(meta.get("context_slices", 0)), amp=amp, tta=tta)
 
 
-def spec_for(meta: dict[str, Any]) -> MetricSpec:
-    """BraTS regions for 4-class models, a binary ``lesion`` region for 2-class models."""
-    n_classes = int(meta.get("n_classes", BRATS_SPEC.n_classes))
-    if n_classes == BRATS_SPEC.n_classes:
-        return BRATS_SPEC
-    if n_classes == 2:
-        return binary_spec("lesion")
-    raise ValueError(f"no metric spec for a model with {n_classes} classes (expected 4 BraTS or 2 binary)")
+def task_of(meta: dict[str, Any]) -> Task:
+    """The task of a checkpoint (its metric columns: BraTS WT/TC/ET, or the binary region it recorded)."""
+    return task_from_meta(meta)
 
 
 def read_json(path: Path, what: str) -> Any:
@@ -179,12 +172,11 @@ def _checkpoint_path(results_dir: Path, row: dict[str, Any]) -> Path:
             if candidate.is_file():
                 return candidate
         return Path(recorded)
-    fold = "" if row["fold"] is None else f"_fold_{row['fold']}"
-    return results_dir / f"{row['model']}_seed_{row['seed']}{fold}_best.pth"
+    return results_dir / checkpoint_name(row["model"], row["seed"], row["fold"])
 
 
 def _fold_of(value: Any) -> int | None:
-    return None if value is None or (isinstance(value, float) and math.isnan(value)) else int(value)
+    return fold_value(value)
 
 
 def split_ids(splits: dict[str, Any], split: str, fold: int | None, source: Path) -> list[str]:
@@ -296,8 +288,8 @@ def evaluate_run(run: RunSpec, cases: list[CachedCase], *, device: torch.device,
             save_case_prediction(case, logits, prediction_dir, save_probabilities=save_probabilities,
                                  probability_format=probability_format)
 
-    result = evaluate_cases(model, cases, settings, spec=spec_for(meta), include_hd95=True, desc=run.label,
-                            on_logits=save)
+    result = evaluate_cases(model, cases, task_of(meta), settings, stage="test", desc=run.label,
+                            on_prediction=save)
     keys = dict(model=run.model, seed=run.seed, fold=run.fold)
     aggregate = {k: v for k, v in result.aggregate.items() if not k.startswith("n_")}
     row = dict(keys, status="ok", error="", best_epoch=meta.get("epoch"), n_cases=len(cases),
@@ -342,7 +334,7 @@ def write_evaluation(output_dir: Path, results: list[RunResult], context: dict[s
     """Write ``per_case_results.csv``, ``integrated_experiment_results.csv`` (one row per evaluated run,
     the sweep's schema so every chart works), ``model_comparison.csv`` and ``evaluation_summary.json``
     into ``output_dir``; returns the files written."""
-    from engine.results import build_comparison
+    from engine.reducer import build_comparison
     from utils.atomic import atomic_write_csv, atomic_write_json
 
     output_dir = Path(output_dir)
@@ -350,11 +342,11 @@ def write_evaluation(output_dir: Path, results: list[RunResult], context: dict[s
     written = []
     per_case = [r for res in results for r in res.per_case]
     if per_case:
-        atomic_write_csv(output_dir / "per_case_results.csv", pd.DataFrame(per_case))
-        written.append(output_dir / "per_case_results.csv")
+        atomic_write_csv(output_dir / PER_CASE_CSV, pd.DataFrame(per_case))
+        written.append(output_dir / PER_CASE_CSV)
     runs = pd.DataFrame([res.row for res in results])
     atomic_write_csv(output_dir / RESULTS_CSV, runs)
-    atomic_write_csv(output_dir / "model_comparison.csv", build_comparison(runs))
-    atomic_write_json(output_dir / "evaluation_summary.json", summary_of(results, context))
-    written += [output_dir / RESULTS_CSV, output_dir / "model_comparison.csv", output_dir / "evaluation_summary.json"]
+    atomic_write_csv(output_dir / COMPARISON_CSV, build_comparison(runs))
+    atomic_write_json(output_dir / EVALUATION_SUMMARY_JSON, summary_of(results, context))
+    written += [output_dir / RESULTS_CSV, output_dir / COMPARISON_CSV, output_dir / EVALUATION_SUMMARY_JSON]
     return written

@@ -43,6 +43,7 @@ class ExperimentConfig(DataOptions):
     splits_file: str | None = None
     output_dir: str | None = None
     resume: bool = False
+    keep_latest: bool = False
     lr: float = 1e-3
     weight_decay: float = 1e-5
     optimizer: str = "adamw"
@@ -141,7 +142,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--splits_file", default=None, help="reuse this splits.json")
     p.add_argument("--output_dir", default=None,
                    help="results folder (default baseline_results/integrated_experiment_results_YYYYMMDD_HHMMSS)")
-    p.add_argument("--resume", action="store_true", help="skip jobs already finished in --output_dir")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the sweep in --output_dir: skip jobs finished ok, rerun failed ones, continue "
+                        "interrupted ones from their latest epoch")
+    p.add_argument("--keep_latest", action="store_true",
+                   help="keep each job's full training state (jobs/<job>/latest.pth, with the optimiser) after "
+                        "it ends; by default it is deleted")
     _add_training_arguments(p)
     return p
 

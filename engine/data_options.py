@@ -10,8 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dataio.adapters import dataset_info
 from dataio.cache import DEFAULT_CACHE_ROOT, load_dataset, synthetic_root
-from dataio.types import CachedCase
+from dataio.types import CachedCase, DatasetInfo, LoadedDataset
 
 
 @dataclass
@@ -36,6 +37,14 @@ class DataOptions:
         if self.data_path:
             return Path(self.data_path).expanduser()
         return synthetic_root(self.cache_root, self.synthetic_cases, tuple(self.synthetic_size), self.synthetic_seed)
+
+    def dataset_info(self) -> DatasetInfo:
+        """Channels and label kind of the chosen dataset."""
+        return dataset_info(self.dataset_version)
+
+    def load(self) -> LoadedDataset:
+        """The dataset's description and its labelled cached cases."""
+        return LoadedDataset(info=self.dataset_info(), cases=self.load_cases())
 
     def load_cases(self, *, require_labels: bool = True, progress: bool = True) -> list[CachedCase]:
         """Cached cases of this dataset (generated and preprocessed on first use)."""

@@ -1,9 +1,9 @@
-"""Evaluate a model on whole cases: sliding-window logits -> argmax labels -> per-case metrics."""
+"""Evaluate a model on whole cases: the task predicts each case and its accumulator computes the metrics."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import torch
@@ -11,10 +11,11 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from dataio.types import CachedCase
-from metrics.regions import BRATS_SPEC, MetricSpec
-from metrics.segmentation import SegmentationMetricAccumulator
 
 from .inference import AttentionRecorder, flip_tta_logits, predict_logits
+
+if TYPE_CHECKING:
+    from .tasks.base import Task
 
 
 @dataclass
@@ -37,21 +38,19 @@ class InferenceSettings:
 
 @dataclass
 class EvaluationResult:
-    """Per-case metric rows, their aggregate, the mean loss, modality weights (attention models) and the
-    voxel confusion matrix summed over cases (rows = reference label, columns = predicted label)."""
+    """Per-case metric rows, their aggregate, the mean loss (when asked), modality weights (attention
+    models) and the task's extra tables (e.g. ``confusion``: the voxel confusion matrix summed over cases,
+    rows = reference label, columns = predicted label)."""
 
     per_case: list[dict[str, Any]]
     aggregate: dict[str, float]
     mean_loss: float | None = None
     attention: list[dict[str, Any]] = field(default_factory=list)
-    confusion: np.ndarray | None = None
+    tables: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
-    def confusion_rows(self) -> list[dict[str, int]]:
-        """The confusion matrix as long-format rows: reference, prediction, voxels."""
-        if self.confusion is None:
-            return []
-        return [dict(reference=r, prediction=p, voxels=int(self.confusion[r, p]))
-                for r in range(self.confusion.shape[0]) for p in range(self.confusion.shape[1])]
+    def all_tables(self) -> dict[str, list[dict[str, Any]]]:
+        """Every per-case table of this evaluation by table name (``per_case``, ``attention``, task tables)."""
+        return dict(self.tables, per_case=self.per_case, attention=self.attention)
 
 
 def case_tensor(case: CachedCase, modalities: tuple[str, ...]) -> torch.Tensor:
@@ -67,38 +66,32 @@ def case_logits(model: nn.Module, case: CachedCase, settings: InferenceSettings)
     return predict_logits(model, image, **settings.predict_kwargs())
 
 
-def evaluate_cases(model: nn.Module, cases: list[CachedCase], settings: InferenceSettings, *,
-                   spec: MetricSpec = BRATS_SPEC, include_hd95: bool = True,
-                   loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-                   record_attention: bool = False, desc: str = "eval",
-                   on_logits: Callable[[CachedCase, torch.Tensor], None] | None = None) -> EvaluationResult:
-    """Predict every case, compute per-case metrics (``metrics.segmentation.case_metrics`` rules).
+def evaluate_cases(model: nn.Module, cases: list[CachedCase], task: "Task", settings: InferenceSettings, *,
+                   stage: str = "test", with_loss: bool = False, record_attention: bool = False,
+                   desc: str = "eval", on_prediction: Callable[[CachedCase, Any], None] | None = None
+                   ) -> EvaluationResult:
+    """Predict every case with ``task.predict_case`` and feed labelled cases to the task's accumulator.
 
-    ``loss_fn`` (optional) is applied to the whole-volume logits and labels; its mean is reported.
-    With ``record_attention`` the model is called with ``return_attention=True`` and the mean
-    weight per stage and modality is returned for every case. ``on_logits(case, logits)`` sees every
-    case's logits (K, D, H, W), labelled or not (e.g. to write predictions).
+    ``stage`` ``val`` computes the task's cheap metrics, ``test`` all of them; ``with_loss`` asks the
+    accumulator for the mean loss. With ``record_attention`` the model is called with
+    ``return_attention=True`` and the mean weight per stage and modality is returned for every case.
+    ``on_prediction(case, prediction)`` sees every case's prediction, labelled or not (e.g. to write it).
     """
-    accumulator = SegmentationMetricAccumulator(spec=spec, include_hd95=include_hd95)
+    accumulator = task.new_accumulator(stage=stage, with_loss=with_loss)
     predictor: nn.Module = AttentionRecorder(model) if record_attention else model
-    losses: list[float] = []
     attention_rows: list[dict[str, Any]] = []
     for case in tqdm(cases, desc=desc, leave=False, unit="case"):
-        logits = case_logits(predictor, case, settings)
-        if on_logits is not None:
-            on_logits(case, logits)
+        prediction = task.predict_case(predictor, case, settings)
+        if on_prediction is not None:
+            on_prediction(case, prediction)
         if case.label is None:
             continue
-        label = torch.from_numpy(np.asarray(case.label, dtype=np.int64))
-        if loss_fn is not None:
-            with torch.no_grad():
-                losses.append(float(loss_fn(logits[None], label[None])))
-        accumulator.update(logits.argmax(0).numpy(), label.numpy(), case.spacing, case.case_id,
-                           image_shape=case.original_shape)
+        accumulator.update(case, prediction)
         if record_attention:
-            for stage, weights in predictor.mean_weights().items():  # type: ignore[union-attr]
+            for stage_name, weights in predictor.mean_weights().items():  # type: ignore[union-attr]
                 for modality, weight in zip(settings.modalities, weights):
-                    attention_rows.append(dict(case_id=case.case_id, stage=stage, modality=modality, weight=weight))
+                    attention_rows.append(dict(case_id=case.case_id, stage=stage_name, modality=modality,
+                                               weight=weight))
     return EvaluationResult(per_case=accumulator.per_case(), aggregate=accumulator.aggregate(),
-                            mean_loss=float(np.mean(losses)) if losses else None, attention=attention_rows,
-                            confusion=accumulator.confusion_matrix)
+                            mean_loss=accumulator.mean_loss(), attention=attention_rows,
+                            tables=accumulator.tables())

@@ -32,6 +32,7 @@ from dataio.nifti_io import load_label, read_header
 from metrics.regions import BRATS_SPEC, MetricSpec, binary_spec
 from metrics.segmentation import SegmentationMetricAccumulator
 from metrics.surface import EMPTY_MASK_RULES
+from utils.schema import DEFAULT_BINARY_REGION
 
 logger = logging.getLogger(__name__)
 
@@ -131,7 +132,7 @@ def task_spec(task: str) -> MetricSpec:
     """``BRATS_SPEC`` for ``brats``, ``binary_spec("lesion")`` for ``binary``."""
     if task not in TASKS:
         raise ValueError(f"--task {task!r} is not one of {TASKS}")
-    return BRATS_SPEC if task == "brats" else binary_spec("lesion")
+    return BRATS_SPEC if task == "brats" else binary_spec(DEFAULT_BINARY_REGION)
 
 
 def _check_same_axes(pair: CasePair) -> None:

@@ -63,11 +63,17 @@ def setup_model(name: str, *, available_modalities: tuple[str, ...], n_classes: 
                 dim: str | None = None, overrides: dict[str, Any] | None = None) -> ModelSetup:
     """Validate that ``name`` can run on this data and decide how it is built.
 
+    Input channels: the model's named modalities; a model with ``any_channels`` whose modalities the
+    dataset lacks takes every channel of ``available_modalities`` instead (e.g. one CT channel).
+
     Raises:
         ValueError: the dataset lacks a modality the model needs, or ``--dim`` contradicts the model.
     """
     info = model_info(name)
-    missing = [m for m in info.modalities if m not in available_modalities]
+    modalities = tuple(info.modalities)
+    missing = [m for m in modalities if m not in available_modalities]
+    if missing and info.any_channels:  # not tied to MRI modalities: take every channel of the dataset
+        modalities, missing = tuple(available_modalities), []
     if missing:
         raise ValueError(f"model {name!r} needs modalities {list(info.modalities)} but the dataset lacks "
                          f"{missing} (available: {list(available_modalities)})")
@@ -75,9 +81,9 @@ def setup_model(name: str, *, available_modalities: tuple[str, ...], n_classes: 
         raise ValueError(f"model {name!r} is a {info.spatial_dims}D network; --dim {dim} does not apply to it "
                          f"(leave --dim unset to use each model's native dimensionality)")
     patch = resolve_patch_size(info, requested_patch, data_extent)
-    kwargs: dict[str, Any] = dict(in_channels=info.in_channels, out_channels=n_classes)
+    kwargs: dict[str, Any] = dict(in_channels=len(modalities) * (2 * info.context_slices + 1), out_channels=n_classes)
     kwargs.update(overrides or {})
     if info.needs_fixed_input:  # e.g. UNETR: the network is built for exactly the window size
         kwargs["img_size"] = tuple(patch)
-    return ModelSetup(name=name, info=info, modalities=info.modalities, spatial_dims=info.spatial_dims,
+    return ModelSetup(name=name, info=info, modalities=modalities, spatial_dims=info.spatial_dims,
                       patch_size=patch, model_kwargs=kwargs)

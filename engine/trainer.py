@@ -1,18 +1,22 @@
-"""One training job: epochs of patch training, per-epoch sliding-window validation, best checkpoint.
+"""One training job as a short loop of named hooks: train epoch, validate, keep best, save state, stop early.
 
-The loop is a short sequence of named steps (train epoch, validate, keep best, schedule, stop early).
-Loss: the registered loss on patch logits. Selection: mean validation Dice over the task's regions.
+The task (``engine.tasks``) makes the batches' losses and the validation metrics; the trainer only
+optimises the sum of the named losses, validates every ``val_every`` epochs, keeps the best checkpoint
+by the task's selection metric, and writes the full training state (``engine.train_state``) after every
+epoch so that a killed job continues from the next epoch with the same result.
+
+Hooks (:class:`TrainerHooks`, all optional): ``on_train_start``, ``on_train_step``, ``on_validation``,
+``on_epoch_end`` (after the epoch's state is saved), ``on_train_end``.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Sequence
 
 import torch
 import torch.nn as nn
@@ -23,9 +27,10 @@ from dataio.loaders import set_epoch
 from dataio.types import CachedCase
 from utils.checkpoint import save_checkpoint
 
-from .config import ExperimentConfig
-from .evaluation import InferenceSettings, evaluate_cases
+from .evaluation import EvaluationResult, InferenceSettings, evaluate_cases
 from .optim import build_optimizer, build_scheduler, step_scheduler
+from .tasks.base import Task
+from .train_state import TrainState, load_train_state, save_train_state
 
 log = logging.getLogger(__name__)
 
@@ -34,105 +39,175 @@ class DivergedError(RuntimeError):
     """Training produced a non-finite loss."""
 
 
+@dataclass(frozen=True)
+class TrainerSettings:
+    """The settings the trainer reads (lr per optimiser step; ``patience`` 0 disables early stopping)."""
+
+    epochs: int = 10
+    lr: float = 1e-3
+    weight_decay: float = 1e-5
+    optimizer: str = "adamw"
+    scheduler: str = "cosine"
+    amp: bool = True
+    grad_accum: int = 1
+    max_grad_norm: float | None = 12.0
+    patience: int = 0
+    val_every: int = 1
+
+
+class TrainerHooks:
+    """No-op hooks; subclass and override what you need. ``state`` is the live :class:`TrainState`."""
+
+    def on_train_start(self, state: TrainState) -> None:
+        """Before the first epoch of this run (after a resume: before the next epoch)."""
+
+    def on_train_step(self, state: TrainState, step: int, losses: dict[str, float]) -> None:
+        """After each batch's backward pass (``losses``: the batch's named losses and ``total``)."""
+
+    def on_validation(self, state: TrainState, evaluation: EvaluationResult) -> None:
+        """After each validation."""
+
+    def on_epoch_end(self, state: TrainState, row: dict[str, Any]) -> None:
+        """After the epoch's row is recorded and the ``latest`` state is saved."""
+
+    def on_train_end(self, state: TrainState) -> None:
+        """After the last epoch (or the early stop)."""
+
+
 @dataclass
 class FitResult:
-    """What training produced: one row per epoch, the best epoch and its validation Dice."""
+    """What training produced: one row per epoch, the best epoch and its selection metric."""
 
     epoch_rows: list[dict[str, Any]] = field(default_factory=list)
     best_epoch: int | None = None
-    best_val_dice: float = float("nan")
+    best_metric: float = float("nan")
     epochs_run: int = 0
     train_time_s: float = 0.0
 
 
-def _loss_of(loss_fn: Callable[..., torch.Tensor], output: Any, target: torch.Tensor) -> torch.Tensor:
-    logits = output[0] if isinstance(output, (tuple, list)) else output
-    return loss_fn(logits.float(), target)
+@dataclass
+class _Optimisation:
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: torch.amp.GradScaler | None
 
 
-def train_one_epoch(model: nn.Module, loader: DataLoader, loss_fn: Callable[..., torch.Tensor],
-                    optimizer: torch.optim.Optimizer, *, device: torch.device, config: ExperimentConfig,
-                    scaler: torch.amp.GradScaler | None, desc: str) -> float:
-    """Mean training loss of one epoch (gradient accumulation, clipping, AMP on CUDA)."""
+def train_one_epoch(model: nn.Module, loader: DataLoader, task: Task, opt: _Optimisation, *,
+                    device: torch.device, settings: TrainerSettings, state: TrainState,
+                    hooks: Sequence[TrainerHooks], desc: str) -> dict[str, float]:
+    """Mean of each named loss and of their sum (``loss``) over one epoch (accumulation, clipping, AMP)."""
     model.train()
-    use_amp = scaler is not None
-    total, count = 0.0, 0
-    optimizer.zero_grad(set_to_none=True)
+    sums: dict[str, float] = {}
+    count = 0
+    opt.optimizer.zero_grad(set_to_none=True)
     bar = tqdm(loader, desc=desc, leave=False, unit="batch")
     for step, batch in enumerate(bar, start=1):
-        image = batch["image"].to(device, non_blocking=True)
-        label = batch["label"].to(device, non_blocking=True)
-        ctx = torch.autocast("cuda", dtype=torch.float16) if use_amp else nullcontext()
+        ctx = torch.autocast("cuda", dtype=torch.float16) if opt.scaler is not None else nullcontext()
         with ctx:
-            loss = _loss_of(loss_fn, model(image), label)
+            losses = task.train_step(model, batch, device)
+        parts = list(losses.values())
+        loss = parts[0] if len(parts) == 1 else torch.stack([p.float() for p in parts]).sum()
         if not torch.isfinite(loss):
             raise DivergedError(f"non-finite training loss ({loss.item()}) at batch {step}")
-        scaled = loss / config.grad_accum
-        (scaler.scale(scaled) if scaler else scaled).backward()
-        if step % config.grad_accum == 0 or step == len(loader):
-            if scaler:
-                scaler.unscale_(optimizer)
-            if config.max_grad_norm:
-                nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-            if scaler:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        total += float(loss.detach())
+        scaled = loss / settings.grad_accum
+        (opt.scaler.scale(scaled) if opt.scaler else scaled).backward()
+        if step % settings.grad_accum == 0 or step == len(loader):
+            _optimiser_step(model, opt, settings)
+        values = {"loss": float(loss.detach())}
+        if len(parts) > 1 or "loss" not in losses:
+            values.update({f"loss_{k}": float(v.detach()) for k, v in losses.items()})
+        for key, value in values.items():
+            sums[key] = sums.get(key, 0.0) + value
         count += 1
-        bar.set_postfix(loss=f"{total / count:.4f}")
-    return total / max(count, 1)
+        bar.set_postfix(loss=f"{sums['loss'] / count:.4f}")
+        for hook in hooks:
+            hook.on_train_step(state, step, values)
+    return {k: v / max(count, 1) for k, v in sums.items()}
 
 
-def fit(model: nn.Module, loader: DataLoader, val_cases: list[CachedCase], settings: InferenceSettings, *,
-        loss_fn: Callable[..., torch.Tensor], config: ExperimentConfig, checkpoint_path: Path,
-        checkpoint_info: dict[str, Any], desc: str) -> FitResult:
-    """Train for ``config.epochs`` epochs; the checkpoint at ``checkpoint_path`` holds the best epoch.
+def _optimiser_step(model: nn.Module, opt: _Optimisation, settings: TrainerSettings) -> None:
+    if opt.scaler:
+        opt.scaler.unscale_(opt.optimizer)
+    if settings.max_grad_norm:
+        nn.utils.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
+    if opt.scaler:
+        opt.scaler.step(opt.optimizer)
+        opt.scaler.update()
+    else:
+        opt.optimizer.step()
+    opt.optimizer.zero_grad(set_to_none=True)
+
+
+def fit(model: nn.Module, loader: DataLoader, val_cases: list[CachedCase], task: Task,
+        inference: InferenceSettings, settings: TrainerSettings, *, best_checkpoint: Path,
+        checkpoint_info: dict[str, Any], latest_checkpoint: Path | None = None,
+        hooks: Sequence[TrainerHooks] = (), desc: str = "train") -> FitResult:
+    """Train for ``settings.epochs`` epochs; ``best_checkpoint`` holds the best epoch's weights.
 
     ``checkpoint_info`` carries ``model_name``, ``model_kwargs`` and ``meta`` for the checkpoint file.
+    With ``latest_checkpoint`` the full training state is saved there after every epoch, and a state
+    found there at the start is resumed from (the job continues with the next epoch).
     """
-    device = settings.device
-    optimizer = build_optimizer(config.optimizer, model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = build_scheduler(config.scheduler, optimizer, epochs=config.epochs)
-    scaler = torch.amp.GradScaler("cuda") if (config.amp and device.type == "cuda") else None
-    result, stale = FitResult(), 0
-    start = time.perf_counter()
-    epochs = tqdm(range(1, config.epochs + 1), desc=desc, unit="epoch", leave=False)
-    for epoch in epochs:
+    device = inference.device
+    optimizer = build_optimizer(settings.optimizer, model.parameters(), lr=settings.lr,
+                                weight_decay=settings.weight_decay)
+    opt = _Optimisation(optimizer, build_scheduler(settings.scheduler, optimizer, epochs=settings.epochs),
+                        torch.amp.GradScaler("cuda") if (settings.amp and device.type == "cuda") else None)
+    generator = getattr(loader, "generator", None)
+    state = TrainState()
+    if latest_checkpoint is not None and latest_checkpoint.is_file():
+        state = load_train_state(latest_checkpoint, model=model, optimizer=opt.optimizer, scheduler=opt.scheduler,
+                                 scaler=opt.scaler, generator=generator)
+        log.info("%s: resuming after epoch %d from %s", desc, state.epoch, latest_checkpoint)
+    for hook in hooks:
+        hook.on_train_start(state)
+    epochs = tqdm(range(state.epoch + 1, settings.epochs + 1), desc=desc, unit="epoch", leave=False)
+    for epoch in epochs if not state.stopped else ():
         t0 = time.perf_counter()
-        set_epoch(loader, epoch)
-        lr = optimizer.param_groups[0]["lr"]
-        train_loss = train_one_epoch(model, loader, loss_fn, optimizer, device=device, config=config,
-                                     scaler=scaler, desc=f"epoch {epoch}")
-        val_dice, val_loss, val_means = float("nan"), float("nan"), {}
-        if epoch % config.val_every == 0 or epoch == config.epochs:
-            evaluation = evaluate_cases(model, val_cases, settings, include_hd95=False, loss_fn=loss_fn,
-                                        desc="validate")
-            val_means = {f"val_{k}": v for k, v in evaluation.aggregate.items()
-                         if k.startswith("dice_") and not k.startswith("n_")}
-            val_dice = evaluation.aggregate.get("dice_mean", float("nan"))
-            val_loss = evaluation.mean_loss if evaluation.mean_loss is not None else float("nan")
-            improved = result.best_epoch is None or (not math.isnan(val_dice) and
-                                                     (math.isnan(result.best_val_dice) or val_dice > result.best_val_dice))
-            if improved:
-                result.best_epoch, result.best_val_dice, stale = epoch, val_dice, 0
-                save_checkpoint(checkpoint_path, model.state_dict(), **_with_epoch(checkpoint_info, epoch, val_dice))
-            else:
-                stale += 1
-        step_scheduler(scheduler, val_dice)
-        result.epoch_rows.append(dict(epoch=epoch, train_loss=train_loss, val_loss=val_loss, **val_means,
-                                      lr=lr, epoch_time_s=time.perf_counter() - t0))
-        result.epochs_run = epoch
-        epochs.set_postfix(loss=f"{train_loss:.3f}", val_dice=f"{val_dice:.3f}")
-        if config.patience and stale >= config.patience:
-            log.info("%s: early stop at epoch %d (no improvement for %d validations)", desc, epoch, stale)
+        row = _run_epoch(model, loader, val_cases, task, inference, settings, opt, state, epoch, hooks,
+                         best_checkpoint, checkpoint_info)
+        row["epoch_time_s"] = time.perf_counter() - t0
+        state.epoch, state.train_time_s = epoch, state.train_time_s + row["epoch_time_s"]
+        state.epoch_rows.append(row)
+        state.stopped = bool(settings.patience and state.stale >= settings.patience)
+        if latest_checkpoint is not None:
+            save_train_state(latest_checkpoint, state, model=model, optimizer=opt.optimizer, scheduler=opt.scheduler,
+                             scaler=opt.scaler, generator=generator)
+        for hook in hooks:
+            hook.on_epoch_end(state, row)
+        epochs.set_postfix(loss=f"{row['train_loss']:.3f}", val=f"{state.best_metric:.3f}")
+        if state.stopped:
+            log.info("%s: early stop at epoch %d (no improvement for %d validations)", desc, epoch, state.stale)
             break
-    result.train_time_s = time.perf_counter() - start
-    return result
+    for hook in hooks:
+        hook.on_train_end(state)
+    return FitResult(epoch_rows=list(state.epoch_rows), best_epoch=state.best_epoch, best_metric=state.best_metric,
+                     epochs_run=state.epoch, train_time_s=state.train_time_s)
 
 
-def _with_epoch(info: dict[str, Any], epoch: int, val_dice: float) -> dict[str, Any]:
-    meta = dict(info.get("meta", {}), epoch=epoch, val_dice_mean=val_dice)
-    return dict(model_name=info["model_name"], model_kwargs=info["model_kwargs"], meta=meta)
+def _run_epoch(model: nn.Module, loader: DataLoader, val_cases: list[CachedCase], task: Task,
+               inference: InferenceSettings, settings: TrainerSettings, opt: _Optimisation, state: TrainState,
+               epoch: int, hooks: Sequence[TrainerHooks], best_checkpoint: Path,
+               checkpoint_info: dict[str, Any]) -> dict[str, Any]:
+    """Train one epoch, validate when due, keep the best weights, step the scheduler; returns the epoch row."""
+    set_epoch(loader, epoch)
+    lr = opt.optimizer.param_groups[0]["lr"]
+    losses = train_one_epoch(model, loader, task, opt, device=inference.device, settings=settings, state=state,
+                             hooks=hooks, desc=f"epoch {epoch}")
+    value, val_row = float("nan"), {"val_loss": float("nan")}
+    if epoch % settings.val_every == 0 or epoch == settings.epochs:
+        evaluation = evaluate_cases(model, val_cases, task, inference, stage="val", with_loss=True, desc="validate")
+        for hook in hooks:
+            hook.on_validation(state, evaluation)
+        val_row = task.validation_row(evaluation.aggregate, evaluation.mean_loss)
+        value = evaluation.aggregate.get(task.selection.metric, float("nan"))
+        if task.selection.improved(value, state.best_metric, first=state.best_epoch is None):
+            state.best_epoch, state.best_metric, state.stale = epoch, value, 0
+            meta = dict(checkpoint_info.get("meta", {}), epoch=epoch, **{f"val_{task.selection.metric}": value})
+            save_checkpoint(best_checkpoint, model.state_dict(), model_name=checkpoint_info["model_name"],
+                            model_kwargs=checkpoint_info["model_kwargs"], meta=meta)
+        else:
+            state.stale += 1
+    step_scheduler(opt.scheduler, task.selection.score(value))
+    extra = {f"train_{k}": v for k, v in losses.items() if k != "loss"}
+    return dict(epoch=epoch, train_loss=losses["loss"], **extra, **val_row, lr=lr)

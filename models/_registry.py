@@ -29,7 +29,13 @@ class ModelInfo:
         family: file/family the entry belongs to, e.g. ``"unet3d"``.
         task: one of ``TASKS``.
         spatial_dims: 2 or 3 (native dimensionality of the network).
-        modalities: input channels by name, in the order the model consumes them.
+        modalities: input channels by name, in the order the model consumes them (for a model with
+            ``any_channels``, the four BraTS modalities of its default build).
+        any_channels: the model is not tied to MRI modalities (plain U-Nets, UNETR, Swin UNETR, Mobile
+            UNETR): it gets its ``modalities`` when the dataset has all of them, else every channel of
+            the dataset (e.g. one CT channel). True by default for entries that name no ``modalities``.
+            Models that need their named modalities (dual-/quad-branch, modality comparisons) get
+            exactly those or fail on a dataset without them.
         divisibility: every spatial input size must be a multiple of this.
         default_patch_size: training patch (voxels, D H W for 3D; H W for 2D).
         paper: reference the architecture follows.
@@ -57,6 +63,7 @@ class ModelInfo:
     needs_fixed_input: bool = False
     returns_attention: bool = False
     context_slices: int = 0
+    any_channels: bool = False
 
     @property
     def in_channels(self) -> int:
@@ -82,7 +89,7 @@ def register_model(*, family: str, **meta: Any) -> Callable[[ModelBuilder], Mode
                 f"model {name!r} is already registered (by {_BUILDERS[name].__module__}); "
                 f"names must be unique"
             )
-        info = ModelInfo(name=name, family=family, **meta)
+        info = ModelInfo(name=name, family=family, **dict(dict(any_channels="modalities" not in meta), **meta))
         if info.task not in TASKS:
             raise ValueError(f"model {name!r}: task {info.task!r} is not one of {TASKS}")
         if info.spatial_dims not in (2, 3):

@@ -215,14 +215,15 @@ TINY_2D: dict[str, Any] = dict(channels=(4, 8, 8, 8, 8, 8), mvit_dims=(8, 8, 8),
                                decoder_mvit_dims=(8, 8, 0, 0))
 
 
-@register_model(family="mobile_unetr", paper=PAPER + " (3D variant, jwon112/3d-segmentation)", modalities=MODALITIES,
+@register_model(family="mobile_unetr", paper=PAPER + " (3D variant, jwon112/3d-segmentation)", modalities=MODALITIES, any_channels=True,
                 divisibility=64, default_patch_size=(128, 128, 128), num_params=23_128_604, tiny_kwargs=TINY_3D,
                 test_patch_size=(64, 64, 64))
 def mobile_unetr_3d(**kwargs: Any) -> nn.Module:
     return MobileUNETR3D(**kwargs)
 
 
-@register_model(family="mobile_unetr", paper=PAPER, spatial_dims=2, modalities=MODALITIES, divisibility=32,
+@register_model(family="mobile_unetr", paper=PAPER, spatial_dims=2, modalities=MODALITIES, any_channels=True,
+                divisibility=32,
                 default_patch_size=(128, 128), num_params=3_209_044, tiny_kwargs=TINY_2D, test_patch_size=(64, 64))
 def mobile_unetr(**kwargs: Any) -> nn.Module:
     return MobileUNETR2D(**kwargs)

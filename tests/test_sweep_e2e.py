@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import integrated_experiment
-from engine.results import (COMPARISON_CSV, CONFUSION_CSV, EPOCHS_CSV, PER_CASE_CSV, RUNS_CSV,
+from utils.schema import (COMPARISON_CSV, CONFUSION_CSV, EPOCHS_CSV, PER_CASE_CSV, RUNS_CSV,
                             STAGE_PAM_CSV)
 from utils.checkpoint import load_checkpoint
 

@@ -10,7 +10,7 @@ import pytest
 
 import integrated_experiment
 from engine.model_setup import setup_model
-from engine.results import ATTENTION_CSV, RUNS_CSV, STAGE_PAM_CSV
+from utils.schema import ATTENTION_CSV, RUNS_CSV, STAGE_PAM_CSV
 
 FAMILY_REPRESENTATIVES = [
     "unet3d_stride_xs", "unetr", "dualbranch_03_unet_xs", "dualbranch_04_unet_xs", "dualbranch_07_unet_xs",

@@ -1,0 +1,178 @@
+"""The one reducer: sweep-level tables (ARCHITECTURE.md section 4) built from the per-job folders.
+
+:func:`reduce_results` is pure in the sense that it reads only ``jobs/*/`` and rewrites every sweep table
+from them (finished jobs only, in the sweep's job order); it runs at the end of a sweep and on demand
+(``evaluate_experiment.py --results_dir DIR --aggregate``). While a sweep runs,
+:class:`IncrementalReducer` brings the tables up to date after each job by appending that job's rows and
+recomputing only its model's comparison row, so an N-job sweep spends O(N) on result writing.
+Both hold the results folder's file lock while they write, so processes sharing a folder lose no row.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import pandas as pd
+from filelock import FileLock
+
+from utils.atomic import atomic_write_csv
+from utils.schema import (COMPARISON_CSV, EFFICIENCY_COLUMNS, JOBS_DIR, LOCK_FILE, METRIC_PREFIXES, RUN_LEADING,
+                          RUN_TRAILING, TABLES)
+
+from .job_results import JobFolder, job_folders, read_csv_exact
+
+log = logging.getLogger(__name__)
+
+
+def results_lock(output_dir: Path) -> FileLock:
+    """The lock every writer of the sweep tables in ``output_dir`` holds."""
+    return FileLock(str(Path(output_dir) / LOCK_FILE))
+
+
+def order_columns(frame: pd.DataFrame, leading: Iterable[str], trailing: Iterable[str] = ()) -> pd.DataFrame:
+    """``frame`` with ``leading`` columns first and ``trailing`` last (those present), the rest between."""
+    leading, trailing = list(leading), list(trailing)
+    middle = [c for c in frame.columns if c not in leading and c not in trailing]
+    return frame[[c for c in leading if c in frame.columns] + middle + [c for c in trailing if c in frame.columns]]
+
+
+def _ordered(table: str, frame: pd.DataFrame) -> pd.DataFrame:
+    if table == "runs":
+        return order_columns(frame, RUN_LEADING, RUN_TRAILING)
+    return order_columns(frame, TABLES[table][2])
+
+
+def metric_columns(runs: pd.DataFrame) -> list[str]:
+    """Test-metric columns of the runs table (``dice_*``, ``hd95_*``, ``precision_*``, ``recall_*``, ...)."""
+    return [c for c in runs.columns if c.startswith(METRIC_PREFIXES)]
+
+
+def comparison_row(model: str, group: pd.DataFrame) -> dict[str, Any]:
+    """One model's comparison row: n_runs, n_ok, its efficiency as measured, mean/std over ok runs of every
+    metric and of train_time_s (NaN-skipping; ``std`` with ddof=1, NaN for one run)."""
+    ok = group[group["status"] == "ok"]
+    row: dict[str, Any] = dict(model=model, n_runs=len(group), n_ok=len(ok))
+    measured = group.dropna(subset=[c for c in ("params",) if c in group.columns])
+    for col in EFFICIENCY_COLUMNS:
+        if col in group.columns:
+            row[col] = measured[col].iloc[0] if len(measured) else np.nan
+    for col in metric_columns(group) + [c for c in ("train_time_s",) if c in group.columns]:
+        values = pd.to_numeric(ok[col], errors="coerce")
+        row[f"{col}_mean"] = values.mean() if values.notna().any() else np.nan
+        row[f"{col}_std"] = values.std(ddof=1) if values.notna().sum() > 1 else np.nan
+    return row
+
+
+def rank_comparison(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """The comparison table of ``rows`` with ``rank`` by mean Dice (1 = best, ties share the best rank)."""
+    table = pd.DataFrame(rows)
+    if "dice_mean_mean" in table:
+        table["rank"] = table["dice_mean_mean"].rank(ascending=False, method="min")
+    else:
+        table["rank"] = np.nan
+    return order_columns(table, ["model", "rank", "n_runs", "n_ok"])
+
+
+def build_comparison(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per model (in order of first appearance): see :func:`comparison_row` and :func:`rank_comparison`."""
+    return rank_comparison([comparison_row(m, g) for m, g in runs.groupby("model", sort=False)])
+
+
+def collect_tables(output_dir: Path) -> dict[str, pd.DataFrame]:
+    """Every table of the finished jobs under ``output_dir/jobs``, concatenated in job order.
+
+    Stage-wise PAM is per model: the first job's rows of each model are kept.
+    """
+    parts: dict[str, list[pd.DataFrame]] = {t: [] for t in TABLES}
+    pam_models: set[str] = set()
+    for folder in job_folders(Path(output_dir) / JOBS_DIR):
+        if folder.run_row() is None:
+            continue  # unfinished (running, or killed and not yet resumed)
+        for table in TABLES:
+            frame = folder.read_table(table)
+            if frame is None or frame.empty:
+                continue
+            if table == "stage_pam":
+                frame = frame[~frame["model"].astype(str).isin(pam_models)]
+                pam_models.update(frame["model"].astype(str))
+            parts[table].append(frame)
+    return {t: pd.concat(frames, ignore_index=True, sort=False) for t, frames in parts.items() if frames}
+
+
+def write_tables(output_dir: Path, tables: dict[str, pd.DataFrame]) -> list[Path]:
+    """Write every sweep-level table of ``tables`` (and the comparison) atomically; returns the files."""
+    written = []
+    for table, frame in tables.items():
+        path = Path(output_dir) / TABLES[table][1]
+        atomic_write_csv(path, _ordered(table, frame))
+        written.append(path)
+    if "runs" in tables:
+        path = Path(output_dir) / COMPARISON_CSV
+        atomic_write_csv(path, build_comparison(tables["runs"]))
+        written.append(path)
+    return written
+
+
+def reduce_results(output_dir: Path) -> list[Path]:
+    """Rebuild every sweep table of ``output_dir`` from its job folders (under the folder's lock).
+
+    Raises:
+        ValueError: ``output_dir`` has no ``jobs/`` folder (made before per-job results, or not a sweep).
+    """
+    output_dir = Path(output_dir)
+    if not (output_dir / JOBS_DIR).is_dir():
+        raise ValueError(f"{output_dir} has no {JOBS_DIR}/ folder: it was made before per-job results "
+                         "(or is not a sweep folder); its tables are left as they are")
+    with results_lock(output_dir):
+        return write_tables(output_dir, collect_tables(output_dir))
+
+
+class IncrementalReducer:
+    """Keeps the sweep tables of ``output_dir`` current after each finished job at O(1) cost per job."""
+
+    def __init__(self, output_dir: Path) -> None:
+        self.output_dir = Path(output_dir)
+
+    def add_job(self, folder: JobFolder, model_jobs: list[JobFolder]) -> None:
+        """Append ``folder``'s rows to the sweep tables and recompute its model's comparison row from
+        ``model_jobs`` (every job folder of that model in the sweep)."""
+        with results_lock(self.output_dir):
+            for table in TABLES:
+                frame = folder.read_table(table)
+                if frame is not None and not frame.empty:
+                    self._append(table, frame)
+            self._update_comparison(folder, model_jobs)
+
+    def _append(self, table: str, frame: pd.DataFrame) -> None:
+        path = self.output_dir / TABLES[table][1]
+        if not path.is_file():
+            atomic_write_csv(path, _ordered(table, frame))
+            return
+        header = list(pd.read_csv(path, nrows=0).columns)
+        if set(frame.columns) <= set(header):  # the common case: one appended write, whatever the table size
+            data = frame.reindex(columns=header).to_csv(index=False, header=False).encode("utf-8")
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+            try:
+                os.write(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            return
+        merged = pd.concat([read_csv_exact(path), frame], ignore_index=True, sort=False)  # new columns: rare
+        atomic_write_csv(path, _ordered(table, merged))
+
+    def _update_comparison(self, folder: JobFolder, model_jobs: list[JobFolder]) -> None:
+        run = folder.run_row()
+        if run is None:
+            return
+        model = str(run["model"])
+        rows = [r for r in (f.run_row() for f in model_jobs) if r is not None]
+        own = comparison_row(model, pd.DataFrame(rows))
+        path = self.output_dir / COMPARISON_CSV
+        others = [r for r in read_csv_exact(path).to_dict("records") if str(r["model"]) != model] \
+            if path.is_file() else []
+        atomic_write_csv(path, rank_comparison([*others, own]))
