@@ -10,6 +10,13 @@ Checkpoints of a finished sweep (every ok run; test split, or each run's own fol
   --synthetic_* override one by one). Default output: DIR/evaluation_<split or data folder>[_tta]/
   (the sweep's own tables are never touched).
 
+Rebuild a sweep's tables and charts from its per-job folders (DIR/jobs/), written INTO DIR (the only
+mode that writes there; e.g. after a killed sweep, or while shards of a sweep still run)::
+
+    python evaluate_experiment.py --results_dir DIR --aggregate
+
+  A folder made before per-job results (no jobs/) is left as it is, with a message.
+
 Single checkpoint files (data from the flags, else the data flags recorded in the checkpoint when it
 was trained; all cases, or --split of --splits_file)::
 
@@ -65,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--results_dir", type=Path, help="finished sweep: evaluate the best checkpoint of every ok run")
     src.add_argument("--checkpoint", type=Path, nargs="+", help="checkpoint file(s) to evaluate")
     src.add_argument("--pred_dir", type=Path, help="prediction folder to compare with --label_dir (no model)")
+    p.add_argument("--aggregate", action="store_true",
+                   help="with --results_dir: rebuild the sweep's tables and charts in DIR from DIR/jobs/ and exit")
     p.add_argument("--models", nargs="+", default=None, help="with --results_dir: only these models (wildcards)")
     p.add_argument("--split", choices=("test", "val"), default=None,
                    help="cases to use (default: test with --results_dir, all cases with --checkpoint)")
@@ -100,6 +109,14 @@ def _add_output_arguments(p: argparse.ArgumentParser) -> None:
 
 def check_flags(args: argparse.Namespace) -> None:
     """Flag combinations that make no sense raise ``ValueError`` naming the flag."""
+    if args.aggregate:
+        if args.results_dir is None:
+            raise ValueError("--aggregate needs --results_dir (the sweep folder whose tables are rebuilt)")
+        defaults = vars(build_parser().parse_args(["--results_dir", "x", "--aggregate"]))
+        used = [f"--{k}" for k, v in vars(args).items() if k not in ("results_dir", "aggregate") and v != defaults[k]]
+        if used:
+            raise ValueError(f"{used} do not apply to --aggregate (it only rebuilds the tables of --results_dir)")
+        return
     if args.pred_dir is not None:
         if args.label_dir is None or args.output_csv is None:
             raise ValueError("--pred_dir needs --label_dir and --output_csv")
@@ -146,6 +163,23 @@ def data_options(args: argparse.Namespace, config: dict[str, Any] | None) -> "Da
     if args.synthetic_size is not None:
         opts.synthetic_size = tuple(args.synthetic_size)
     return opts
+
+
+def run_aggregate(results_dir: Path) -> Path:
+    """Reduce the job folders of ``results_dir`` into its sweep tables and redraw its charts."""
+    from engine.reducer import reduce_results
+    from utils.schema import JOBS_DIR
+    from visualization import draw_all
+
+    if not Path(results_dir).is_dir():
+        raise ValueError(f"--results_dir {results_dir} is not a folder")
+    if not (Path(results_dir) / JOBS_DIR).is_dir():
+        log.warning("%s has no %s/ folder (made before per-job results): its tables are left as they are",
+                    results_dir, JOBS_DIR)
+        return Path(results_dir)
+    for path in reduce_results(results_dir) + draw_all(results_dir):
+        log.info("written: %s", path)
+    return Path(results_dir)
 
 
 def run_folder_mode(args: argparse.Namespace) -> Path:
@@ -346,7 +380,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         check_flags(args)
-        if args.pred_dir is not None:
+        if args.aggregate:
+            out = run_aggregate(args.results_dir)
+        elif args.pred_dir is not None:
             out = run_folder_mode(args)
         else:
             out = run_model_mode(args)

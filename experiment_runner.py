@@ -79,6 +79,7 @@ class SweepData:
     splits: dict[str, Any]
     extent: tuple[int, int, int]
     info: DatasetInfo
+    from_flags: bool = True  # False when the caller handed in the dataset (the data flags do not describe it)
 
     def subset(self, ids: tuple[str, ...] | list[str]) -> list[CachedCase]:
         return [self.cases[i] for i in ids]
@@ -94,7 +95,8 @@ class ModelPlan:
 
 def prepare_data(config: ExperimentConfig, output_dir: Path, dataset: LoadedDataset | None = None) -> SweepData:
     """Load (and cache) the dataset, or take ``dataset``; make or reuse the split and write ``splits.json``."""
-    dataset = dataset if dataset is not None else config.load()
+    from_flags = dataset is None
+    dataset = config.load() if dataset is None else dataset
     by_id = {c.case_id: c for c in dataset.cases}
     existing = output_dir / SPLITS_JSON
     resumed = config.resume and existing.is_file()  # a resumed sweep keeps the split its finished jobs used
@@ -111,7 +113,8 @@ def prepare_data(config: ExperimentConfig, output_dir: Path, dataset: LoadedData
                              split_seed=config.split_seed)
     save_splits(existing, splits)
     extent = tuple(max(c.image.shape[1 + a] for c in dataset.cases) for a in range(3))
-    return SweepData(cases=by_id, splits=splits, extent=extent, info=dataset.info)  # type: ignore[arg-type]
+    return SweepData(cases=by_id, splits=splits, extent=extent, info=dataset.info,  # type: ignore[arg-type]
+                     from_flags=from_flags)
 
 
 def make_jobs(models: list[str], seeds: list[int], splits: dict[str, Any]) -> list[Job]:
@@ -148,13 +151,15 @@ def trainer_settings(config: ExperimentConfig) -> TrainerSettings:
                            patience=config.patience, val_every=config.val_every)
 
 
-def checkpoint_info(plan: ModelPlan, job: Job, config: ExperimentConfig) -> dict[str, Any]:
-    """Model name, build kwargs and meta (everything re-evaluation needs) of a job's checkpoint."""
+def checkpoint_info(plan: ModelPlan, job: Job, config: ExperimentConfig, data: SweepData) -> dict[str, Any]:
+    """Model name, build kwargs and meta (everything re-evaluation needs) of a job's checkpoint.
+
+    ``meta["data"]`` holds the data flags, or ``None`` when the dataset was handed in by the caller."""
     setup = plan.setup
+    flags = {k: v for k, v in config.to_dict().items() if k in DATA_FIELDS} if data.from_flags else None
     meta = dict(seed=job.seed, fold=job.fold, modalities=list(setup.modalities), spatial_dims=setup.spatial_dims,
                 patch_size=list(setup.patch_size), context_slices=setup.info.context_slices,
-                dataset_version=config.dataset_version,
-                data={k: v for k, v in config.to_dict().items() if k in DATA_FIELDS},
+                dataset_version=config.dataset_version if data.from_flags else data.info.name, data=flags,
                 val_overlap=config.val_overlap, **plan.task.checkpoint_meta())
     return dict(model_name=setup.name, model_kwargs=setup.model_kwargs, meta=meta)
 
@@ -189,7 +194,7 @@ def train_model(job: Job, plan: ModelPlan, data: SweepData, config: ExperimentCo
     folder = JobFolder(context.job_dir) if context.job_dir else None
     result = fit(model, loader, data.subset(job.val_ids), plan.task,
                  inference_settings(plan.setup, config, context.device), trainer_settings(config),
-                 best_checkpoint=checkpoint, checkpoint_info=checkpoint_info(plan, job, config),
+                 best_checkpoint=checkpoint, checkpoint_info=checkpoint_info(plan, job, config, data),
                  latest_checkpoint=folder.latest_checkpoint if folder else None, hooks=hooks,
                  desc=f"{job.model} s{job.seed} f{job.fold}")
     model.load_state_dict(load_checkpoint(checkpoint)["state_dict"])

@@ -26,7 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import integrated_experiment  # noqa: E402
 from engine.config import ExperimentConfig  # noqa: E402
 from engine.model_setup import ModelSetup  # noqa: E402
-from experiment_runner import evaluate_model, prepare_data  # noqa: E402
+from engine.tasks import task_from_meta  # noqa: E402
+from experiment_runner import ModelPlan, evaluate_model, prepare_data  # noqa: E402
 from utils.device import resolve_device  # noqa: E402
 from models import model_info  # noqa: E402
 from utils.checkpoint import load_checkpoint  # noqa: E402
@@ -53,7 +54,8 @@ def untrained_dice(run: pd.Series, config: ExperimentConfig, data, device: torch
                        patch_size=tuple(meta["patch_size"]), model_kwargs=payload["model_kwargs"])
     seed_everything(int(run["seed"]))  # the job seeded the same way right before building
     model = setup.build().to(device)
-    result = evaluate_model(model, setup, data.subset(data.splits["test"]), config, device=device)
+    plan = ModelPlan(setup=setup, task=task_from_meta(meta))
+    result = evaluate_model(model, plan, data.subset(data.splits["test"]), config, device=device)
     return float(result.aggregate["dice_wt"])
 
 
@@ -70,6 +72,7 @@ def main() -> int:
     sweep_s = time.perf_counter() - start
     config = load_config(results_dir)
     device = resolve_device(config.device)
+    config.resume = True  # keep the sweep's own split
     data = prepare_data(config, results_dir)
     runs = pd.read_csv(results_dir / "integrated_experiment_results.csv")
     rows = []

@@ -86,13 +86,13 @@ class FitResult:
 
 
 @dataclass
-class _Optimisation:
+class Optimisation:
     optimizer: torch.optim.Optimizer
     scheduler: Any
     scaler: torch.amp.GradScaler | None
 
 
-def train_one_epoch(model: nn.Module, loader: DataLoader, task: Task, opt: _Optimisation, *,
+def train_one_epoch(model: nn.Module, loader: DataLoader, task: Task, opt: Optimisation, *,
                     device: torch.device, settings: TrainerSettings, state: TrainState,
                     hooks: Sequence[TrainerHooks], desc: str) -> dict[str, float]:
     """Mean of each named loss and of their sum (``loss``) over one epoch (accumulation, clipping, AMP)."""
@@ -125,7 +125,7 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, task: Task, opt: _Opti
     return {k: v / max(count, 1) for k, v in sums.items()}
 
 
-def _optimiser_step(model: nn.Module, opt: _Optimisation, settings: TrainerSettings) -> None:
+def _optimiser_step(model: nn.Module, opt: Optimisation, settings: TrainerSettings) -> None:
     if opt.scaler:
         opt.scaler.unscale_(opt.optimizer)
     if settings.max_grad_norm:
@@ -151,7 +151,7 @@ def fit(model: nn.Module, loader: DataLoader, val_cases: list[CachedCase], task:
     device = inference.device
     optimizer = build_optimizer(settings.optimizer, model.parameters(), lr=settings.lr,
                                 weight_decay=settings.weight_decay)
-    opt = _Optimisation(optimizer, build_scheduler(settings.scheduler, optimizer, epochs=settings.epochs),
+    opt = Optimisation(optimizer, build_scheduler(settings.scheduler, optimizer, epochs=settings.epochs),
                         torch.amp.GradScaler("cuda") if (settings.amp and device.type == "cuda") else None)
     generator = getattr(loader, "generator", None)
     state = TrainState()
@@ -186,7 +186,7 @@ def fit(model: nn.Module, loader: DataLoader, val_cases: list[CachedCase], task:
 
 
 def _run_epoch(model: nn.Module, loader: DataLoader, val_cases: list[CachedCase], task: Task,
-               inference: InferenceSettings, settings: TrainerSettings, opt: _Optimisation, state: TrainState,
+               inference: InferenceSettings, settings: TrainerSettings, opt: Optimisation, state: TrainState,
                epoch: int, hooks: Sequence[TrainerHooks], best_checkpoint: Path,
                checkpoint_info: dict[str, Any]) -> dict[str, Any]:
     """Train one epoch, validate when due, keep the best weights, step the scheduler; returns the epoch row."""

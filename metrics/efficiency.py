@@ -20,6 +20,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
+from utils.schema import EFFICIENCY_COLUMNS
 
 from .efficiency_common import (MB, batch_one, make_input, model_dtype, on_device, preserved_state,
                                 resolve_device, shape_str)
@@ -30,8 +31,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["MB", "EFFICIENCY_KEYS", "count_parameters", "count_parameters_of", "count_flops", "measure_pam",
            "stage_wise_pam", "resolve_stages", "measure_latency", "measure_efficiency"]
 
-EFFICIENCY_KEYS = ("params", "flops_torch", "flops_thop", "flops_input", "pam_train_mb", "pam_train_mb_std",
-                   "pam_infer_mb", "pam_infer_mb_std", "latency_ms", "latency_ms_std", "latency_ms_median")
+EFFICIENCY_KEYS = tuple(EFFICIENCY_COLUMNS)
 
 
 def count_parameters(model: nn.Module) -> int:

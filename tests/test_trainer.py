@@ -12,13 +12,13 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 
 from dataio.types import CachedCase, CropBox
-from engine.config import ExperimentConfig
 from engine.evaluation import InferenceSettings
 from engine.inference import predict_logits
 from engine.optim import build_optimizer, build_scheduler, step_scheduler
-from engine.trainer import DivergedError, fit, train_one_epoch
+from engine.tasks import binary_segmentation
+from engine.train_state import TrainState
+from engine.trainer import DivergedError, Optimisation, TrainerSettings, fit, train_one_epoch
 from experiment_runner import _failure_status
-from losses import create_loss
 from utils.checkpoint import load_checkpoint
 
 
@@ -67,9 +67,10 @@ def test_non_finite_loss_raises_diverged() -> None:
 
     model = NaNNet()
     loader = DataLoader(_Patches(2), batch_size=1)
+    opt = Optimisation(build_optimizer("adamw", model.parameters(), lr=1e-3, weight_decay=0.0), None, None)
     with pytest.raises(DivergedError, match="non-finite"):
-        train_one_epoch(model, loader, create_loss("nnunet"), build_optimizer("adamw", model.parameters(), lr=1e-3,
-                        weight_decay=0.0), device=torch.device("cpu"), config=ExperimentConfig(), scaler=None, desc="t")
+        train_one_epoch(model, loader, binary_segmentation("lesion"), opt, device=torch.device("cpu"),
+                        settings=TrainerSettings(), state=TrainState(), hooks=(), desc="t")
     assert _failure_status(DivergedError("x")) == "diverged"
     assert _failure_status(RuntimeError("CUDA out of memory. Tried to allocate")) == "oom"
     assert _failure_status(ValueError("bad")) == "failed"
@@ -80,9 +81,9 @@ def test_gradient_accumulation_steps_the_optimizer_every_n_batches(accum: int, e
     model = _net()
     _CountingSGD.steps = 0
     optimizer = _CountingSGD(model.parameters(), lr=0.01)
-    config = ExperimentConfig(grad_accum=accum)
-    train_one_epoch(model, DataLoader(_Patches(5), batch_size=1), create_loss("standard"), optimizer,
-                    device=torch.device("cpu"), config=config, scaler=None, desc="t")
+    train_one_epoch(model, DataLoader(_Patches(5), batch_size=1), binary_segmentation("lesion", loss="standard"),
+                    Optimisation(optimizer, None, None), device=torch.device("cpu"),
+                    settings=TrainerSettings(grad_accum=accum), state=TrainState(), hooks=(), desc="t")
     assert _CountingSGD.steps == expected_steps
 
 
@@ -108,13 +109,13 @@ def test_fit_keeps_the_best_checkpoint_and_stops_early(tmp_path: Path) -> None:
     with torch.no_grad():
         model[0].weight.zero_()
         model[0].bias.copy_(torch.tensor([1.0, 0.0]))  # predicts background everywhere: val Dice stays 0
-    config = ExperimentConfig(epochs=10, patience=2, lr=1e-12, scheduler="none", max_grad_norm=None)
-    settings = InferenceSettings(modalities=("t1", "t1ce", "t2", "flair"), roi_size=(8, 8, 8), overlap=0.1,
-                                 device=torch.device("cpu"))
+    settings = TrainerSettings(epochs=10, patience=2, lr=1e-12, scheduler="none", max_grad_norm=None)
+    inference = InferenceSettings(modalities=("t1", "t1ce", "t2", "flair"), roi_size=(8, 8, 8), overlap=0.1,
+                                  device=torch.device("cpu"))
     loader = DataLoader([{"image": torch.zeros(4, 8, 8, 8), "label": torch.zeros(8, 8, 8, dtype=torch.long)}],
                         batch_size=1)
-    result = fit(model, loader, [_case("val_case")], settings, loss_fn=create_loss("nnunet"), config=config,
-                 checkpoint_path=tmp_path / "best.pth",
+    result = fit(model, loader, [_case("val_case")], binary_segmentation("lesion"), inference, settings,
+                 best_checkpoint=tmp_path / "best.pth",
                  checkpoint_info=dict(model_name="toy", model_kwargs={}, meta={}), desc="toy")
     assert result.best_epoch == 1
     assert result.epochs_run == 3  # epochs 2 and 3 did not improve -> patience 2 stops after epoch 3
@@ -134,3 +135,38 @@ def test_sliding_window_covers_volumes_larger_and_smaller_than_the_window() -> N
         direct = model(image[None])[0]
     windowed = predict_logits(model, image, roi_size=(8, 8, 8), overlap=0.25, device=torch.device("cpu"))
     assert torch.allclose(windowed, direct, atol=1e-5)
+
+
+@pytest.mark.parametrize("scheduler", ["cosine", "plateau", "step", "poly", "none"])
+def test_training_state_round_trips_with_weights_only(scheduler: str, tmp_path: Path) -> None:
+    import random
+
+    from engine.train_state import load_train_state, save_train_state
+
+    def parts() -> tuple:
+        model = _net()
+        opt = build_optimizer("adamw", model.parameters(), lr=0.1, weight_decay=0.0)
+        return model, opt, build_scheduler(scheduler, opt, epochs=6)
+
+    model, opt, sched = parts()
+    model(torch.randn(1, 1, 4, 4, 4)).sum().backward()
+    opt.step()
+    for _ in range(3):
+        step_scheduler(sched, 0.1)
+    generator = torch.Generator().manual_seed(5)
+    state = TrainState(epoch=3, best_epoch=2, best_metric=0.4, stale=1, epoch_rows=[{"epoch": 1, "lr": 0.1}])
+    save_train_state(tmp_path / "latest.pth", state, model=model, optimizer=opt, scheduler=sched, scaler=None,
+                     generator=generator)
+    expected = (random.random(), float(np.random.rand()), float(torch.rand(1)), float(torch.rand(1, generator=generator)))
+    model2, opt2, sched2 = parts()
+    generator2 = torch.Generator().manual_seed(99)
+    restored = load_train_state(tmp_path / "latest.pth", model=model2, optimizer=opt2, scheduler=sched2, scaler=None,
+                                generator=generator2)
+    assert restored == state
+    assert (random.random(), float(np.random.rand()), float(torch.rand(1)),
+            float(torch.rand(1, generator=generator2))) == expected
+    assert opt2.param_groups[0]["lr"] == opt.param_groups[0]["lr"]
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), model2.state_dict().values()))
+    assert opt2.state_dict()["state"][0]["exp_avg"].equal(opt.state_dict()["state"][0]["exp_avg"])
+    if sched is not None:
+        assert sched2.state_dict() == sched.state_dict()

@@ -17,19 +17,17 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 from utils.atomic import atomic_path
+from utils.schema import (ATTENTION_CSV, BRATS_CLASS_NAMES, BRATS_REGION_NAMES, COMPARISON_CSV, EPOCHS_CSV,  # noqa: F401
+                          PER_CASE_CSV, RUN_KEYS, RUNS_CSV)
 
 logger = logging.getLogger(__name__)
 
-RESULTS_CSV = "integrated_experiment_results.csv"
-EPOCHS_CSV = "all_epochs_results.csv"
-PER_CASE_CSV = "per_case_results.csv"
-COMPARISON_CSV = "model_comparison.csv"
-MODALITY_CSV = "modality_attention.csv"
+RESULTS_CSV = RUNS_CSV
+MODALITY_CSV = ATTENTION_CSV
 
 DPI = 120
-BRATS_REGIONS = ("wt", "tc", "et")
-_CLASS_COLUMNS = ("mean", "ncr", "ed")
-RUN_KEYS = ("model", "seed", "fold")
+BRATS_REGIONS = BRATS_REGION_NAMES
+_CLASS_COLUMNS = ("mean", *BRATS_CLASS_NAMES)
 
 
 def read_csv(results_dir: Path, name: str) -> pd.DataFrame | None:
