@@ -145,10 +145,7 @@ def inference_settings(setup: ModelSetup, config: ExperimentConfig, device: torc
 
 def trainer_settings(config: ExperimentConfig) -> TrainerSettings:
     """The trainer's few settings from the sweep's config."""
-    return TrainerSettings(epochs=config.epochs, lr=config.lr, weight_decay=config.weight_decay,
-                           optimizer=config.optimizer, scheduler=config.scheduler, amp=config.amp,
-                           grad_accum=config.grad_accum, max_grad_norm=config.max_grad_norm,
-                           patience=config.patience, val_every=config.val_every)
+    return TrainerSettings.of(config)
 
 
 def checkpoint_info(plan: ModelPlan, job: Job, config: ExperimentConfig, data: SweepData) -> dict[str, Any]:

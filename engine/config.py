@@ -16,21 +16,22 @@ from typing import Any, Sequence
 
 from dataio.adapters import DATASET_VERSIONS
 from engine.data_options import DataOptions
+from engine.trainer_settings import TrainerSettings
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULERS = ("cosine", "plateau", "step", "poly", "none")
 
 
 @dataclass
-class ExperimentConfig(DataOptions):
-    """Resolved settings of one sweep (the data flags come from :class:`DataOptions`).
+class ExperimentConfig(DataOptions, TrainerSettings):
+    """Resolved settings of one sweep (the data flags come from :class:`DataOptions`, the trainer's from
+    :class:`TrainerSettings`).
 
     Sizes are voxels (D, H, W); times seconds; lr per optimizer step.
     """
 
     models: list[str] = field(default_factory=lambda: ["unet3d_xs"])
     seeds: list[int] = field(default_factory=lambda: [24])
-    epochs: int = 10
     batch_size: int = 1
     dim: str | None = None
     use_pretrained: bool = False
@@ -44,18 +45,9 @@ class ExperimentConfig(DataOptions):
     output_dir: str | None = None
     resume: bool = False
     keep_latest: bool = False
-    lr: float = 1e-3
-    weight_decay: float = 1e-5
-    optimizer: str = "adamw"
-    scheduler: str = "cosine"
-    amp: bool = True
-    grad_accum: int = 1
-    max_grad_norm: float | None = 12.0
-    patience: int = 0
     patch_size: tuple[int, int, int] | None = None
     samples_per_volume: int = 8
     val_overlap: float = 0.1
-    val_every: int = 1
     device: str = "auto"
     deterministic: bool = False
     pam_runs: int = 5

@@ -31,28 +31,15 @@ from .evaluation import EvaluationResult, InferenceSettings, evaluate_cases
 from .optim import build_optimizer, build_scheduler, step_scheduler
 from .tasks.base import Task
 from .train_state import TrainState, load_train_state, save_train_state
+from .trainer_settings import TrainerSettings
+
+__all__ = ["DivergedError", "FitResult", "Optimisation", "TrainerHooks", "TrainerSettings", "fit", "train_one_epoch"]
 
 log = logging.getLogger(__name__)
 
 
 class DivergedError(RuntimeError):
     """Training produced a non-finite loss."""
-
-
-@dataclass(frozen=True)
-class TrainerSettings:
-    """The settings the trainer reads (lr per optimiser step; ``patience`` 0 disables early stopping)."""
-
-    epochs: int = 10
-    lr: float = 1e-3
-    weight_decay: float = 1e-5
-    optimizer: str = "adamw"
-    scheduler: str = "cosine"
-    amp: bool = True
-    grad_accum: int = 1
-    max_grad_norm: float | None = 12.0
-    patience: int = 0
-    val_every: int = 1
 
 
 class TrainerHooks:

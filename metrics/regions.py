@@ -15,8 +15,11 @@ from typing import Any, Mapping
 
 import numpy as np
 
-BRATS_REGIONS: Mapping[str, tuple[int, ...]] = MappingProxyType({"wt": (1, 2, 3), "tc": (1, 3), "et": (3,)})
-BRATS_CLASSES: Mapping[str, int] = MappingProxyType({"ncr": 1, "ed": 2})
+from utils.schema import BRATS_CLASS_NAMES, BRATS_REGION_NAMES
+
+# names (wt, tc, et; ncr, ed) from utils.schema, which owns the column names; members as documented above
+BRATS_REGIONS: Mapping[str, tuple[int, ...]] = MappingProxyType(dict(zip(BRATS_REGION_NAMES, ((1, 2, 3), (1, 3), (3,)))))
+BRATS_CLASSES: Mapping[str, int] = MappingProxyType(dict(zip(BRATS_CLASS_NAMES, (1, 2))))
 
 
 def region_mask(labels: Any, members: tuple[int, ...] | list[int] | int) -> np.ndarray:

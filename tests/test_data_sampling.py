@@ -224,3 +224,32 @@ def test_train_loader_seeded_and_worker_independent() -> None:
         for ep_ref, ep_got in zip(ref, got):
             for (i1, l1, c1), (i2, l2, c2) in zip(ep_ref, ep_got):
                 assert torch.equal(i1, i2) and torch.equal(l1, l2) and c1 == c2
+
+
+def test_datasets_with_their_own_channel_names_are_served_and_cached(tmp_path) -> None:
+    import json
+
+    from dataio.cache import PreprocessedCache, _meta
+    from dataio.sampling import PatchDataset
+    from dataio.types import CachedCase, CropBox
+
+    label = np.zeros((16, 16, 16), dtype=np.uint8)
+    label[4:8, 4:8, 4:8] = 1
+    image = np.stack([np.full(label.shape, 7.0, np.float32), label.astype(np.float32)])
+    case = CachedCase("ct_001", "p1", image, label, (0.5, 0.5, 5.0), np.eye(4), (16, 16, 16),
+                      CropBox((0, 0, 0), (16, 16, 16)), "internal", channel_names=("ct", "mask_hint"))
+    sample = PatchDataset([case], ("mask_hint",), (8, 8, 8), samples_per_volume=3, augment=False, seed=0)[0]
+    assert sample["image"].shape == (1, 8, 8, 8)
+    assert torch.equal(sample["image"][0] > 0, sample["label"] > 0)  # the named channel, not channel 0
+    with pytest.raises(ValueError, match="unknown"):
+        PatchDataset([case], ("flair",), (8, 8, 8))
+    entry = tmp_path / "ct_001"
+    entry.mkdir()
+    np.save(entry / "image.npy", image)
+    np.save(entry / "label.npy", label)
+    (entry / "meta.json").write_text(json.dumps(_meta(case, {}, [])))
+    assert PreprocessedCache._read(entry).channel_names == ("ct", "mask_hint")
+    meta = json.loads((entry / "meta.json").read_text())
+    del meta["channel_names"]  # entries written before channel names were recorded are BraTS entries
+    (entry / "meta.json").write_text(json.dumps(meta))
+    assert PreprocessedCache._read(entry).channel_names == ("t1", "t1ce", "t2", "flair")
