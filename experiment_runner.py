@@ -67,6 +67,11 @@ class Job:
     def name(self) -> str:
         return job_name(self.model, self.seed, self.fold)
 
+    @property
+    def label(self) -> str:
+        """For progress lines, e.g. ``unet3d_xs seed 24 holdout`` or ``... fold 3``."""
+        return f"{self.model} seed {self.seed} {'holdout' if self.fold is None else f'fold {self.fold}'}"
+
     def checkpoint_name(self) -> str:
         return checkpoint_name(self.model, self.seed, self.fold)
 
@@ -94,7 +99,8 @@ class ModelPlan:
 
 
 def prepare_data(config: ExperimentConfig, output_dir: Path, dataset: LoadedDataset | None = None) -> SweepData:
-    """Load (and cache) the dataset, or take ``dataset``; make or reuse the split and write ``splits.json``."""
+    """Load (and cache) the dataset, or take ``dataset``; make the split, or reuse ``--splits_file`` or (with
+    ``--resume``) the folder's ``splits.json``. Writes nothing (:func:`write_sweep_files` does)."""
     from_flags = dataset is None
     dataset = config.load() if dataset is None else dataset
     by_id = {c.case_id: c for c in dataset.cases}
@@ -111,7 +117,6 @@ def prepare_data(config: ExperimentConfig, output_dir: Path, dataset: LoadedData
         ids = sorted(by_id)
         splits = make_splits(ids, [by_id[i].patient_id for i in ids], use_5fold=config.use_5fold,
                              split_seed=config.split_seed)
-    save_splits(existing, splits)
     extent = tuple(max(c.image.shape[1 + a] for c in dataset.cases) for a in range(3))
     return SweepData(cases=by_id, splits=splits, extent=extent, info=dataset.info,  # type: ignore[arg-type]
                      from_flags=from_flags)
@@ -162,13 +167,17 @@ def checkpoint_info(plan: ModelPlan, job: Job, config: ExperimentConfig, data: S
 
 
 class EpochRowWriter(TrainerHooks):
-    """Writes the job's epoch rows into its folder as each epoch ends (the whole table, atomically)."""
+    """Writes the job's epoch rows into its folder as each epoch ends (the whole table, atomically) and
+    logs one line per epoch (what a log file keeps when progress bars are off)."""
 
-    def __init__(self, folder: JobFolder, keys: dict[str, Any]) -> None:
-        self.folder, self.keys = folder, keys
+    def __init__(self, folder: JobFolder, keys: dict[str, Any], label: str, epochs: int) -> None:
+        self.folder, self.keys, self.label, self.epochs = folder, keys, label, epochs
 
     def on_epoch_end(self, state: Any, row: dict[str, Any]) -> None:
         self.folder.write_table("epochs", [dict(self.keys, **r) for r in state.epoch_rows])
+        values = "  ".join(f"{k} {v:.4f}" for k, v in row.items()
+                           if k.startswith(("train_loss", "val_")) and isinstance(v, float) and v == v)
+        log.info("%s: epoch %d/%d  %s  (%.1fs)", self.label, row["epoch"], self.epochs, values, row["epoch_time_s"])
 
 
 def train_model(job: Job, plan: ModelPlan, data: SweepData, config: ExperimentConfig, context: RunContext, *,
@@ -193,7 +202,7 @@ def train_model(job: Job, plan: ModelPlan, data: SweepData, config: ExperimentCo
                  inference_settings(plan.setup, config, context.device), trainer_settings(config),
                  best_checkpoint=checkpoint, checkpoint_info=checkpoint_info(plan, job, config, data),
                  latest_checkpoint=folder.latest_checkpoint if folder else None, hooks=hooks,
-                 desc=f"{job.model} s{job.seed} f{job.fold}")
+                 desc=job.label)
     model.load_state_dict(load_checkpoint(checkpoint)["state_dict"])
     return model, result, checkpoint
 
@@ -226,7 +235,7 @@ def run_job(job: Job, plan: ModelPlan, data: SweepData, config: ExperimentConfig
     row: dict[str, Any] = dict(keys, status="ok", error="")
     try:
         model, fit_result, checkpoint = train_model(job, plan, data, config, context,
-                                                    hooks=[EpochRowWriter(folder, keys), *hooks])
+                                                    hooks=[EpochRowWriter(folder, keys, job.label, config.epochs), *hooks])
         folder.write_table("epochs", [dict(keys, **r) for r in fit_result.epoch_rows])
         test = evaluate_model(model, plan, data.subset(data.splits["test"]), config, device=context.device)
         for table, rows in test.all_tables().items():
@@ -310,6 +319,20 @@ def plan_models(models: list[str], config: ExperimentConfig, data: SweepData) ->
     return plans
 
 
+def write_sweep_files(output_dir: Path, config: ExperimentConfig, data: SweepData, models: list[str],
+                      device: torch.device) -> None:
+    """``splits.json``, ``config.json`` (flags as in effect: ``amp`` only on CUDA) and ``environment.json``."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    save_splits(output_dir / SPLITS_JSON, data.splits)
+    effective = dict(amp=bool(config.amp and device.type == "cuda"), amp_requested=config.amp)
+    atomic_write_json(output_dir / CONFIG_JSON, dict(config.to_dict(), **effective, resolved_models=models,
+                                                     device=str(device),
+                                                     dataset=dict(name=data.info.name, channels=list(data.info.channels),
+                                                                  label_kind=data.info.label_kind,
+                                                                  region=data.info.region)))
+    atomic_write_json(output_dir / ENVIRONMENT_JSON, environment_info())
+
+
 def _job_done(folder: JobFolder) -> bool:
     """A job finished ok and its best checkpoint still exists: a resumed sweep skips it."""
     row = folder.run_row()
@@ -329,14 +352,9 @@ def run_integrated_experiment(config: ExperimentConfig, *, dataset: LoadedDatase
     device = resolve_device(config.device)
     output_dir = Path(config.output_dir) if config.output_dir else default_output_dir()
     check_output_dir(output_dir, config.resume)
-    output_dir.mkdir(parents=True, exist_ok=True)
     data = prepare_data(config, output_dir, dataset)
-    plans = plan_models(models, config, data)
-    atomic_write_json(output_dir / CONFIG_JSON, dict(config.to_dict(), resolved_models=models, device=str(device),
-                                                     dataset=dict(channels=list(data.info.channels),
-                                                                  label_kind=data.info.label_kind,
-                                                                  region=data.info.region)))
-    atomic_write_json(output_dir / ENVIRONMENT_JSON, environment_info())
+    plans = plan_models(models, config, data)  # every check passes before anything is written
+    write_sweep_files(output_dir, config, data, models, device)
     context = RunContext(output_dir=output_dir, device=device)
     all_jobs = make_jobs(models, config.seeds, data.splits)
     folders = {j.key: JobFolder(context.for_job(*j.key).job_dir) for j in all_jobs}  # type: ignore[arg-type]
@@ -361,8 +379,7 @@ def _run_jobs(jobs: list[Job], all_jobs: list[Job], plans: dict[str, ModelPlan],
     for index, job in enumerate(jobs, start=1):
         elapsed = time.perf_counter() - start
         eta = elapsed / (index - 1) * (len(jobs) - index + 1) if index > 1 else float("nan")
-        log.info("job %d/%d: %s seed %d fold %s (elapsed %.0fs, remaining ~%.0fs)", index, len(jobs),
-                 job.model, job.seed, job.fold, elapsed, eta)
+        log.info("job %d/%d: %s (elapsed %.0fs, remaining ~%.0fs)", index, len(jobs), job.label, elapsed, eta)
         model_jobs = [folders[j.key] for j in all_jobs if j.model == job.model]
         first = job.model not in efficiency
         if first:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
+from utils.progress import progress as progress_bar
 
 from utils.atomic import atomic_write_json
 
@@ -130,7 +130,7 @@ class PreprocessedCache:
         self.stats = {"built": len(todo), "reused": len(cases) - len(todo)}
         if todo:
             logger.info("preprocessing %d of %d cases into %s", len(todo), len(cases), key_dir)
-        for case in tqdm(todo, desc="preprocessing", unit="case", disable=not progress):
+        for case in progress_bar(todo, desc="preprocessing", unit="case", disable=not progress):
             self._build(key_dir, case, params, sources[case.case_id])
         _ensure_fd_limit(2 * len(cases))  # each memory map holds a file descriptor (image + label per case)
         return [self._read(key_dir / c.case_id) for c in cases]

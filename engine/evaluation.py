@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 import torch
 import torch.nn as nn
-from tqdm.auto import tqdm
+from utils.progress import progress
 
 from dataio.types import CachedCase
 
@@ -80,7 +80,7 @@ def evaluate_cases(model: nn.Module, cases: list[CachedCase], task: "Task", sett
     accumulator = task.new_accumulator(stage=stage, with_loss=with_loss)
     predictor: nn.Module = AttentionRecorder(model) if record_attention else model
     attention_rows: list[dict[str, Any]] = []
-    for case in tqdm(cases, desc=desc, leave=False, unit="case"):
+    for case in progress(cases, desc=desc, leave=False, unit="case"):
         prediction = task.predict_case(predictor, case, settings)
         if on_prediction is not None:
             on_prediction(case, prediction)

@@ -21,7 +21,7 @@ from typing import Any, Sequence
 import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
+from utils.progress import progress
 
 from dataio.loaders import set_epoch
 from dataio.types import CachedCase
@@ -87,7 +87,7 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, task: Task, opt: Optim
     sums: dict[str, float] = {}
     count = 0
     opt.optimizer.zero_grad(set_to_none=True)
-    bar = tqdm(loader, desc=desc, leave=False, unit="batch")
+    bar = progress(loader, desc=desc, leave=False, unit="batch")
     for step, batch in enumerate(bar, start=1):
         ctx = torch.autocast("cuda", dtype=torch.float16) if opt.scaler is not None else nullcontext()
         with ctx:
@@ -148,7 +148,7 @@ def fit(model: nn.Module, loader: DataLoader, val_cases: list[CachedCase], task:
         log.info("%s: resuming after epoch %d from %s", desc, state.epoch, latest_checkpoint)
     for hook in hooks:
         hook.on_train_start(state)
-    epochs = tqdm(range(state.epoch + 1, settings.epochs + 1), desc=desc, unit="epoch", leave=False)
+    epochs = progress(range(state.epoch + 1, settings.epochs + 1), desc=desc, unit="epoch", leave=False)
     for epoch in epochs if not state.stopped else ():
         t0 = time.perf_counter()
         row = _run_epoch(model, loader, val_cases, task, inference, settings, opt, state, epoch, hooks,

@@ -198,3 +198,16 @@ def test_task_registry_refuses_duplicates_and_unknown_pairs() -> None:
         task_registry.register_task("segmentation", "brats", lambda d, loss: brats_segmentation(loss))
     with pytest.raises(ValueError, match="no task for that pair"):
         task_registry.task_for(ModelInfo(name="det", family="x", task="detection"), DatasetInfo(name="ct"))
+
+
+def test_a_failed_start_leaves_no_folder_and_config_records_amp_as_in_effect(tmp_path: Path, cache_dir: Path) -> None:
+    out = tmp_path / "never"
+    assert integrated_experiment.main(tiny_flags(out, cache_dir, "--models", "unet3d_xss")) == 2
+    config = parse_config(tiny_flags(out, cache_dir, "--models", "dualbranch_01_unet_xs"))
+    with pytest.raises(ValueError, match="needs modalities"):
+        run_integrated_experiment(config, dataset=flair_wt_dataset(cache_dir))
+    assert not out.exists()
+    ok = tmp_path / "ok"
+    assert integrated_experiment.main(tiny_flags(ok, cache_dir, "--models", "unet3d_xs", "--epochs", "1")) == 0
+    recorded = json.loads((ok / "config.json").read_text())
+    assert recorded["amp"] is False and recorded["amp_requested"] is True  # AMP takes effect on CUDA only
