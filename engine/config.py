@@ -16,6 +16,7 @@ from typing import Any, Sequence
 
 from dataio.adapters import DATASET_VERSIONS
 from engine.data_options import DataOptions
+from engine.parallel_options import PARALLEL_MODES, add_parallel_arguments, parse_shard
 from engine.trainer_settings import TrainerSettings
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
@@ -55,6 +56,9 @@ class ExperimentConfig(DataOptions, TrainerSettings):
     skip_efficiency: bool = False
     model_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
     tiny: bool = False
+    parallel: str | None = None
+    shard: str | None = None
+    sync_bn: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able view (tuples become lists)."""
@@ -86,6 +90,9 @@ class ExperimentConfig(DataOptions, TrainerSettings):
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+        if self.parallel is not None and self.parallel not in PARALLEL_MODES:
+            raise ValueError(f"--parallel {self.parallel!r} is not one of {PARALLEL_MODES}")
+        parse_shard(self.shard)
         if self.use_pretrained and not self.pretrained_checkpoint:
             raise ValueError("--use_pretrained needs --pretrained_checkpoint PATH (nothing is downloaded)")
         if self.pretrained_checkpoint and not self.use_pretrained:
@@ -141,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep each job's full training state (jobs/<job>/latest.pth, with the optimiser) after "
                         "it ends; by default it is deleted")
     _add_training_arguments(p)
+    add_parallel_arguments(p)
     return p
 
 
