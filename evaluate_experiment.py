@@ -54,6 +54,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from dataio.conventions import CONVENTIONS
+from engine.cli_parser import CliParser, add_list_models_argument
 from engine.config import add_data_arguments
 
 if TYPE_CHECKING:  # heavy imports (torch, models) happen only after the flags are checked
@@ -65,46 +66,83 @@ DATA_FLAGS = ("data_path", "dataset_version", "synthetic_cases", "synthetic_size
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """Argument parser of ``evaluate_experiment.py``."""
-    p = argparse.ArgumentParser(prog="evaluate_experiment.py", description=__doc__.split("\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--results_dir", type=Path, help="finished sweep: evaluate the best checkpoint of every ok run")
-    src.add_argument("--checkpoint", type=Path, nargs="+", help="checkpoint file(s) to evaluate")
-    src.add_argument("--pred_dir", type=Path, help="prediction folder to compare with --label_dir (no model)")
-    p.add_argument("--aggregate", action="store_true",
-                   help="with --results_dir: rebuild the sweep's tables and charts in DIR from DIR/jobs/ and exit")
-    p.add_argument("--models", nargs="+", default=None, help="with --results_dir: only these models (wildcards)")
-    p.add_argument("--split", choices=("test", "val"), default=None,
-                   help="cases to use (default: test with --results_dir, all cases with --checkpoint)")
-    p.add_argument("--splits_file", type=Path, default=None, help="splits.json for --split with --checkpoint")
-    p.add_argument("--image_dir", type=Path, default=None, help="evaluate on {case}_{t1,t1ce,t2,flair}.nii.gz files")
-    p.add_argument("--label_dir", type=Path, default=None, help="labels {case}[_seg].nii.gz (or .npy for --pred_dir)")
-    p.add_argument("--label_convention", choices=CONVENTIONS, default="brats2021",
-                   help="label values of --label_dir/--pred_dir files (brats2021: ET = 4)")
-    p.add_argument("--task", choices=("brats", "binary"), default="brats", help="--pred_dir: regions to evaluate")
-    p.add_argument("--output_csv", type=Path, default=None, help="--pred_dir: per-case CSV (summary JSON beside)")
-    p.add_argument("--spacing", type=float, nargs=3, default=None, metavar=("X", "Y", "Z"),
-                   help="--pred_dir: voxel spacing in mm (overrides headers; .npy files default to 1 mm)")
-    add_data_arguments(p)
-    p.set_defaults(**{flag: None for flag in DATA_FLAGS})  # None = not given: config.json values apply
+    """Argument parser of ``evaluate_experiment.py``: flags grouped as source, data, models, evaluation and
+    output; every help names its default (data flags: the recorded ones) and unit."""
+    p = CliParser(prog="evaluate_experiment.py", description=__doc__.split("\n")[0], epilog=__doc__)
+    src_group = p.add_argument_group("what to evaluate (exactly one)")
+    src = src_group.add_mutually_exclusive_group(required=True)
+    src.add_argument("--results_dir", type=Path, metavar="DIR",
+                     help="finished sweep: evaluate the best checkpoint of every ok run (default: none)")
+    src.add_argument("--checkpoint", type=Path, nargs="+", metavar="FILE",
+                     help="checkpoint file(s) to evaluate (default: none)")
+    src.add_argument("--pred_dir", type=Path, metavar="DIR",
+                     help="prediction folder to compare with --label_dir, no model (default: none)")
+    src_group.add_argument("--aggregate", action="store_true",
+                           help="with --results_dir: rebuild the sweep's tables and charts in DIR from DIR/jobs/ "
+                                "and exit (default: off)")
+    _add_case_arguments(add_data_arguments(p, recorded=True))
+    models = p.add_argument_group("models")
+    models.add_argument("--models", nargs="+", default=None, metavar="NAME",
+                        help="with --results_dir: only the runs of these models, names or wildcards (default: "
+                             "every ok run)")
+    add_list_models_argument(models)
+    _add_evaluation_arguments(p)
     _add_output_arguments(p)
     return p
 
 
+def _add_case_arguments(g: argparse._ArgumentGroup) -> None:
+    """Which cases, and the folders of other data."""
+    g.add_argument("--split", choices=("test", "val"), default=None,
+                   help="cases to use (default: test with --results_dir, every case with --checkpoint)")
+    g.add_argument("--splits_file", type=Path, default=None, metavar="FILE",
+                   help="splits.json naming the cases of --split with --checkpoint (default: none)")
+    g.add_argument("--image_dir", type=Path, default=None, metavar="DIR",
+                   help="evaluate on the files {case}_{t1,t1ce,t2,flair}.nii.gz of this folder (default: none, "
+                        "the dataset of the data flags)")
+    g.add_argument("--label_dir", type=Path, default=None, metavar="DIR",
+                   help="labels {case}[_seg].nii.gz, or .npy for --pred_dir (default: none, predictions only)")
+    g.add_argument("--label_convention", choices=CONVENTIONS, default="brats2021",
+                   help="label values of --label_dir/--pred_dir files, e.g. brats2021: ET = 4 (default: "
+                        "%(default)s)")
+
+
+def _add_evaluation_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("evaluation")
+    g.add_argument("--tta", action="store_true",
+                   help="flip test-time augmentation: mean logits over 4 passes (default: off)")
+    g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto, CUDA if present)")
+    g.add_argument("--no_amp", action="store_true",
+                   help="disable mixed precision (default: as the sweep recorded it; AMP is never used on the CPU)")
+    g.add_argument("--task", choices=("brats", "binary"), default="brats",
+                   help="--pred_dir: regions to evaluate (default: %(default)s, WT/TC/ET)")
+    g.add_argument("--spacing", type=float, nargs=3, default=None, metavar=("X", "Y", "Z"),
+                   help="--pred_dir: voxel spacing in mm (default: from the file headers; 1 1 1 for .npy)")
+
+
 def _add_output_arguments(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("inference and outputs")
-    g.add_argument("--tta", action="store_true", help="flip test-time augmentation (mean logits over 4 passes)")
-    g.add_argument("--save_predictions", action="store_true", help="write every case's labels as NIfTI")
-    g.add_argument("--save_probabilities", action="store_true", help="also write softmax probabilities")
-    g.add_argument("--probability_format", choices=("nifti", "npz"), default="nifti")
-    g.add_argument("--output_dir", type=Path, default=None, help="where to write (defaults: see above)")
-    g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    g.add_argument("--no_amp", action="store_true", help="disable mixed precision (used on CUDA only)")
-    g.add_argument("--visualize_cases", nargs="+", default=None, help="N (first N cases) or case ids to draw")
-    g.add_argument("--gradcam_layer", default=None, help="module name for Grad-CAM, e.g. dec1 (needs cases)")
-    g.add_argument("--gradcam_model", default=None, help="model or run name for Grad-CAM (default: first run)")
-    g.add_argument("--gradcam_class", type=int, default=None, help="internal class for Grad-CAM (default: last)")
+    g = p.add_argument_group("output")
+    g.add_argument("--output_dir", type=Path, default=None, metavar="DIR",
+                   help="where to write (default: DIR/evaluation_<split>[_tta] for --results_dir, else "
+                        "baseline_results/evaluation_YYYYMMDD_HHMMSS)")
+    g.add_argument("--output_csv", type=Path, default=None, metavar="FILE",
+                   help="--pred_dir: the per-case CSV, with FILE_summary.json beside it (default: none, required)")
+    g.add_argument("--save_predictions", action="store_true",
+                   help="keep every case's predicted labels as NIfTI under predictions/<run>/ (default: off; "
+                        "only the cases drawn by --visualize_cases are kept, or all when no case has a label)")
+    g.add_argument("--save_probabilities", action="store_true",
+                   help="also write softmax probabilities of every case (default: off)")
+    g.add_argument("--probability_format", choices=("nifti", "npz"), default="nifti",
+                   help="file format of --save_probabilities (default: %(default)s)")
+    g.add_argument("--visualize_cases", nargs="+", default=None, metavar="N_OR_CASE",
+                   help="draw slice overlays of N (the first N evaluated cases) or of these case ids (default: "
+                        "none)")
+    g.add_argument("--gradcam_layer", default=None, metavar="MODULE",
+                   help="Grad-CAM of this module, e.g. dec1, on the --visualize_cases cases (default: none)")
+    g.add_argument("--gradcam_model", default=None, metavar="NAME",
+                   help="model or run name for Grad-CAM (default: the first run)")
+    g.add_argument("--gradcam_class", type=int, default=None, metavar="K",
+                   help="internal class for Grad-CAM (default: the last class, ET for BraTS)")
 
 
 def check_flags(args: argparse.Namespace) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from dataio.adapters import DATASET_VERSIONS
+from engine.cli_parser import CliParser, add_list_models_argument
 from engine.data_options import DataOptions
 from engine.parallel_options import PARALLEL_MODES, add_parallel_arguments, parse_shard
 from engine.trainer_settings import TrainerSettings
@@ -104,78 +105,150 @@ class ExperimentConfig(DataOptions, TrainerSettings):
             raise ValueError(f"--data_path is required for --dataset_version {self.dataset_version}")
 
 
-def add_data_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags that choose and shape the dataset (shared with ``evaluate_experiment.py``)."""
+def add_data_arguments(parser: argparse.ArgumentParser, *, recorded: bool = False) -> argparse._ArgumentGroup:
+    """Flags that choose and shape the dataset (shared with ``evaluate_experiment.py``); returns their group.
+
+    ``recorded=True`` (the evaluation CLI): every default is None, meaning "the value recorded in the
+    sweep's config.json or the checkpoint", and the help says so; the sweep's own default follows it.
+    """
     g = parser.add_argument_group("data")
-    g.add_argument("--data_path", default=None, help="dataset root; omit to use the embedded synthetic phantoms")
+    then = "the recorded value, else " if recorded else ""
+    g.add_argument("--data_path", default=None, metavar="DIR",
+                   help=f"dataset root folder (default: {then}none: the embedded synthetic phantoms are generated "
+                        "and used)")
     g.add_argument("--dataset_version", default=None, choices=DATASET_VERSIONS,
-                   help="layout under --data_path (default: synthetic without --data_path, else brats2018)")
-    g.add_argument("--synthetic_cases", type=int, default=12, help="number of synthetic phantoms")
-    g.add_argument("--synthetic_size", type=int, nargs=3, default=(64, 64, 64), metavar=("D", "H", "W"))
-    g.add_argument("--synthetic_seed", type=int, default=0, help="seed of the synthetic phantoms")
-    g.add_argument("--cache_dir", default=None, help="preprocessing cache (default $VOLBENCH_CACHE or ~/.cache/volbench)")
-    g.add_argument("--max_samples", type=int, default=None, help="use only the first N cases (quick runs)")
+                   help=f"layout under --data_path (default: {then}synthetic without --data_path, brats2018 with it)")
+    g.add_argument("--synthetic_cases", type=int, default=12, metavar="N",
+                   help=f"number of synthetic phantoms (default: {then}12)")
+    g.add_argument("--synthetic_size", type=int, nargs=3, default=(64, 64, 64), metavar=("D", "H", "W"),
+                   help=f"size of each synthetic phantom, voxels (default: {then}64 64 64)")
+    g.add_argument("--synthetic_seed", type=int, default=0, help=f"seed of the synthetic phantoms (default: {then}0)")
+    g.add_argument("--cache_dir", default=None, metavar="DIR",
+                   help=f"preprocessing cache folder (default: {then}$VOLBENCH_CACHE, else ~/.cache/volbench)")
+    g.add_argument("--max_samples", type=int, default=None, metavar="N",
+                   help=f"use only the first N cases, for quick runs (default: {then}none: every case)")
+    if recorded:
+        parser.set_defaults(**{a.dest: None for a in g._group_actions})
+    return g
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """Argument parser of ``integrated_experiment.py``."""
-    p = argparse.ArgumentParser(
-        prog="integrated_experiment.py",
-        description="Train and compare segmentation models over seeds and folds; write CSVs and charts.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--models", nargs="+", default=["unet3d_xs"], help="registry names or wildcards")
-    p.add_argument("--seeds", type=int, nargs="+", default=[24])
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch_size", type=int, default=1, help="per process under torchrun")
-    add_data_arguments(p)
-    p.add_argument("--dim", choices=("2d", "3d"), default=None, help="default: each model's native dimensionality")
-    p.add_argument("--use_pretrained", action="store_true", help="initialise from --pretrained_checkpoint")
-    p.add_argument("--pretrained_checkpoint", default=None, help="local .pth (volbench checkpoint or state dict)")
-    loss = p.add_mutually_exclusive_group()
-    loss.add_argument("--use_nnunet_loss", action="store_true", help="0.7 Dice + 0.3 CE (default)")
-    loss.add_argument("--use_standard_loss", action="store_true", help="0.5 Dice + 0.5 CE")
-    p.add_argument("--num_workers", type=int, default=min(8, max(0, (os.cpu_count() or 1) - 1)))
-    p.add_argument("--sharing_strategy", choices=("file_descriptor", "file_system"), default="file_descriptor")
-    p.add_argument("--use_5fold", action="store_true", help="5-fold cross-validation over the non-test cases")
-    p.add_argument("--split_seed", type=int, default=42, help="seed of the case split (not the training seed)")
-    p.add_argument("--splits_file", default=None, help="reuse this splits.json")
-    p.add_argument("--output_dir", default=None,
-                   help="results folder (default baseline_results/integrated_experiment_results_YYYYMMDD_HHMMSS)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the sweep in --output_dir: skip jobs finished ok, rerun failed ones, continue "
-                        "interrupted ones from their latest epoch")
-    p.add_argument("--keep_latest", action="store_true",
-                   help="keep each job's full training state (jobs/<job>/latest.pth, with the optimiser) after "
-                        "it ends; by default it is deleted")
+    """Argument parser of ``integrated_experiment.py``: flags grouped as data, models, training,
+    evaluation, efficiency, output and parallel runs; every help names its default and unit."""
+    p = CliParser(prog="integrated_experiment.py",
+                  description="Train and compare segmentation models over seeds and folds; write CSVs and charts. "
+                              "Sizes are voxels (D H W), times seconds, memory MB (2^20 bytes).")
+    _add_data_and_split_arguments(p)
+    _add_model_arguments(p)
     _add_training_arguments(p)
+    _add_evaluation_arguments(p)
+    _add_efficiency_arguments(p)
+    _add_output_arguments(p)
     add_parallel_arguments(p)
     return p
 
 
+def _add_data_and_split_arguments(p: argparse.ArgumentParser) -> None:
+    g = add_data_arguments(p)
+    g.add_argument("--use_5fold", action="store_true",
+                   help="5-fold cross-validation over the non-test cases (default: off, one 80/10/10 split)")
+    g.add_argument("--split_seed", type=int, default=42,
+                   help="seed of the case split, independent of the training seeds (default: %(default)s)")
+    g.add_argument("--splits_file", default=None, metavar="FILE",
+                   help="reuse the case ids of this splits.json (default: none, split with --split_seed)")
+    g.add_argument("--num_workers", type=int, default=min(8, max(0, (os.cpu_count() or 1) - 1)),
+                   help="DataLoader worker processes; 0 loads in the main process (default: CPUs - 1, at most 8: "
+                        "%(default)s here)")
+    g.add_argument("--sharing_strategy", choices=("file_descriptor", "file_system"), default="file_descriptor",
+                   help="how DataLoader workers share tensors (default: %(default)s)")
+
+
+def _add_model_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("models")
+    g.add_argument("--models", nargs="+", default=["unet3d_xs"], metavar="NAME",
+                   help="registry names or fnmatch wildcards, e.g. 'unet3d_*_xs' (default: unet3d_xs)")
+    add_list_models_argument(g)
+    g.add_argument("--dim", choices=("2d", "3d"), default=None,
+                   help="dimensionality to train (default: none, each model's native one)")
+    g.add_argument("--tiny", action="store_true",
+                   help="build every model in its tiny test configuration: a pipeline smoke test, not results "
+                        "(default: off)")
+    g.add_argument("--model_kwargs", type=_json_dict, default={}, metavar="JSON",
+                   help='builder overrides per model, e.g. \'{"unet3d_xs": {"base": 8}}\' (default: none)')
+    g.add_argument("--use_pretrained", action="store_true",
+                   help="initialise from --pretrained_checkpoint (default: off, random initialisation)")
+    g.add_argument("--pretrained_checkpoint", default=None, metavar="FILE",
+                   help="local .pth: a volbench checkpoint or a state dict; nothing is downloaded (default: none)")
+
+
 def _add_training_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("training")
-    g.add_argument("--lr", type=float, default=1e-3)
-    g.add_argument("--weight_decay", type=float, default=1e-5)
-    g.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw")
-    g.add_argument("--scheduler", choices=SCHEDULERS, default="cosine")
-    g.add_argument("--no_amp", action="store_true", help="disable mixed precision (AMP is used on CUDA only)")
-    g.add_argument("--grad_accum", type=int, default=1, help="optimizer step every N batches")
-    g.add_argument("--max_grad_norm", type=float, default=12.0, help="gradient clipping; <= 0 disables")
-    g.add_argument("--patience", type=int, default=0, help="early stopping after N epochs without improvement; 0 off")
+    g.add_argument("--seeds", type=int, nargs="+", default=[24], metavar="SEED",
+                   help="training seeds; each model is trained once per seed (and fold) (default: 24)")
+    g.add_argument("--epochs", type=int, default=10, help="training epochs per job, >= 1 (default: %(default)s)")
+    g.add_argument("--batch_size", type=int, default=1,
+                   help="patches per optimizer step, per process under torchrun (default: %(default)s)")
     g.add_argument("--patch_size", type=int, nargs=3, default=None, metavar=("D", "H", "W"),
-                   help="training patch and sliding window (rounded up to each model's divisibility)")
-    g.add_argument("--samples_per_volume", type=int, default=8, help="patches drawn per training case per epoch")
-    g.add_argument("--val_overlap", type=float, default=0.1, help="sliding-window overlap at validation/test")
-    g.add_argument("--val_every", type=int, default=1, help="validate every N epochs")
-    g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    g.add_argument("--deterministic", action="store_true", help="deterministic kernels (slower)")
-    g.add_argument("--pam_runs", type=int, default=5)
-    g.add_argument("--latency_runs", type=int, default=10)
-    g.add_argument("--skip_efficiency", action="store_true", help="do not measure FLOPs, PAM, latency")
-    g.add_argument("--tiny", action="store_true",
-                   help="build every model in its tiny test configuration (pipeline smoke tests, not results)")
-    g.add_argument("--model_kwargs", type=_json_dict, default={},
-                   help='JSON overrides per model, e.g. \'{"unet3d_xs": {"base": 8}}\'')
+                   help="training patch and sliding window, voxels, rounded up to each model's divisibility "
+                        "(default: none, each model's own default patch)")
+    g.add_argument("--samples_per_volume", type=int, default=8,
+                   help="patches drawn per training case per epoch (default: %(default)s)")
+    g.add_argument("--lr", type=float, default=1e-3, help="learning rate per optimizer step (default: %(default)s)")
+    g.add_argument("--weight_decay", type=float, default=1e-5, help="optimizer weight decay (default: %(default)s)")
+    g.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw", help="optimizer (default: %(default)s)")
+    g.add_argument("--scheduler", choices=SCHEDULERS, default="cosine",
+                   help="learning-rate schedule, stepped once per epoch (default: %(default)s)")
+    loss = g.add_mutually_exclusive_group()
+    loss.add_argument("--use_nnunet_loss", action="store_true",
+                      help="loss 0.7 Dice + 0.3 cross-entropy, as nnU-Net (default: on unless --use_standard_loss)")
+    loss.add_argument("--use_standard_loss", action="store_true",
+                      help="loss 0.5 Dice + 0.5 cross-entropy (default: off, the nnU-Net weights are used)")
+    g.add_argument("--no_amp", action="store_true",
+                   help="disable mixed precision (default: AMP on CUDA; never used on the CPU)")
+    g.add_argument("--grad_accum", type=int, default=1,
+                   help="optimizer step every N batches (default: %(default)s)")
+    g.add_argument("--max_grad_norm", type=float, default=12.0,
+                   help="clip the L2 norm of all gradients to this; <= 0 disables (default: %(default)s)")
+    g.add_argument("--patience", type=int, default=0,
+                   help="early stopping after N validations without improvement (epochs, with --val_every 1); 0 "
+                        "disables (default: %(default)s)")
+    g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto, CUDA if present)")
+    g.add_argument("--deterministic", action="store_true",
+                   help="deterministic kernels: the same results on a rerun of the same machine, slower "
+                        "(default: off)")
+
+
+def _add_evaluation_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("evaluation")
+    g.add_argument("--val_overlap", type=float, default=0.1,
+                   help="sliding-window overlap at validation and test, fraction of the window in [0, 1) "
+                        "(default: %(default)s)")
+    g.add_argument("--val_every", type=int, default=1, help="validate every N epochs (default: %(default)s)")
+
+
+def _add_efficiency_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("efficiency")
+    g.add_argument("--skip_efficiency", action="store_true",
+                   help="do not measure FLOPs, activation memory (PAM) and latency (default: off, measured)")
+    g.add_argument("--pam_runs", type=int, default=5,
+                   help="peak-activation-memory measurements per model, reported as mean and std "
+                        "(default: %(default)s)")
+    g.add_argument("--latency_runs", type=int, default=10,
+                   help="timed batch-1 forward passes per model after warm-up, reported in ms as mean, std and "
+                        "median (default: %(default)s)")
+
+
+def _add_output_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("output")
+    g.add_argument("--output_dir", default=None, metavar="DIR",
+                   help="results folder (default: baseline_results/integrated_experiment_results_YYYYMMDD_HHMMSS)")
+    g.add_argument("--resume", action="store_true",
+                   help="continue the sweep in --output_dir: skip jobs finished ok, rerun failed ones, continue "
+                        "interrupted ones from their latest epoch (default: off; an --output_dir holding results "
+                        "is refused)")
+    g.add_argument("--keep_latest", action="store_true",
+                   help="keep each job's full training state (jobs/<job>/latest.pth, with the optimiser) after "
+                        "it ends (default: off, deleted)")
 
 
 def _json_dict(text: str) -> dict[str, dict[str, Any]]:
@@ -207,11 +280,13 @@ def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
 
 
 def parse_config(argv: Sequence[str] | None = None) -> ExperimentConfig:
-    """Parse ``argv`` (default ``sys.argv[1:]``) into a validated config; bad values exit with the message."""
+    """Parse ``argv`` (default ``sys.argv[1:]``) into a validated config.
+
+    Bad flags and values exit with code 2 and one line on stderr naming the flag (no usage dump).
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return config_from_args(args)
     except ValueError as exc:
         parser.error(str(exc))
-        raise  # unreachable: parser.error exits
