@@ -19,7 +19,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Sequence
 
-import pandas as pd
 import torch
 import torch.nn as nn
 
@@ -32,6 +31,8 @@ from engine.data_options import DATA_FIELDS
 from engine.evaluation import EvaluationResult, InferenceSettings, evaluate_cases
 from engine.job_results import JobFolder
 from engine.model_setup import ModelSetup, setup_model
+from engine.efficiency_store import ensure_efficiency, read_efficiency
+from engine.parallel import resolve_mode, select_jobs, wrap_for_ddp
 from engine.reducer import IncrementalReducer, reduce_results
 from engine.tasks import Task, task_for
 from engine.trainer import DivergedError, FitResult, TrainerHooks, TrainerSettings, fit
@@ -40,8 +41,10 @@ from models import model_info, resolve_model_names
 from utils.atomic import atomic_write_json
 from utils.checkpoint import load_checkpoint
 from utils.device import resolve_device
+from utils.distributed import (barrier, destroy_process_group, dist_env, init_process_group,
+                               process_device)
 from utils.environment import environment_info
-from utils.schema import (CONFIG_JSON, EFFICIENCY_COLUMNS, ENVIRONMENT_JSON, JOBS_DIR, RUNS_CSV, SPLITS_JSON,
+from utils.schema import (CONFIG_JSON, ENVIRONMENT_JSON, JOBS_DIR, RUNS_CSV, SPLITS_JSON,
                           checkpoint_name, job_name)
 from utils.seeding import seed_everything
 
@@ -183,35 +186,43 @@ class EpochRowWriter(TrainerHooks):
 def train_model(job: Job, plan: ModelPlan, data: SweepData, config: ExperimentConfig, context: RunContext, *,
                 hooks: Sequence[TrainerHooks] = ()) -> tuple[nn.Module, FitResult, Path]:
     """Seed, build, train and validate one job (resuming its ``latest`` state if there is one);
-    returns the model with the best weights loaded."""
+    returns the model with the best weights loaded. Under DDP every rank calls this for the same job."""
     seed_everything(job.seed, deterministic=config.deterministic)
     model = plan.setup.build()
     if config.use_pretrained and config.pretrained_checkpoint:
         _load_pretrained(model, config.pretrained_checkpoint)
     model.to(context.device)
+    ddp = context.mode == "ddp"
+    trained = wrap_for_ddp(model, context.device, sync_bn=config.sync_bn,
+                           find_unused=plan.task.may_skip_parameters) if ddp else model
     info = plan.setup.info
     dataset = plan.task.train_dataset(data.subset(job.train_ids), modalities=plan.setup.modalities,
                                       spatial_dims=plan.setup.spatial_dims, patch_size=plan.setup.patch_size,
                                       context_slices=info.context_slices,
                                       samples_per_volume=config.samples_per_volume, seed=job.seed)
     loader = make_train_loader(dataset, LoaderSettings(batch_size=config.batch_size, num_workers=config.num_workers,
-                                                       sharing_strategy=config.sharing_strategy), seed=job.seed)
+                                                       sharing_strategy=config.sharing_strategy), seed=job.seed,
+                               distributed=ddp)
     checkpoint = Path(context.output_dir) / job.checkpoint_name()
     folder = JobFolder(context.job_dir) if context.job_dir else None
-    result = fit(model, loader, data.subset(job.val_ids), plan.task,
+    result = fit(trained, loader, data.subset(job.val_ids), plan.task,
                  inference_settings(plan.setup, config, context.device), trainer_settings(config),
                  best_checkpoint=checkpoint, checkpoint_info=checkpoint_info(plan, job, config, data),
                  latest_checkpoint=folder.latest_checkpoint if folder else None, hooks=hooks,
-                 desc=job.label)
+                 desc=job.label, shard=context.job_shard, writes=context.writes_job_files)
+    barrier() if ddp else None  # rank 0 has written the best checkpoint
+    if isinstance(model, nn.Module) and ddp:
+        model = trained.module  # type: ignore[assignment]
     model.load_state_dict(load_checkpoint(checkpoint)["state_dict"])
     return model, result, checkpoint
 
 
 def evaluate_model(model: nn.Module, plan: ModelPlan, cases: list[CachedCase], config: ExperimentConfig, *,
-                   device: torch.device, tta: bool = False) -> EvaluationResult:
-    """Per-case test metrics of a trained model (the task's test metrics, e.g. Dice, HD95 in mm)."""
+                   device: torch.device, tta: bool = False, shard: tuple[int, int] = (0, 1)) -> EvaluationResult:
+    """Per-case test metrics of a trained model (the task's test metrics, e.g. Dice, HD95 in mm);
+    ``shard=(rank, world_size)`` splits the cases across the ranks of a DDP job and gathers them."""
     return evaluate_cases(model, cases, plan.task, inference_settings(plan.setup, config, device, tta),
-                          stage="test", record_attention=plan.setup.info.returns_attention, desc="test")
+                          stage="test", record_attention=plan.setup.info.returns_attention, desc="test", shard=shard)
 
 
 def _failure_status(exc: BaseException) -> str:
@@ -223,23 +234,27 @@ def _failure_status(exc: BaseException) -> str:
 
 
 def run_job(job: Job, plan: ModelPlan, data: SweepData, config: ExperimentConfig, context: RunContext, *,
-            efficiency: dict[str, Any], stage_pam: list[dict[str, Any]] | None = None,
-            hooks: Sequence[TrainerHooks] = ()) -> dict[str, Any]:
+            efficiency: dict[str, Any], hooks: Sequence[TrainerHooks] = ()) -> dict[str, Any]:
     """Train and test one job into its folder (``context.job_dir``); any exception becomes a row with
-    status and error. Interruptions (``KeyboardInterrupt``, a kill) leave the ``latest`` state for resume."""
+    status and error. Interruptions (``KeyboardInterrupt``, a kill) leave the ``latest`` state for resume.
+    Under DDP every rank runs this for the same job and only rank 0 writes."""
     folder = JobFolder(context.job_dir)  # type: ignore[arg-type]
-    if not folder.latest_checkpoint.is_file():
+    writes = context.writes_job_files
+    if writes and not folder.latest_checkpoint.is_file():
         folder.clear_results()  # a fresh start (or a rerun of a failed job): no rows of an earlier attempt
-    folder.write_job(dict(model=job.model, seed=job.seed, fold=job.fold, index=job.index))
+    if writes:
+        folder.write_job(dict(model=job.model, seed=job.seed, fold=job.fold, index=job.index))
     keys = dict(model=job.model, seed=job.seed, fold=job.fold)
     row: dict[str, Any] = dict(keys, status="ok", error="")
+    job_hooks = [EpochRowWriter(folder, keys, job.label, config.epochs)] if writes else []
     try:
-        model, fit_result, checkpoint = train_model(job, plan, data, config, context,
-                                                    hooks=[EpochRowWriter(folder, keys, job.label, config.epochs), *hooks])
-        folder.write_table("epochs", [dict(keys, **r) for r in fit_result.epoch_rows])
-        test = evaluate_model(model, plan, data.subset(data.splits["test"]), config, device=context.device)
-        for table, rows in test.all_tables().items():
-            folder.write_table(table, [dict(keys, **r) for r in rows])
+        model, fit_result, checkpoint = train_model(job, plan, data, config, context, hooks=[*job_hooks, *hooks])
+        test = evaluate_model(model, plan, data.subset(data.splits["test"]), config, device=context.device,
+                              shard=context.job_shard)
+        if writes:
+            folder.write_table("epochs", [dict(keys, **r) for r in fit_result.epoch_rows])
+            for table, rows in test.all_tables().items():
+                folder.write_table(table, [dict(keys, **r) for r in rows])
         row.update(epochs=fit_result.epochs_run, best_epoch=fit_result.best_epoch,
                    **{plan.task.selection.column: fit_result.best_metric}, n_test_cases=len(test.per_case),
                    **{k: v for k, v in test.aggregate.items() if not k.startswith("n_")},
@@ -251,36 +266,41 @@ def run_job(job: Job, plan: ModelPlan, data: SweepData, config: ExperimentConfig
         if context.device.type == "cuda":
             torch.cuda.empty_cache()
     row.update(efficiency)
-    if stage_pam:
-        folder.write_table("stage_pam", stage_pam)
-    folder.write_table("runs", [row])  # last: the job is finished
-    if not config.keep_latest:
-        folder.latest_checkpoint.unlink(missing_ok=True)
+    if writes:
+        folder.write_table("runs", [row])  # last: the job is finished
+        if not config.keep_latest:
+            folder.latest_checkpoint.unlink(missing_ok=True)
     return row
 
 
-def _efficiency(plan: ModelPlan, config: ExperimentConfig, device: torch.device,
-                model_jobs: list[JobFolder]) -> tuple[dict[str, Any], list[dict[str, Any]] | None]:
+def measure_model_efficiency(plan: ModelPlan, config: ExperimentConfig, device: torch.device
+                             ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Params, FLOPs, PAM and latency of a freshly built model at its patch size, and its stage-wise PAM
-    rows; measured once per model: values already recorded by a finished job of the model are reused."""
-    if config.skip_efficiency:
-        return {}, None
-    recorded = [r for r in (f.run_row() for f in model_jobs) if r is not None and pd.notna(r.get("params"))]
-    has_stages = any(f.table_path("stage_pam").is_file() for f in model_jobs)
-    if recorded and has_stages:
-        return {c: recorded[0][c] for c in EFFICIENCY_COLUMNS if c in recorded[0]}, None
+    rows ({} and [] when the measurement fails: efficiency must not cost the model its results)."""
     setup = plan.setup
     try:
         seed_everything(0)
         model = setup.build().to(device)
         values = measure_efficiency(model, setup.efficiency_input, device=device, pam_runs=config.pam_runs,
                                     latency_runs=config.latency_runs)
-        stages = None if has_stages else [dict(model=setup.name, **r) for r in
-                                          stage_wise_pam(model, setup.efficiency_input, device=device)]
-        return values, stages
-    except Exception as exc:  # noqa: BLE001 - efficiency must not cost the model its results
+        return values, stage_wise_pam(model, setup.efficiency_input, device=device)
+    except Exception as exc:  # noqa: BLE001
         log.warning("efficiency measurement of %s failed: %s", setup.name, exc)
-        return {}, None
+        return {}, []
+
+
+def sweep_efficiency(models: list[str], plans: dict[str, ModelPlan], config: ExperimentConfig,
+                     context: RunContext) -> dict[str, dict[str, Any]]:
+    """Figures of every model with jobs to run, measured once per model (``efficiency/``): under torchrun
+    rank 0 measures while the other ranks wait, so no figure is taken on cores busy with training."""
+    if config.skip_efficiency or not models:
+        return {m: {} for m in models}
+    if context.is_main or context.world_size == 1:
+        for name in models:
+            ensure_efficiency(context.output_dir, name,
+                              lambda plan=plans[name]: measure_model_efficiency(plan, config, context.device))
+    barrier()
+    return {m: read_efficiency(context.output_dir, m) or {} for m in models}
 
 
 def _overrides(name: str, config: ExperimentConfig) -> dict[str, Any]:
@@ -342,57 +362,79 @@ def _job_done(folder: JobFolder) -> bool:
 
 def run_integrated_experiment(config: ExperimentConfig, *, dataset: LoadedDataset | None = None,
                               hooks: Sequence[TrainerHooks] = ()) -> Path:
-    """Run the whole sweep; returns the results folder (tables, checkpoints, charts, JSON files).
+    """Run the whole sweep (or this process's share of it); returns the results folder.
 
     ``dataset`` replaces the one the data flags describe (library use and tests); ``hooks`` are added
-    to every job's trainer.
+    to every job's trainer. Under torchrun the process group is started here and ended on return.
     """
     config.validate()
+    env = dist_env()
+    mode = resolve_mode(config.parallel, config.shard, env)
+    device = process_device(env, resolve_device(config.device))
+    init_process_group(env, device)
+    try:
+        context = RunContext(output_dir=Path(config.output_dir) if config.output_dir else default_output_dir(),
+                             device=device, rank=env.rank, world_size=env.world_size, mode=mode)
+        return _run_sweep(config, context, dataset, hooks)
+    finally:
+        destroy_process_group()
+
+
+def _run_sweep(config: ExperimentConfig, context: RunContext, dataset: LoadedDataset | None,
+               hooks: Sequence[TrainerHooks]) -> Path:
     models = resolve_model_names(config.models)
-    device = resolve_device(config.device)
-    output_dir = Path(config.output_dir) if config.output_dir else default_output_dir()
+    output_dir = context.output_dir
     check_output_dir(output_dir, config.resume)
-    data = prepare_data(config, output_dir, dataset)
+    barrier()  # every rank has checked the folder before rank 0 writes into it
+    if context.is_main:
+        data = prepare_data(config, output_dir, dataset)  # rank 0 builds phantoms and cache entries first
+    barrier()
+    if not context.is_main:
+        data = prepare_data(config, output_dir, dataset)
     plans = plan_models(models, config, data)  # every check passes before anything is written
-    write_sweep_files(output_dir, config, data, models, device)
-    context = RunContext(output_dir=output_dir, device=device)
     all_jobs = make_jobs(models, config.seeds, data.splits)
     folders = {j.key: JobFolder(context.for_job(*j.key).job_dir) for j in all_jobs}  # type: ignore[arg-type]
-    if config.resume and context.jobs_root.is_dir():
-        reduce_results(output_dir)  # tables exactly as the job folders say (e.g. after a kill)
-    jobs = [j for j in all_jobs if not _job_done(folders[j.key])]
-    log.info("%d jobs to run (%d models x %d seeds x %d folds), results in %s", len(jobs), len(models),
-             len(config.seeds), len(iter_folds(data.splits)), output_dir)
-    _run_jobs(jobs, all_jobs, plans, data, config, context, folders, hooks)
-    reduce_results(output_dir)
-    _draw_charts(output_dir)
+    if context.is_main:
+        write_sweep_files(output_dir, config, data, models, context.device)
+        if config.resume and context.jobs_root.is_dir():
+            reduce_results(output_dir)  # tables exactly as the job folders say (e.g. after a kill)
+    barrier()
+    pending = [j for j in all_jobs if not _job_done(folders[j.key])]
+    mine = select_jobs(pending, shard=config.shard, mode=context.mode, rank=context.rank,
+                       world_size=context.world_size)
+    log.info("%d of %d jobs pending (%d models x %d seeds x %d folds); this process runs %d; results in %s",
+             len(pending), len(all_jobs), len(models), len(config.seeds), len(iter_folds(data.splits)), len(mine),
+             output_dir)
+    efficiency = sweep_efficiency(list(dict.fromkeys(j.model for j in pending)), plans, config, context)
+    _run_jobs(mine, all_jobs, plans, data, config, context, folders, efficiency, hooks)
+    barrier()
+    if context.is_main:
+        reduce_results(output_dir)
+        _draw_charts(output_dir)
     return output_dir
 
 
 def _run_jobs(jobs: list[Job], all_jobs: list[Job], plans: dict[str, ModelPlan], data: SweepData,
               config: ExperimentConfig, context: RunContext, folders: dict[tuple, JobFolder],
-              hooks: Sequence[TrainerHooks]) -> None:
+              efficiency: dict[str, dict[str, Any]], hooks: Sequence[TrainerHooks]) -> None:
     """Run ``jobs`` in order; after each, its rows go into the sweep tables (O(1) per job)."""
     reducer = IncrementalReducer(context.output_dir)
-    efficiency: dict[str, tuple[dict[str, Any], list[dict[str, Any]] | None]] = {}
     start = time.perf_counter()
     for index, job in enumerate(jobs, start=1):
         elapsed = time.perf_counter() - start
         eta = elapsed / (index - 1) * (len(jobs) - index + 1) if index > 1 else float("nan")
         log.info("job %d/%d: %s (elapsed %.0fs, remaining ~%.0fs)", index, len(jobs), job.label, elapsed, eta)
-        model_jobs = [folders[j.key] for j in all_jobs if j.model == job.model]
-        first = job.model not in efficiency
-        if first:
-            efficiency[job.model] = _efficiency(plans[job.model], config, context.device, model_jobs)
-        values, stages = efficiency[job.model]
         folder = folders[job.key]
         rerun = folder.run_row() is not None  # a failed job run again: its old rows are in the tables
-        run_job(job, plans[job.model], data, config, context.for_job(*job.key), efficiency=values,
-                stage_pam=stages if first else None, hooks=hooks)
+        barrier() if context.mode == "ddp" else None  # every rank has looked before rank 0 writes
+        run_job(job, plans[job.model], data, config, context.for_job(*job.key), efficiency=efficiency[job.model],
+                hooks=hooks)
+        if not context.writes_job_files:
+            continue
         if rerun:
             reduce_results(context.output_dir)
         else:
-            reducer.add_job(folder, model_jobs)
+            reducer.add_job(folder, [folders[j.key] for j in all_jobs if j.model == job.model])
     log.info("%d jobs finished in %.0fs; results in %s", len(jobs), time.perf_counter() - start, context.output_dir)
 
 

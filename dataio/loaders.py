@@ -2,9 +2,9 @@
 
 Conventions:
 - The shuffle order of epoch e is a permutation drawn from a torch Generator seeded with
-  (seed, e), so it is the same after a resume and independent of the worker count. Under an
-  initialised ``torch.distributed`` process group ``DistributedSampler(seed=seed, drop_last=False)``
-  shards it instead (it pads by repeating samples so that every rank gets the same count).
+  (seed, e), so it is the same after a resume and independent of the worker count. For a rank of a
+  DDP job (``distributed=True``) ``DistributedSampler(seed=seed, drop_last=False)`` shards it instead
+  (it pads by repeating samples so that every rank gets the same count and steps together).
 - Call :func:`set_epoch` (loader, epoch) before each epoch. For datasets with a ``set_epoch``
   method (``PatchDataset``, ``SliceDataset``) the sampler yields ``(epoch, index)`` pairs, so the
   epoch reaches the sample RNG even in persistent worker processes.
@@ -102,13 +102,17 @@ def seed_worker(worker_id: int) -> None:
     random.seed(seed)
 
 
-def make_train_loader(dataset: Dataset, settings: LoaderSettings, *, seed: int) -> DataLoader:
+def make_train_loader(dataset: Dataset, settings: LoaderSettings, *, seed: int,
+                      distributed: bool = False) -> DataLoader:
     """A shuffling training DataLoader (drop_last=False); see the module docstring for the order.
 
-    Call :func:`set_epoch` before every epoch.
+    ``distributed``: this process is one rank of a DDP job (needs an initialised process group) and gets
+    its ``DistributedSampler`` share. Call :func:`set_epoch` before every epoch.
     """
     settings.validate()
-    if dist.is_available() and dist.is_initialized():
+    if distributed:
+        if not (dist.is_available() and dist.is_initialized()):
+            raise ValueError("a distributed training loader needs an initialised torch.distributed process group")
         inner: Sampler = DistributedSampler(dataset, shuffle=True, seed=seed, drop_last=False)
     else:
         inner = SeededShuffleSampler(len(dataset), seed)  # type: ignore[arg-type]

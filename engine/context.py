@@ -23,6 +23,8 @@ class RunContext:
         device: where this process trains and evaluates.
         rank, world_size: this process among the sweep's processes (0 of 1 without torchrun).
         job_dir: the current job's own folder (``jobs/<model>_seed_<s>[_fold_<k>]``), ``None`` between jobs.
+        mode: ``single`` (one process, or a ``--shard``), ``ddp`` (every rank trains the same job) or
+            ``jobs`` (each rank runs its own jobs).
     """
 
     output_dir: Path
@@ -30,6 +32,17 @@ class RunContext:
     rank: int = 0
     world_size: int = 1
     job_dir: Path | None = None
+    mode: str = "single"
+
+    @property
+    def job_shard(self) -> tuple[int, int]:
+        """(rank, world size) among the processes sharing one job: ``(0, 1)`` unless DDP."""
+        return (self.rank, self.world_size) if self.mode == "ddp" else (0, 1)
+
+    @property
+    def writes_job_files(self) -> bool:
+        """Whether this process writes the current job's files (under DDP rank 0 only)."""
+        return self.mode != "ddp" or self.is_main
 
     @property
     def is_main(self) -> bool:

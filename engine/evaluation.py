@@ -68,19 +68,23 @@ def case_logits(model: nn.Module, case: CachedCase, settings: InferenceSettings)
 
 def evaluate_cases(model: nn.Module, cases: list[CachedCase], task: "Task", settings: InferenceSettings, *,
                    stage: str = "test", with_loss: bool = False, record_attention: bool = False,
-                   desc: str = "eval", on_prediction: Callable[[CachedCase, Any], None] | None = None
-                   ) -> EvaluationResult:
+                   desc: str = "eval", on_prediction: Callable[[CachedCase, Any], None] | None = None,
+                   shard: tuple[int, int] = (0, 1)) -> EvaluationResult:
     """Predict every case with ``task.predict_case`` and feed labelled cases to the task's accumulator.
 
     ``stage`` ``val`` computes the task's cheap metrics, ``test`` all of them; ``with_loss`` asks the
     accumulator for the mean loss. With ``record_attention`` the model is called with
     ``return_attention=True`` and the mean weight per stage and modality is returned for every case.
     ``on_prediction(case, prediction)`` sees every case's prediction, labelled or not (e.g. to write it).
+    ``shard=(rank, world_size)``: this rank predicts cases ``rank::world_size`` and the shares of every
+    rank are gathered, so each case is evaluated exactly once and every rank returns the whole result
+    (rows in the order of ``cases``, equal to one process's).
     """
+    rank, world = shard
     accumulator = task.new_accumulator(stage=stage, with_loss=with_loss)
     predictor: nn.Module = AttentionRecorder(model) if record_attention else model
     attention_rows: list[dict[str, Any]] = []
-    for case in progress(cases, desc=desc, leave=False, unit="case"):
+    for case in progress(cases[rank::world], desc=desc, leave=False, unit="case"):
         prediction = task.predict_case(predictor, case, settings)
         if on_prediction is not None:
             on_prediction(case, prediction)
@@ -92,6 +96,20 @@ def evaluate_cases(model: nn.Module, cases: list[CachedCase], task: "Task", sett
                 for modality, weight in zip(settings.modalities, weights):
                     attention_rows.append(dict(case_id=case.case_id, stage=stage_name, modality=modality,
                                                weight=weight))
+    if world > 1:
+        accumulator, attention_rows = _gather(accumulator, attention_rows, [c.case_id for c in cases])
     return EvaluationResult(per_case=accumulator.per_case(), aggregate=accumulator.aggregate(),
                             mean_loss=accumulator.mean_loss(), attention=attention_rows,
                             tables=accumulator.tables())
+
+
+def _gather(accumulator: Any, attention_rows: list[dict[str, Any]], order: list[str]) -> tuple[Any, list]:
+    """Every rank's share merged into one accumulator and one attention list, in case order."""
+    from utils.distributed import all_gather_objects
+
+    shares = all_gather_objects((accumulator, attention_rows))
+    merged = shares[0][0]
+    merged.merge([acc for acc, _ in shares[1:]], order)
+    position = {c: i for i, c in enumerate(order)}
+    rows = sorted((r for _, rows in shares for r in rows), key=lambda r: position.get(r["case_id"], len(order)))
+    return merged, rows

@@ -21,7 +21,9 @@ from filelock import FileLock
 
 from utils.atomic import atomic_write_csv
 from utils.schema import (COMPARISON_CSV, EFFICIENCY_COLUMNS, JOBS_DIR, LOCK_FILE, METRIC_PREFIXES, RUN_LEADING,
-                          RUN_TRAILING, TABLES)
+                          RUN_TRAILING, STAGE_PAM_CSV, TABLES)
+
+from .efficiency_store import stage_pam_table
 
 from .job_results import JobFolder, job_folders, read_csv_exact
 
@@ -43,6 +45,8 @@ def order_columns(frame: pd.DataFrame, leading: Iterable[str], trailing: Iterabl
 def _ordered(table: str, frame: pd.DataFrame) -> pd.DataFrame:
     if table == "runs":
         return order_columns(frame, RUN_LEADING, RUN_TRAILING)
+    if table == "stage_pam":
+        return frame
     return order_columns(frame, TABLES[table][2])
 
 
@@ -85,29 +89,29 @@ def build_comparison(runs: pd.DataFrame) -> pd.DataFrame:
 def collect_tables(output_dir: Path) -> dict[str, pd.DataFrame]:
     """Every table of the finished jobs under ``output_dir/jobs``, concatenated in job order.
 
-    Stage-wise PAM is per model: the first job's rows of each model are kept.
+    Stage-wise PAM (``stage_pam``) is per model: read from ``efficiency/``, models in order of their first run.
     """
     parts: dict[str, list[pd.DataFrame]] = {t: [] for t in TABLES}
-    pam_models: set[str] = set()
     for folder in job_folders(Path(output_dir) / JOBS_DIR):
         if folder.run_row() is None:
             continue  # unfinished (running, or killed and not yet resumed)
         for table in TABLES:
             frame = folder.read_table(table)
-            if frame is None or frame.empty:
-                continue
-            if table == "stage_pam":
-                frame = frame[~frame["model"].astype(str).isin(pam_models)]
-                pam_models.update(frame["model"].astype(str))
-            parts[table].append(frame)
-    return {t: pd.concat(frames, ignore_index=True, sort=False) for t, frames in parts.items() if frames}
+            if frame is not None and not frame.empty:
+                parts[table].append(frame)
+    tables = {t: pd.concat(frames, ignore_index=True, sort=False) for t, frames in parts.items() if frames}
+    models = list(dict.fromkeys(tables["runs"]["model"].astype(str))) if "runs" in tables else []
+    stages = stage_pam_table(output_dir, models)
+    if stages is not None:
+        tables["stage_pam"] = stages
+    return tables
 
 
 def write_tables(output_dir: Path, tables: dict[str, pd.DataFrame]) -> list[Path]:
     """Write every sweep-level table of ``tables`` (and the comparison) atomically; returns the files."""
     written = []
     for table, frame in tables.items():
-        path = Path(output_dir) / TABLES[table][1]
+        path = Path(output_dir) / (STAGE_PAM_CSV if table == "stage_pam" else TABLES[table][1])
         atomic_write_csv(path, _ordered(table, frame))
         written.append(path)
     if "runs" in tables:
@@ -146,6 +150,15 @@ class IncrementalReducer:
                 if frame is not None and not frame.empty:
                     self._append(table, frame)
             self._update_comparison(folder, model_jobs)
+            self._update_stage_pam()
+
+    def _update_stage_pam(self) -> None:
+        """Rewrite the stage-wise PAM table from ``efficiency/`` (O(models)); model order as in the comparison."""
+        comparison = self.output_dir / COMPARISON_CSV
+        models = pd.read_csv(comparison, usecols=["model"])["model"].astype(str).tolist() if comparison.is_file() else []
+        stages = stage_pam_table(self.output_dir, models)
+        if stages is not None:
+            atomic_write_csv(self.output_dir / STAGE_PAM_CSV, stages)
 
     def _append(self, table: str, frame: pd.DataFrame) -> None:
         path = self.output_dir / TABLES[table][1]

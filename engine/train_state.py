@@ -68,8 +68,9 @@ def set_rng_states(states: dict[str, Any], generator: torch.Generator | None = N
 
 def save_train_state(path: Path, state: TrainState, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                      scheduler: Any, scaler: torch.amp.GradScaler | None,
-                     generator: torch.Generator | None = None) -> None:
-    """Write the full training state to ``path`` atomically."""
+                     rng_by_rank: list[dict[str, Any]]) -> None:
+    """Write the full training state to ``path`` atomically; ``rng_by_rank``: :func:`rng_states` of every
+    process training this job (one entry without DDP), so each rank resumes its own random streams."""
     payload = {
         "format": STATE_FORMAT,
         "progress": _plain(asdict(state)),
@@ -77,15 +78,16 @@ def save_train_state(path: Path, state: TrainState, *, model: torch.nn.Module, o
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "scaler": scaler.state_dict() if scaler is not None else None,
-        "rng": rng_states(generator),
+        "rng": list(rng_by_rank),
     }
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
 
 
 def load_train_state(path: Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
-                     scaler: torch.amp.GradScaler | None, generator: torch.Generator | None = None) -> TrainState:
-    """Restore model, optimiser, scheduler, scaler and RNGs from ``path``; returns the progress.
+                     scaler: torch.amp.GradScaler | None, generator: torch.Generator | None = None,
+                     rank: int = 0) -> TrainState:
+    """Restore model, optimiser, scheduler, scaler and this ``rank``'s RNGs from ``path``; returns the progress.
 
     Raises:
         ValueError: the file cannot be read with ``weights_only=True`` or is not a training state.
@@ -102,7 +104,11 @@ def load_train_state(path: Path, *, model: torch.nn.Module, optimizer: torch.opt
         scheduler.load_state_dict(payload["scheduler"])
     if scaler is not None and payload["scaler"] is not None:
         scaler.load_state_dict(payload["scaler"])
-    set_rng_states(payload["rng"], generator)
+    by_rank = payload["rng"]
+    if rank >= len(by_rank):
+        raise ValueError(f"training state {path} holds RNG states of {len(by_rank)} processes; rank {rank} cannot "
+                         "resume from it (resume with the same number of processes)")
+    set_rng_states(by_rank[rank], generator)
     progress = payload["progress"]
     progress["best_metric"] = float("nan") if progress["best_metric"] is None else progress["best_metric"]
     return TrainState(**progress)

@@ -26,11 +26,12 @@ from utils.progress import progress
 from dataio.loaders import set_epoch
 from dataio.types import CachedCase
 from utils.checkpoint import save_checkpoint
+from utils.distributed import all_gather_objects, is_distributed
 
 from .evaluation import EvaluationResult, InferenceSettings, evaluate_cases
 from .optim import build_optimizer, build_scheduler, step_scheduler
 from .tasks.base import Task
-from .train_state import TrainState, load_train_state, save_train_state
+from .train_state import TrainState, load_train_state, rng_states, save_train_state
 from .trainer_settings import TrainerSettings
 
 __all__ = ["DivergedError", "FitResult", "Optimisation", "TrainerHooks", "TrainerSettings", "fit", "train_one_epoch"]
@@ -94,7 +95,7 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, task: Task, opt: Optim
             losses = task.train_step(model, batch, device)
         parts = list(losses.values())
         loss = parts[0] if len(parts) == 1 else torch.stack([p.float() for p in parts]).sum()
-        if not torch.isfinite(loss):
+        if not _finite_everywhere(loss):
             raise DivergedError(f"non-finite training loss ({loss.item()}) at batch {step}")
         scaled = loss / settings.grad_accum
         (opt.scaler.scale(scaled) if opt.scaler else scaled).backward()
@@ -110,6 +111,21 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, task: Task, opt: Optim
         for hook in hooks:
             hook.on_train_step(state, step, values)
     return {k: v / max(count, 1) for k, v in sums.items()}
+
+
+def _bare(model: nn.Module) -> nn.Module:
+    """The network inside a DistributedDataParallel wrapper (the model itself otherwise)."""
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def _finite_everywhere(loss: torch.Tensor) -> bool:
+    """Whether the loss is finite on this rank and (under DDP) on every other, so all ranks stop together."""
+    finite = torch.isfinite(loss.detach()).all()
+    if is_distributed():
+        flag = finite.to(torch.int32).reshape(1)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+        return bool(flag.item())
+    return bool(finite)
 
 
 def _optimiser_step(model: nn.Module, opt: Optimisation, settings: TrainerSettings) -> None:
@@ -128,12 +144,16 @@ def _optimiser_step(model: nn.Module, opt: Optimisation, settings: TrainerSettin
 def fit(model: nn.Module, loader: DataLoader, val_cases: list[CachedCase], task: Task,
         inference: InferenceSettings, settings: TrainerSettings, *, best_checkpoint: Path,
         checkpoint_info: dict[str, Any], latest_checkpoint: Path | None = None,
-        hooks: Sequence[TrainerHooks] = (), desc: str = "train") -> FitResult:
+        hooks: Sequence[TrainerHooks] = (), desc: str = "train", shard: tuple[int, int] = (0, 1),
+        writes: bool = True) -> FitResult:
     """Train for ``settings.epochs`` epochs; ``best_checkpoint`` holds the best epoch's weights.
 
     ``checkpoint_info`` carries ``model_name``, ``model_kwargs`` and ``meta`` for the checkpoint file.
     With ``latest_checkpoint`` the full training state is saved there after every epoch, and a state
     found there at the start is resumed from (the job continues with the next epoch).
+    Under DDP (``model`` wrapped in DistributedDataParallel) ``shard=(rank, world_size)`` splits the
+    validation cases across the ranks, and only the process with ``writes`` saves checkpoints; every rank
+    reaches the same decisions (best epoch, early stop) because every rank sees the gathered metrics.
     """
     device = inference.device
     optimizer = build_optimizer(settings.optimizer, model.parameters(), lr=settings.lr,
@@ -143,8 +163,8 @@ def fit(model: nn.Module, loader: DataLoader, val_cases: list[CachedCase], task:
     generator = getattr(loader, "generator", None)
     state = TrainState()
     if latest_checkpoint is not None and latest_checkpoint.is_file():
-        state = load_train_state(latest_checkpoint, model=model, optimizer=opt.optimizer, scheduler=opt.scheduler,
-                                 scaler=opt.scaler, generator=generator)
+        state = load_train_state(latest_checkpoint, model=_bare(model), optimizer=opt.optimizer,
+                                 scheduler=opt.scheduler, scaler=opt.scaler, generator=generator, rank=shard[0])
         log.info("%s: resuming after epoch %d from %s", desc, state.epoch, latest_checkpoint)
     for hook in hooks:
         hook.on_train_start(state)
@@ -152,14 +172,16 @@ def fit(model: nn.Module, loader: DataLoader, val_cases: list[CachedCase], task:
     for epoch in epochs if not state.stopped else ():
         t0 = time.perf_counter()
         row = _run_epoch(model, loader, val_cases, task, inference, settings, opt, state, epoch, hooks,
-                         best_checkpoint, checkpoint_info)
+                         best_checkpoint if writes else None, checkpoint_info, shard)
         row["epoch_time_s"] = time.perf_counter() - t0
         state.epoch, state.train_time_s = epoch, state.train_time_s + row["epoch_time_s"]
         state.epoch_rows.append(row)
         state.stopped = bool(settings.patience and state.stale >= settings.patience)
         if latest_checkpoint is not None:
-            save_train_state(latest_checkpoint, state, model=model, optimizer=opt.optimizer, scheduler=opt.scheduler,
-                             scaler=opt.scaler, generator=generator)
+            rngs = all_gather_objects(rng_states(generator)) if shard[1] > 1 else [rng_states(generator)]
+            if writes:
+                save_train_state(latest_checkpoint, state, model=_bare(model), optimizer=opt.optimizer,
+                                 scheduler=opt.scheduler, scaler=opt.scaler, rng_by_rank=rngs)
         for hook in hooks:
             hook.on_epoch_end(state, row)
         epochs.set_postfix(loss=f"{row['train_loss']:.3f}", val=f"{state.best_metric:.3f}")
@@ -174,16 +196,18 @@ def fit(model: nn.Module, loader: DataLoader, val_cases: list[CachedCase], task:
 
 def _run_epoch(model: nn.Module, loader: DataLoader, val_cases: list[CachedCase], task: Task,
                inference: InferenceSettings, settings: TrainerSettings, opt: Optimisation, state: TrainState,
-               epoch: int, hooks: Sequence[TrainerHooks], best_checkpoint: Path,
-               checkpoint_info: dict[str, Any]) -> dict[str, Any]:
-    """Train one epoch, validate when due, keep the best weights, step the scheduler; returns the epoch row."""
+               epoch: int, hooks: Sequence[TrainerHooks], best_checkpoint: Path | None,
+               checkpoint_info: dict[str, Any], shard: tuple[int, int]) -> dict[str, Any]:
+    """Train one epoch, validate when due, keep the best weights (saved when ``best_checkpoint`` is given),
+    step the scheduler; returns the epoch row."""
     set_epoch(loader, epoch)
     lr = opt.optimizer.param_groups[0]["lr"]
     losses = train_one_epoch(model, loader, task, opt, device=inference.device, settings=settings, state=state,
                              hooks=hooks, desc=f"epoch {epoch}")
     value, val_row = float("nan"), {"val_loss": float("nan")}
     if epoch % settings.val_every == 0 or epoch == settings.epochs:
-        evaluation = evaluate_cases(model, val_cases, task, inference, stage="val", with_loss=True, desc="validate")
+        evaluation = evaluate_cases(_bare(model), val_cases, task, inference, stage="val", with_loss=True,
+                                    desc="validate", shard=shard)
         for hook in hooks:
             hook.on_validation(state, evaluation)
         val_row = task.validation_row(evaluation.aggregate, evaluation.mean_loss)
@@ -191,8 +215,9 @@ def _run_epoch(model: nn.Module, loader: DataLoader, val_cases: list[CachedCase]
         if task.selection.improved(value, state.best_metric, first=state.best_epoch is None):
             state.best_epoch, state.best_metric, state.stale = epoch, value, 0
             meta = dict(checkpoint_info.get("meta", {}), epoch=epoch, **{f"val_{task.selection.metric}": value})
-            save_checkpoint(best_checkpoint, model.state_dict(), model_name=checkpoint_info["model_name"],
-                            model_kwargs=checkpoint_info["model_kwargs"], meta=meta)
+            if best_checkpoint is not None:
+                save_checkpoint(best_checkpoint, _bare(model).state_dict(), model_name=checkpoint_info["model_name"],
+                                model_kwargs=checkpoint_info["model_kwargs"], meta=meta)
         else:
             state.stale += 1
     step_scheduler(opt.scheduler, task.selection.score(value))

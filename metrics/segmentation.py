@@ -128,6 +128,22 @@ class SegmentationMetricAccumulator:
             out[f"n_{key}"] = sum(not math.isnan(v) for v in values)
         return out
 
+    def merge(self, others: "list[SegmentationMetricAccumulator]", order: Sequence[str] | None = None) -> None:
+        """Add the cases and confusion counts of ``others`` (e.g. other ranks' shares of one test set).
+
+        With ``order`` (every case id), rows are put in that order, so aggregates equal those of one
+        accumulator that saw the cases in that order. A case seen twice keeps its first row.
+        """
+        rows = dict(self._cases)
+        for other in others:
+            for case_id, row in other._cases.items():
+                rows.setdefault(case_id, row)
+            self._confusion = self._confusion + other._confusion
+        if order is not None:
+            position = {str(c): i for i, c in enumerate(order)}
+            rows = dict(sorted(rows.items(), key=lambda item: position.get(item[0], len(position))))
+        self._cases = rows
+
     @property
     def confusion_matrix(self) -> np.ndarray:
         """Summed voxel confusion matrix (rows = reference, cols = prediction), a copy."""

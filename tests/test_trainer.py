@@ -155,8 +155,10 @@ def test_training_state_round_trips_with_weights_only(scheduler: str, tmp_path: 
         step_scheduler(sched, 0.1)
     generator = torch.Generator().manual_seed(5)
     state = TrainState(epoch=3, best_epoch=2, best_metric=0.4, stale=1, epoch_rows=[{"epoch": 1, "lr": 0.1}])
+    from engine.train_state import rng_states
+
     save_train_state(tmp_path / "latest.pth", state, model=model, optimizer=opt, scheduler=sched, scaler=None,
-                     generator=generator)
+                     rng_by_rank=[rng_states(generator)])
     expected = (random.random(), float(np.random.rand()), float(torch.rand(1)), float(torch.rand(1, generator=generator)))
     model2, opt2, sched2 = parts()
     generator2 = torch.Generator().manual_seed(99)

@@ -28,13 +28,15 @@ JOBS_DIR = "jobs"
 JOB_JSON = "job.json"
 LATEST_CHECKPOINT = "latest.pth"
 LOCK_FILE = ".volbench.lock"
+# per-model efficiency measurements: efficiency/<model>.json (run-table columns) and <model>_stage_pam.csv
+EFFICIENCY_DIR = "efficiency"
+STAGE_PAM_LEADING = ("model", "stage")
 
 # table name -> (job-folder file, sweep-level file, leading columns)
 TABLES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "runs": ("run.csv", RUNS_CSV, ()),  # leading/trailing of the runs table: RUN_LEADING / RUN_TRAILING
     "epochs": ("epochs.csv", EPOCHS_CSV, ("model", "seed", "fold", "epoch")),
     "per_case": ("per_case.csv", PER_CASE_CSV, ("model", "seed", "fold", "case_id")),
-    "stage_pam": ("stage_pam.csv", STAGE_PAM_CSV, ("model", "stage")),
     "attention": ("attention.csv", ATTENTION_CSV, ("model", "seed", "fold", "case_id")),
     "confusion": ("confusion.csv", CONFUSION_CSV, ("model", "seed", "fold", "reference")),
 }

@@ -73,6 +73,10 @@ class CaseAccumulator(Protocol):
     def mean_loss(self) -> float | None:
         """Mean loss over the cases, when the accumulator was asked to compute one."""
 
+    def merge(self, others: list[Any], order: list[str]) -> None:
+        """Add the cases of accumulators that saw other shares of the same cases (other ranks); per-case
+        rows end in ``order`` (the case ids in the unsharded order), so results equal one process's."""
+
 
 class Task(ABC):
     """Base class of tasks; see the module docstring. Subclasses set ``name`` and ``selection``."""
@@ -80,6 +84,7 @@ class Task(ABC):
     name: str = "task"
     selection: Selection = Selection(metric="dice_mean")
     validation_prefixes: tuple[str, ...] = ("dice_",)
+    may_skip_parameters: bool = False  # some parameters can get no gradient in a step (DDP must search for them)
 
     @property
     @abstractmethod

@@ -38,13 +38,13 @@ class SegmentationAccumulator:
                  loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None) -> None:
         self.metrics = SegmentationMetricAccumulator(spec=spec, include_hd95=include_hd95)
         self.loss_fn = loss_fn
-        self.losses: list[float] = []
+        self.losses: dict[str, float] = {}
 
     def update(self, case: CachedCase, prediction: torch.Tensor) -> None:
         label = torch.from_numpy(np.asarray(case.label, dtype=np.int64))
         if self.loss_fn is not None:
             with torch.no_grad():
-                self.losses.append(float(self.loss_fn(prediction[None], label[None])))
+                self.losses.setdefault(case.case_id, float(self.loss_fn(prediction[None], label[None])))
         self.metrics.update(prediction.argmax(0).numpy(), label.numpy(), case.spacing, case.case_id,
                             image_shape=case.original_shape)
 
@@ -61,7 +61,17 @@ class SegmentationAccumulator:
                               for r in range(matrix.shape[0]) for p in range(matrix.shape[1])]}
 
     def mean_loss(self) -> float | None:
-        return float(np.mean(self.losses)) if self.losses else None
+        return float(np.mean(list(self.losses.values()))) if self.losses else None
+
+    def merge(self, others: list["SegmentationAccumulator"], order: list[str]) -> None:
+        """Add other shares of the same case list (ranks); rows and losses end in ``order``."""
+        self.metrics.merge([o.metrics for o in others], order=order)
+        losses = dict(self.losses)
+        for other in others:
+            for case_id, value in other.losses.items():
+                losses.setdefault(case_id, value)
+        position = {c: i for i, c in enumerate(order)}
+        self.losses = dict(sorted(losses.items(), key=lambda item: position.get(item[0], len(position))))
 
 
 class SegmentationTask(Task):
