@@ -1,4 +1,10 @@
-"""Model comparison chart: Dice per region, activation memory and latency per model (bars)."""
+"""Model comparison chart: Dice per region, activation memory and latency per model (bars).
+
+Error bars say what varies: Dice bars carry the std over runs (seeds x folds, ddof=1); PAM and latency
+bars carry the spread of the measurement itself (its ``*_std`` column: ``pam_runs`` / ``latency_runs``
+repeats), pooled over the model's runs, because one model is measured the same way in every run and a
+std over runs of one shared measurement would be about 0.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +21,7 @@ from visualization._common import (
     detect_regions,
     load_ok_results,
     no_data,
+    numeric,
     per_model_stats,
     rotate_labels,
     save_figure,
@@ -24,6 +31,26 @@ logger = logging.getLogger(__name__)
 
 OUTPUT = "model_comparison_chart.png"
 PAM_COLUMNS = ("pam_train_mb", "pam_infer_mb")
+MEASURED = (*PAM_COLUMNS, "latency_ms")  # each has a ``{column}_std`` of its own repeats
+
+
+def measurement_spread(frame: pd.DataFrame, columns: Sequence[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per model (sorted): the mean over runs of each column, and the pooled spread of its measurements.
+
+    With ``{column}_std`` present the spread is ``sqrt(mean_i(std_i^2 + (mean_i - mean)^2))`` over the
+    model's runs i (the std of all repeats pooled; equal to ``std_i`` when every run holds the same
+    measurement). Without it, the std over runs (ddof=1). NaN cells are left out.
+    """
+    cols = [c for c in columns if c in frame.columns]
+    means, stds = per_model_stats(frame, cols)
+    for col in cols:
+        if f"{col}_std" not in frame.columns:
+            continue
+        data = numeric(frame[["model", col, f"{col}_std"]], [col, f"{col}_std"]).dropna(subset=[col])
+        data["_sq"] = data[f"{col}_std"] ** 2 + (data[col] - data["model"].map(means[col])) ** 2
+        pooled = np.sqrt(data.groupby("model")["_sq"].mean())
+        stds[col] = pooled.reindex(stds.index)
+    return means, stds
 
 
 def _grouped_bars(
@@ -57,41 +84,49 @@ def _figure_size(n_models: int, n_regions: int) -> tuple[float, float]:
     return float(np.clip(width, 9.0, 40.0)), height
 
 
-def draw_model_comparison(results_dir: Path, regions: list[str] | None = None) -> Path | None:
-    """Draw ``model_comparison_chart.png`` from the ok rows of the results CSV.
+def comparison_figure(frame: pd.DataFrame, regions: list[str] | None = None) -> Figure:
+    """The figure of ``model_comparison_chart.png`` from ok result rows (see the module docstring).
 
-    Top: Dice per region per model (mean over seeds/folds, error bar = std over runs).
-    Bottom: PAM train/inference MB per model, and latency (ms) per model, same statistics.
-    Returns the written path, or None when there are no ok rows.
+    Top: test Dice per region per model, mean +- std over runs. Bottom: PAM train/inference (MB) and
+    latency (ms, batch 1) per model, mean +- the measurement's own pooled spread.
     """
-    results_dir = Path(results_dir)
-    frame = load_ok_results(results_dir)
-    if frame is None:
-        return None
     found = detect_regions(frame.columns, regions)
     dice_cols = [f"dice_{r}" for r in found]
-    means, stds = per_model_stats(frame, [*dice_cols, *PAM_COLUMNS, "latency_ms"])
-    n_models = len(means.index)
+    dice_means, dice_stds = per_model_stats(frame, dice_cols)
+    means, spread = measurement_spread(frame, MEASURED)
+    n_models = len(dice_means.index)
     fig = Figure(figsize=_figure_size(n_models, len(found)), layout="constrained")
     grid = fig.add_gridspec(2, 2, height_ratios=(1.2, 1.0))
     ax_dice = fig.add_subplot(grid[0, :])
     ax_pam = fig.add_subplot(grid[1, 0])
     ax_lat = fig.add_subplot(grid[1, 1])
 
-    if not _grouped_bars(ax_dice, means, stds, dice_cols, [r.upper() for r in found]):
+    if not _grouped_bars(ax_dice, dice_means, dice_stds, dice_cols, [r.upper() for r in found]):
         no_data(ax_dice, "no Dice columns")
     ax_dice.set_ylabel("Dice")
     ax_dice.set_ylim(0, 1.05)
     ax_dice.set_title("Test Dice per region (mean +- std over seeds/folds)")
 
-    if not _grouped_bars(ax_pam, means, stds, PAM_COLUMNS, ("train", "inference"), "Paired"):
+    if not _grouped_bars(ax_pam, means, spread, PAM_COLUMNS, ("train", "inference"), "Paired"):
         no_data(ax_pam, "no PAM columns")
     ax_pam.set_ylabel("MB")
-    ax_pam.set_title("Peak activation memory")
+    ax_pam.set_title("Peak activation memory\n(mean +- std of the repeated measurement)")
 
-    if not _grouped_bars(ax_lat, means, stds, ("latency_ms",), ("latency",), "Pastel1"):
+    if not _grouped_bars(ax_lat, means, spread, ("latency_ms",), ("latency",), "Pastel1"):
         no_data(ax_lat, "no latency column")
     ax_lat.set_ylabel("ms")
-    ax_lat.set_title("Inference latency (batch 1)")
+    ax_lat.set_title("Inference latency, batch 1\n(mean +- std of the timed runs)")
     fig.suptitle(f"Model comparison ({n_models} models)")
-    return save_figure(fig, results_dir / OUTPUT)
+    return fig
+
+
+def draw_model_comparison(results_dir: Path, regions: list[str] | None = None) -> Path | None:
+    """Draw ``model_comparison_chart.png`` (:func:`comparison_figure`) from the ok rows of the results CSV.
+
+    Returns the written path, or None when there are no ok rows.
+    """
+    results_dir = Path(results_dir)
+    frame = load_ok_results(results_dir)
+    if frame is None:
+        return None
+    return save_figure(comparison_figure(frame, regions), results_dir / OUTPUT)

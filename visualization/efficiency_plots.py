@@ -1,4 +1,4 @@
-"""Parameter efficiency: mean Dice against parameters, FLOPs and training activation memory."""
+"""Parameter efficiency: test Dice (mean over the regions) against parameters, FLOPs and training activation memory."""
 
 from __future__ import annotations
 
@@ -45,51 +45,112 @@ def _column(frame: pd.DataFrame, name: str) -> pd.Series:
     return pd.to_numeric(frame[name], errors="coerce")
 
 
-def _scatter(
-    ax: object, means: pd.DataFrame, stds: pd.DataFrame, x_col: str, colors: dict, log: bool
-) -> bool:
-    """Scatter dice_mean against ``x_col`` with y error bars and model labels; False if no points."""
+def use_log_axis(values: np.ndarray) -> bool:
+    """Log x only when every value is positive and the values span at least a decade (max/min >= 10)."""
+    values = np.asarray(values, dtype=float)
+    return bool(values.size and (values > 0).all() and values.max() / values.min() >= 10.0)
+
+
+def dodged_positions(values: np.ndarray, log: bool, spread: float = 0.04) -> tuple[np.ndarray, np.ndarray]:
+    """Plotted x of each point and its place in its group of equal x (-1 left of the middle, 0 alone, +1 right).
+
+    Points with equal x (relative tolerance 1e-9, e.g. two models of the same size) are spread apart
+    sideways by ``spread`` of the axis span each (of the decades on a log axis), centred on the true x.
+    """
+    x = np.asarray(values, dtype=float)
+    scaled = np.log10(x) if log else x.copy()
+    span = float(np.ptp(scaled)) or max(float(np.abs(scaled).max()) * 0.1, 1.0)
+    out, side = scaled.copy(), np.zeros(len(x))
+    done = np.zeros(len(x), dtype=bool)
+    for i in range(len(x)):
+        if done[i]:
+            continue
+        group = np.flatnonzero(np.isclose(x, x[i], rtol=1e-9, atol=0.0) & ~done)
+        done[group] = True
+        if len(group) > 1:
+            steps = np.arange(len(group)) - (len(group) - 1) / 2
+            out[group] = scaled[group] + steps * spread * span
+            side[group] = np.sign(steps)
+    return (10 ** out if log else out), side
+
+
+def _label(ax: object, model: str, x: float, y: float, side: float, right_half: bool) -> None:
+    """Model name beside its point, on the side facing the inside of the frame (or away from its twin)."""
+    left = side < 0 or (side == 0 and right_half)
+    ax.annotate(model, (x, y), textcoords="offset points", xytext=(-5 if left else 5, 4),
+                ha="right" if left else "left", va="bottom", fontsize="x-small")
+
+
+def _scatter(ax: object, means: pd.DataFrame, stds: pd.DataFrame, x_col: str, colors: dict) -> tuple[bool, bool]:
+    """Mean Dice against ``x_col``, y error bars, one labelled point per model.
+
+    Returns (any point drawn, any points spread apart because their x was equal).
+    """
     points = means[[x_col, "dice_mean"]].replace([np.inf, -np.inf], np.nan).dropna()
     if points.empty:
-        return False
-    for model, row in points.iterrows():
+        return False, False
+    log = use_log_axis(points[x_col].to_numpy())
+    xs, sides = dodged_positions(points[x_col].to_numpy(), log)
+    lo, hi = float(np.min(xs)), float(np.max(xs))
+    middle = np.sqrt(lo * hi) if log else (lo + hi) / 2
+    for (model, row), x, side in zip(points.iterrows(), xs, sides):
         err = stds.at[model, "dice_mean"]
-        ax.errorbar(row[x_col], row["dice_mean"], yerr=0.0 if pd.isna(err) else err,
+        ax.errorbar(x, row["dice_mean"], yerr=0.0 if pd.isna(err) else err,
                     fmt="o", color=colors[model], capsize=3, markersize=6)
-        ax.annotate(model, (row[x_col], row["dice_mean"]), textcoords="offset points",
-                    xytext=(4, 4), fontsize="x-small")
-    if log and (points[x_col] > 0).all():
+        _label(ax, model, x, row["dice_mean"], side, x > middle)
+    if log:
         ax.set_xscale("log")
         ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _pos: f"{value:g}"))
         ax.xaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.4)))
+    ax.margins(x=0.25, y=0.15)  # room for the labels inside the frame
     ax.grid(alpha=0.3, which="both")
-    return True
+    return True, bool(np.any(sides))
+
+
+def _region_text(regions: list[str]) -> str:
+    return ", ".join(r.upper() for r in regions) if regions else "the regions"
+
+
+def efficiency_figure(frame: pd.DataFrame, regions: list[str] | None = None) -> Figure | None:
+    """The figure of ``parameter_efficiency.png``: test Dice (the mean over the dataset's regions, per run;
+    points = mean over ok runs, error bars = std over runs) against parameters (millions), forward GFLOPs
+    and training PAM (MB). Log x only when a panel's values span a decade; points of equal x are spread
+    apart sideways (the caption says so). None when no model has a Dice value.
+    """
+    found = detect_regions(frame.columns, regions)
+    means, stds = efficiency_table(frame, found)
+    if means["dice_mean"].isna().all():
+        return None
+    colors = model_colors(list(means.index))
+    fig = Figure(figsize=(16, 5.8), layout="constrained")
+    panels = (("params_m", "parameters (M)"), ("gflops", "forward GFLOPs (batch 1)"),
+              ("pam_train_mb", "PAM train (MB)"))
+    dodged = False
+    for ax, (column, label) in zip(fig.subplots(1, 3), panels):
+        drew, spread = _scatter(ax, means, stds, column, colors)
+        dodged |= spread
+        if not drew:
+            no_data(ax, f"no {column} values")
+        ax.set_xlabel(f"{label}, log scale" if ax.get_xscale() == "log" else label)
+        ax.set_ylabel(f"test Dice, mean of {_region_text(found)}")
+    fig.suptitle("Parameter efficiency: test Dice per run averaged over "
+                 f"{_region_text(found)}; point = mean over ok runs (seeds/folds), bar = std over runs")
+    if dodged:
+        fig.supxlabel("models of equal x are drawn side by side around their true value", fontsize="small")
+    return fig
 
 
 def draw_parameter_efficiency(results_dir: Path, regions: list[str] | None = None) -> Path | None:
-    """Draw ``parameter_efficiency.png``: three panels of mean Dice (error bar = std over runs)
-    against params (millions, log x), GFLOPs (log x) and PAM train (MB), one labelled point per model.
+    """Draw ``parameter_efficiency.png`` (:func:`efficiency_figure`) from the ok rows of the results CSV.
+
     Returns the written path, or None when there are no ok rows or no Dice values.
     """
     results_dir = Path(results_dir)
     frame = load_ok_results(results_dir)
     if frame is None:
         return None
-    means, stds = efficiency_table(frame, detect_regions(frame.columns, regions))
-    if means["dice_mean"].isna().all():
+    fig = efficiency_figure(frame, regions)
+    if fig is None:
         logger.info("skipping parameter efficiency: no Dice values in ok rows")
         return None
-    colors = model_colors(list(means.index))
-    fig = Figure(figsize=(16, 5.5), layout="constrained")
-    panels = (
-        ("params_m", "parameters (M)", True),
-        ("gflops", "GFLOPs", True),
-        ("pam_train_mb", "PAM train (MB)", False),
-    )
-    for ax, (column, label, log) in zip(fig.subplots(1, 3), panels):
-        if not _scatter(ax, means, stds, column, colors, log):
-            no_data(ax, f"no {column} values")
-        ax.set_xlabel(f"{label}, log scale" if ax.get_xscale() == "log" else label)
-        ax.set_ylabel("mean Dice")
-    fig.suptitle("Parameter efficiency (mean +- std over seeds/folds)")
     return save_figure(fig, results_dir / OUTPUT)

@@ -57,7 +57,8 @@ def draw_interactive_3d(results_dir: Path, regions: list[str] | None = None) -> 
     frame = load_ok_results(results_dir)
     if frame is None:
         return None
-    table = _model_table(frame, detect_regions(frame.columns, regions))
+    regions = detect_regions(frame.columns, regions)
+    table = _model_table(frame, regions)
     axes = ["params_m", "latency_ms", "dice_mean"]
     if any(col not in table.columns for col in axes):
         logger.info("skipping interactive 3D: missing one of params, latency_ms, dice")
@@ -83,7 +84,8 @@ def draw_interactive_3d(results_dir: Path, regions: list[str] | None = None) -> 
         ))
     fig.update_layout(
         title="Params vs latency vs mean Dice (means over ok runs)",
-        scene={"xaxis_title": "params (M)", "yaxis_title": "latency (ms)", "zaxis_title": "mean Dice"},
+        scene={"xaxis_title": "params (M)", "yaxis_title": "latency (ms)",
+               "zaxis_title": f"test Dice, mean of {', '.join(r.upper() for r in regions) or 'regions'}"},
         margin={"l": 0, "r": 0, "t": 40, "b": 0},
     )
     path = results_dir / OUTPUT

@@ -45,8 +45,8 @@ def _band(ax: object, stats: pd.DataFrame, color: object, label: str, style: str
     return True
 
 
-def _prepare(results_dir: Path, regions: list[str] | None) -> pd.DataFrame | None:
-    """ok-run epoch rows with numeric columns and a ``val_dice_mean`` column."""
+def _prepare(results_dir: Path, regions: list[str] | None) -> tuple[pd.DataFrame, list[str]] | None:
+    """ok-run epoch rows with numeric columns and a ``val_dice_mean`` column, and the regions it averages."""
     frame = read_csv(results_dir, EPOCHS_CSV)
     if frame is None:
         return None
@@ -60,19 +60,36 @@ def _prepare(results_dir: Path, regions: list[str] | None) -> pd.DataFrame | Non
     frame = numeric(frame, [c for c in frame.columns if c not in ("model", "status", "error")])
     found = detect_regions(frame.columns, regions, prefix="val_dice_")
     frame["val_dice_mean"] = dice_mean_column(frame, found, prefix="val_dice_")
-    return frame.dropna(subset=["epoch"])
+    return frame.dropna(subset=["epoch"]), found
+
+
+def dice_title(regions: list[str]) -> str:
+    """What the Dice panel plots: the validation Dice averaged over these regions."""
+    names = ", ".join(r.upper() for r in regions) if regions else "the regions"
+    return f"Validation Dice, mean of {names} (val_dice_mean)"
 
 
 def draw_learning_curves(results_dir: Path, regions: list[str] | None = None) -> Path | None:
-    """Draw ``learning_curves.png``: losses (left) and validation mean Dice (right) per model.
+    """Draw ``learning_curves.png``: losses (left) and validation Dice, the mean over the dataset's regions
+    (e.g. WT, TC, ET; the title names them), per model (right).
 
     Each line is the mean over the model's ok runs (seeds x folds) per epoch; the band is +-1 std
     across runs (zero for a single run). Returns the written path, or None when there is no input.
     """
     results_dir = Path(results_dir)
-    frame = _prepare(results_dir, regions)
-    if frame is None or frame.empty:
+    prepared = _prepare(results_dir, regions)
+    if prepared is None or prepared[0].empty:
         return None
+    fig = learning_figure(*prepared)
+    if fig is None:
+        logger.info("skipping learning curves: no loss or Dice values")
+        return None
+    return save_figure(fig, results_dir / OUTPUT)
+
+
+def learning_figure(frame: pd.DataFrame, found: list[str]) -> Figure | None:
+    """Loss and validation-Dice panels of ok-run epoch rows (``val_dice_mean`` = mean over ``found``);
+    None when there is nothing to plot."""
     models = sorted(frame["model"].unique())
     colors = model_colors(models)
     fig = Figure(figsize=(13, 5), layout="constrained")
@@ -89,12 +106,11 @@ def draw_learning_curves(results_dir: Path, regions: list[str] | None = None) ->
                 drew_loss |= drew
         drew_dice |= _band(ax_dice, _epoch_stats(rows, "val_dice_mean"), colors[model], model)
     _finish_axis(ax_loss, drew_loss, "Loss (solid: train, dashed: val)", "loss", len(models))
-    _finish_axis(ax_dice, drew_dice, "Validation mean Dice", "Dice", len(models))
+    _finish_axis(ax_dice, drew_dice, dice_title(found), "validation Dice", len(models))
     if not (drew_loss or drew_dice):
-        logger.info("skipping learning curves: no loss or Dice values")
         return None
     fig.suptitle("Learning curves (mean +- std over seeds/folds)")
-    return save_figure(fig, results_dir / OUTPUT)
+    return fig
 
 
 def _finish_axis(ax: object, drew: bool, title: str, ylabel: str, n_models: int) -> None:
