@@ -314,21 +314,10 @@ def load_data(args: argparse.Namespace, config: dict[str, Any] | None) -> tuple[
     return cases, files, dict(vars(opts), synthetic_size=list(opts.synthetic_size))
 
 
-def chosen_cases(values: list[str] | None, evaluated: list[str]) -> list[str]:
-    """--visualize_cases: N = the first N evaluated cases, else the given ids (must be evaluated)."""
-    if not values:
-        return []
-    if len(values) == 1 and values[0].isdigit():
-        return evaluated[: int(values[0])]
-    unknown = [v for v in values if v not in evaluated]
-    if unknown:
-        raise ValueError(f"--visualize_cases {unknown} are not among the evaluated cases {evaluated[:10]}")
-    return list(values)
-
-
 def run_model_mode(args: argparse.Namespace) -> Path:
     """Evaluate checkpoints on cases; write tables, summary, predictions, charts and pictures."""
     from engine.checkpoint_eval import evaluate_run, select_cases, write_evaluation
+    from engine.eval_pictures import chosen_cases, discard_temporary, prediction_policy
     from utils.device import resolve_device
 
     plan, config = plan_runs(args)
@@ -341,41 +330,33 @@ def run_model_mode(args: argparse.Namespace) -> Path:
     run_cases = {run.label: select_cases(cases, run.case_ids, str(run.checkpoint)) for run in plan}
     evaluated = list(dict.fromkeys(c.case_id for cs in run_cases.values() for c in cs))
     shown = chosen_cases(args.visualize_cases, evaluated)
-    if not any(c.label is not None for cs in run_cases.values() for c in cs) and not args.save_predictions:
-        log.info("no labelled case: writing predictions only")
-        args.save_predictions = True
-    save_ids = None if args.save_predictions or args.save_probabilities else set(shown)
-    results = []
-    for run in plan:
-        pred_dir = output_dir / "predictions" / run.label if save_ids is None or save_ids else None
-        results.append(evaluate_run(run, run_cases[run.label], device=device, tta=args.tta, amp=amp,
-                                    prediction_dir=pred_dir, save_ids=save_ids,
-                                    save_probabilities=args.save_probabilities,
-                                    probability_format=args.probability_format))
-    split = args.split or ("test" if args.results_dir is not None and not other_data(args) else None)
-    context = dict(mode="results_dir" if args.results_dir else "checkpoint", split=split, tta=args.tta,
-                   results_dir=str(args.results_dir) if args.results_dir else None, data=data_context)
-    write_evaluation(output_dir, results, context)
-    _draw(output_dir, args, plan, results, run_cases, files, shown, device)
+    labelled = any(c.label is not None for cs in run_cases.values() for c in cs)
+    policy = prediction_policy(args, output_dir, shown, labelled)
+    try:
+        results = []
+        for run in plan:
+            results.append(evaluate_run(run, run_cases[run.label], device=device, tta=args.tta, amp=amp,
+                                        prediction_dir=policy.root / run.label if policy.root else None,
+                                        save_ids=policy.save_ids, save_probabilities=args.save_probabilities,
+                                        probability_format=args.probability_format))
+        split = args.split or ("test" if args.results_dir is not None and not other_data(args) else None)
+        context = dict(mode="results_dir" if args.results_dir else "checkpoint", split=split, tta=args.tta,
+                       results_dir=str(args.results_dir) if args.results_dir else None, data=data_context)
+        write_evaluation(output_dir, results, context)
+        _draw(output_dir, args, plan, results, run_cases, files, shown, device)
+    finally:
+        discard_temporary(policy)
     return output_dir
 
 
 def _draw(output_dir: Path, args: argparse.Namespace, plan: list[Any], results: list[Any],
           run_cases: dict[str, list[Any]], files: dict[str, Any], shown: list[str], device: Any) -> None:
     """Charts from the written tables, overlays of the shown cases, Grad-CAM of one run."""
+    from engine.eval_pictures import draw_overlays
     from visualization import draw_all
-    from visualization.overlays import draw_case_overlay
 
     draw_all(output_dir)
-    for case_id in shown:
-        case_files = files.get(case_id)
-        if case_files is None or not case_files.images:
-            log.warning("no per-modality image files for case %s (4D source?); overlay skipped", case_id)
-            continue
-        preds = {run.label: res.prediction_dir / f"{case_id}.nii.gz" for run, res in zip(plan, results)
-                 if any(c.case_id == case_id for c in run_cases[run.label])}
-        draw_case_overlay(case_id, case_files.images, preds, output_dir / "overlays" / f"overlay_{case_id}.png",
-                          label=case_files.label, convention=case_files.convention)
+    draw_overlays(output_dir, plan, results, run_cases, files, shown)
     if args.gradcam_layer:
         _gradcam(output_dir, args, plan, run_cases, shown, device)
 

@@ -300,3 +300,41 @@ def test_checkpoint_without_data_flags_uses_the_data_it_was_trained_on(sweep: di
     _fails(["--checkpoint", str(real), "--output_dir", str(tmp_path / "out")], caplog, str(real),
            "trained on brats2021", "--data_path")
     assert not (tmp_path / "out").exists()
+
+
+def test_overlays_without_save_predictions_keep_no_predictions(sweep: dict[str, Path], tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    import visualization.overlays as overlays
+
+    drawn: dict[str, dict[str, str]] = {}
+    real = overlays.draw_case_overlay
+
+    def spy(case_id: str, images: dict, predictions: dict, out_path: Path, **kwargs: object) -> Path:
+        assert all(Path(p).is_file() for p in predictions.values())  # predicted for the overlay ...
+        drawn[case_id] = dict(kwargs["scores"])
+        return real(case_id, images, predictions, out_path, **kwargs)
+
+    monkeypatch.setattr(overlays, "draw_case_overlay", spy)
+    out = tmp_path / "pictures"
+    caplog.set_level("INFO")
+    assert evaluate_experiment.main(["--results_dir", str(sweep["results"]), "--visualize_cases", "99",
+                                     "--output_dir", str(out)]) == 0
+    test_ids = json.loads((sweep["results"] / "splits.json").read_text())["test"]
+    assert f"--visualize_cases 99: only {len(test_ids)} case(s) evaluated" in caplog.text
+    assert "predictions: not kept (add --save_predictions)" in caplog.text
+    assert sorted(drawn) == sorted(test_ids) and len(list((out / "overlays").glob("overlay_*.png"))) == len(test_ids)
+    assert not (out / "predictions").exists() and [p.name for p in out.iterdir() if p.name.startswith(".")] == []
+    per_case = pd.read_csv(out / "per_case_results.csv").set_index("case_id")
+    for case_id, scores in drawn.items():  # ... and each run's panel carries that run's per-case Dice
+        expected = f"WT {per_case.loc[case_id, 'dice_wt']:.3f}"
+        assert expected in scores["unet3d_xs_seed_1"], (scores, expected)
+
+
+def test_dice_text_of_a_per_case_row() -> None:
+    from engine.eval_pictures import dice_text
+
+    row = dict(model="m", case_id="c", dice_wt=0.9, dice_tc=float("nan"), dice_et=0.25, dice_ncr=0.1,
+               dice_mean=0.5, hd95_wt=3.0)
+    assert dice_text(row) == "Dice WT 0.900  TC n/a  ET 0.250"
+    assert dice_text(None) == "no label"

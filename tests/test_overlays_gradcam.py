@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from visualization.overlays import draw_case_overlay, largest_area_slice, legend_handles
+from visualization.overlays import draw_case_overlay, largest_area_slice, legend_handles, overlay_figure
 
 SHAPE = (20, 18, 16)
 MODS = ("t1", "t1ce", "t2", "flair")
@@ -51,15 +51,22 @@ def test_legend_names_file_labels_of_the_convention() -> None:
     assert [h.get_label() for h in legend_handles("brats2023")][-1] == "ET (3)"
 
 
-def test_overlay_grid_has_a_row_per_model(case_files: tuple, tmp_path: Path) -> None:
+def _shown(fig: object) -> list[str]:
+    """Titles of the panels that hold an image, in reading order."""
+    return [ax.get_title() for ax in fig.axes if ax.images]
+
+
+def test_overlay_shows_inputs_once_and_each_run_with_its_dice(case_files: tuple, tmp_path: Path) -> None:
     images, label, preds = case_files
-    one = draw_case_overlay("c", images, {"model_a": preds["model_a"]}, tmp_path / "one.png", label=label)
-    two = draw_case_overlay("c", images, preds, tmp_path / "two.png", label=label)
-    h1, w1 = mpimg.imread(one).shape[:2]
-    h2, w2 = mpimg.imread(two).shape[:2]
-    assert h2 > h1 * 1.4 and abs(w2 - w1) < 0.1 * w1  # rows = models, columns = 4 modalities + GT + prediction
-    no_truth = draw_case_overlay("c", images, preds, tmp_path / "no_truth.png", label=None)
-    assert no_truth.stat().st_size > 1000
+    scores = {"model_a": "Dice WT 0.91 TC 0.80 ET 0.75", "model_b": "Dice WT 0.50 TC n/a ET 0.10"}
+    titles = _shown(overlay_figure("c", images, preds, label=label, scores=scores))
+    assert titles == [*MODS, "ground truth", f"model_a\n{scores['model_a']}", f"model_b\n{scores['model_b']}"]
+    many = {f"run_{k}": preds["model_a"] for k in range(7)}  # wrapped into rows of 5 panels
+    fig = overlay_figure("c", images, many, label=None)
+    assert _shown(fig)[:5] == [*MODS, "no ground truth"] and len(_shown(fig)) == 5 + 7
+    assert sum(t in MODS for t in _shown(fig)) == 4
+    out = draw_case_overlay("c", images, preds, tmp_path / "two.png", label=label, scores=scores)
+    assert mpimg.imread(out).shape[0] > 100
 
 
 def test_overlay_rejects_mismatched_files(case_files: tuple, tmp_path: Path) -> None:

@@ -1,15 +1,17 @@
 """Multi-model slice overlay of one case, drawn from NIfTI files (images, ground truth, predictions).
 
-Layout: one row per model; columns = each modality, the ground truth over the last modality, and the
-model's prediction over the last modality, all on the axial slice (last array axis) of largest tumour
-area (ground truth; the union of predictions when there is no ground truth). Label files are read in
-their own convention (e.g. BraTS 2018-2021 with ET = 4) and coloured by internal class: NCR/NET red,
-ED green, ET yellow; the legend names the file label of each colour. Reads files only (no torch).
+Layout: the top row shows each modality once and the ground truth over the last modality; below it, one
+panel per model/run with its prediction over the last modality, titled with the run and its per-case
+Dice (wrapped into rows as wide as the top row). All panels show the axial slice (last array axis) of
+largest tumour area (ground truth; the union of predictions when there is no ground truth). Label files
+are read in their own convention (e.g. BraTS 2018-2021 with ET = 4) and coloured by internal class:
+NCR/NET red, ED green, ET yellow; the legend names the file label of each colour. Reads files only (no torch).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Mapping
 
@@ -73,14 +75,16 @@ def legend_handles(convention: str) -> list[Patch]:
             for k, v in zip(internal, file_labels)]
 
 
-def draw_case_overlay(case_id: str, images: Mapping[str, Path], predictions: Mapping[str, Path], out_path: Path, *,
-                      label: Path | None = None, convention: str = "brats2021", axis: int = 2) -> Path:
-    """Draw the overlay grid of one case (see the module docstring) and save it as PNG.
+def overlay_figure(case_id: str, images: Mapping[str, Path], predictions: Mapping[str, Path], *,
+                   label: Path | None = None, convention: str = "brats2021", axis: int = 2,
+                   scores: Mapping[str, str] | None = None) -> Figure:
+    """The overlay grid of one case (see the module docstring) as a figure.
 
     Args:
-        images: modality name -> NIfTI file (columns in this order; the last one is the overlay background).
-        predictions: row name (model/run) -> prediction NIfTI file, same grid as the images.
-        label: ground-truth NIfTI file, or None (then the ground-truth column is left blank).
+        images: modality name -> NIfTI file (top row, in this order; the last one is the overlay background).
+        predictions: panel name (model/run) -> prediction NIfTI file, same grid as the images.
+        label: ground-truth NIfTI file, or None (then the ground-truth panel says so).
+        scores: panel name -> text under its name, e.g. the run's per-case Dice of this case.
 
     Raises:
         ValueError: no images or predictions, or a file whose shape differs from the first image's.
@@ -99,23 +103,30 @@ def draw_case_overlay(case_id: str, images: Mapping[str, Path], predictions: Map
     take = lambda a: _display(np.take(a, index, axis=axis))  # noqa: E731
     backgrounds = {m: take(_normalised(v)) for m, v in volumes.items()}
     base = backgrounds[list(volumes)[-1]]
-    cmap = _label_cmap()
-    columns = [*volumes, "ground truth", "prediction"]
-    fig = Figure(figsize=(2.2 * len(columns), 2.3 * len(preds) + 0.8), layout="constrained")
-    axes = np.atleast_2d(fig.subplots(len(preds), len(columns), squeeze=False))
-    for row, (name, pred) in enumerate(preds.items()):
-        for col, column in enumerate(columns):
-            ax = axes[row, col]
-            ax.imshow(backgrounds.get(column, base), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-            overlay = {"ground truth": truth, "prediction": pred}.get(column)
-            if overlay is not None:
-                ax.imshow(take(overlay), cmap=cmap, vmin=0, vmax=len(LABEL_COLOURS), interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if row == 0:
-                ax.set_title(column, fontsize="small")
-        axes[row, 0].set_ylabel(name, fontsize="small")
+    ncols = len(volumes) + 1
+    rows = 1 + math.ceil(len(preds) / ncols)
+    fig = Figure(figsize=(2.2 * ncols, 2.6 * rows + 0.6), layout="constrained")
+    axes = fig.subplots(rows, ncols, squeeze=False)
+    panels = [(m, backgrounds[m], None) for m in volumes]
+    panels.append(("ground truth" if truth is not None else "no ground truth", base, truth))
+    panels += [(f"{name}\n{(scores or {}).get(name, '')}".strip(), base, pred) for name, pred in preds.items()]
+    for ax in axes.flat:
+        ax.set_axis_off()
+    for ax, (title, background, overlay) in zip(axes.flat, panels):
+        ax.imshow(background, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        if overlay is not None:
+            ax.imshow(take(overlay), cmap=_label_cmap(), vmin=0, vmax=len(LABEL_COLOURS), interpolation="nearest")
+        ax.set_title(title, fontsize="small")
     fig.legend(handles=legend_handles(convention), loc="outside lower center", ncol=len(LABEL_COLOURS),
                fontsize="small")
-    fig.suptitle(f"{case_id}: slice {index} along axis {axis} (largest tumour area)", fontsize="medium")
+    fig.suptitle(f"{case_id}: slice {index} along axis {axis} (largest tumour area); top: inputs and ground "
+                 f"truth, below: each run's prediction over {list(volumes)[-1]}", fontsize="medium")
+    return fig
+
+
+def draw_case_overlay(case_id: str, images: Mapping[str, Path], predictions: Mapping[str, Path], out_path: Path, *,
+                      label: Path | None = None, convention: str = "brats2021", axis: int = 2,
+                      scores: Mapping[str, str] | None = None) -> Path:
+    """Draw :func:`overlay_figure` of one case and save it as PNG at ``out_path``."""
+    fig = overlay_figure(case_id, images, predictions, label=label, convention=convention, axis=axis, scores=scores)
     return save_figure(fig, Path(out_path))
