@@ -11,6 +11,7 @@ failed ones again and continues an interrupted one from its ``latest`` training 
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import traceback
@@ -33,7 +34,8 @@ from engine.job_results import JobFolder
 from engine.model_setup import ModelSetup, setup_model
 from engine.efficiency_store import ensure_efficiency, read_efficiency
 from engine.parallel import resolve_mode, select_jobs, wrap_for_ddp
-from engine.reducer import IncrementalReducer, reduce_results
+from engine.reducer import IncrementalReducer, reduce_results, results_lock
+from engine.resume_check import merged_record, resume_differences
 from engine.tasks import Task, task_for
 from engine.trainer import DivergedError, FitResult, TrainerHooks, TrainerSettings, fit
 from metrics.efficiency import measure_efficiency, stage_wise_pam
@@ -339,17 +341,37 @@ def plan_models(models: list[str], config: ExperimentConfig, data: SweepData) ->
     return plans
 
 
-def write_sweep_files(output_dir: Path, config: ExperimentConfig, data: SweepData, models: list[str],
-                      device: torch.device) -> None:
-    """``splits.json``, ``config.json`` (flags as in effect: ``amp`` only on CUDA) and ``environment.json``."""
+def sweep_record(config: ExperimentConfig, data: SweepData, models: list[str], context: RunContext) -> dict[str, Any]:
+    """``config.json`` of this start: the flags as in effect (``amp`` only on CUDA, the global batch under
+    DDP), the resolved models, the device and the dataset's description."""
+    world = context.world_size if context.mode == "ddp" else 1
+    return dict(config.to_dict(), amp=bool(config.amp and context.device.type == "cuda"), amp_requested=config.amp,
+                global_batch=config.batch_size * world, resolved_models=models, device=str(context.device),
+                dataset=dict(name=data.info.name, channels=list(data.info.channels), label_kind=data.info.label_kind,
+                             region=data.info.region))
+
+
+def check_resume(output_dir: Path, record: dict[str, Any]) -> dict[str, Any] | None:
+    """The first start's record of a resumed sweep; ``ValueError`` listing every result-changing flag that differs."""
+    path = output_dir / CONFIG_JSON
+    if not path.is_file():
+        return None
+    first = json.loads(path.read_text(encoding="utf-8"))
+    differences = resume_differences(first, record)
+    if differences:
+        raise ValueError(f"--resume of {output_dir} with flags that change results:\n  " + "\n  ".join(differences)
+                         + "\nuse the first start's values, or a new --output_dir")
+    return first
+
+
+def write_sweep_files(output_dir: Path, data: SweepData, record: dict[str, Any]) -> None:
+    """``splits.json``, ``config.json`` (the first start's flags plus a list of starts) and ``environment.json``."""
     output_dir.mkdir(parents=True, exist_ok=True)
     save_splits(output_dir / SPLITS_JSON, data.splits)
-    effective = dict(amp=bool(config.amp and device.type == "cuda"), amp_requested=config.amp)
-    atomic_write_json(output_dir / CONFIG_JSON, dict(config.to_dict(), **effective, resolved_models=models,
-                                                     device=str(device),
-                                                     dataset=dict(name=data.info.name, channels=list(data.info.channels),
-                                                                  label_kind=data.info.label_kind,
-                                                                  region=data.info.region)))
+    with results_lock(output_dir):  # processes sharing the folder append their starts one at a time
+        path = output_dir / CONFIG_JSON
+        first = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+        atomic_write_json(path, merged_record(first, record))
     atomic_write_json(output_dir / ENVIRONMENT_JSON, environment_info())
 
 
@@ -392,19 +414,22 @@ def _run_sweep(config: ExperimentConfig, context: RunContext, dataset: LoadedDat
     if not context.is_main:
         data = prepare_data(config, output_dir, dataset)
     plans = plan_models(models, config, data)  # every check passes before anything is written
+    record = sweep_record(config, data, models, context)
+    if config.resume:
+        check_resume(output_dir, record)
     all_jobs = make_jobs(models, config.seeds, data.splits)
     folders = {j.key: JobFolder(context.for_job(*j.key).job_dir) for j in all_jobs}  # type: ignore[arg-type]
     if context.is_main:
-        write_sweep_files(output_dir, config, data, models, context.device)
+        write_sweep_files(output_dir, data, record)
         if config.resume and context.jobs_root.is_dir():
             reduce_results(output_dir)  # tables exactly as the job folders say (e.g. after a kill)
     barrier()
     pending = [j for j in all_jobs if not _job_done(folders[j.key])]
     mine = select_jobs(pending, shard=config.shard, mode=context.mode, rank=context.rank,
                        world_size=context.world_size)
-    log.info("%d of %d jobs pending (%d models x %d seeds x %d folds); this process runs %d; results in %s",
-             len(pending), len(all_jobs), len(models), len(config.seeds), len(iter_folds(data.splits)), len(mine),
-             output_dir)
+    log.info("%d of %d jobs pending (%d models x %d seeds x %d folds); rank %d of %d (%s) runs %d; results in %s",
+             len(pending), len(all_jobs), len(models), len(config.seeds), len(iter_folds(data.splits)), context.rank,
+             context.world_size, context.mode, len(mine), output_dir)
     efficiency = sweep_efficiency(list(dict.fromkeys(j.model for j in pending)), plans, config, context)
     _run_jobs(mine, all_jobs, plans, data, config, context, folders, efficiency, hooks)
     barrier()

@@ -21,11 +21,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = parse_config(argv)
     from experiment_runner import run_integrated_experiment  # heavy imports after flag checks
 
+    from utils.signals import SweepStopped, exit_code, stop_on_signals
+
     try:
-        output_dir = run_integrated_experiment(config)
+        with stop_on_signals():
+            output_dir = run_integrated_experiment(config)
     except ValueError as exc:  # bad input found while preparing (data, models, splits)
         logging.getLogger("volbench").error("%s", exc)
         return 2
+    except (SweepStopped, KeyboardInterrupt) as exc:
+        logging.getLogger("volbench").error("%s: every job keeps its last completed epoch; continue with --resume "
+                                            "and the same flags", exc or "interrupted")
+        return exit_code(exc)
     print(f"results: {output_dir}")
     return 0
 

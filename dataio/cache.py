@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from utils.progress import progress as progress_bar
+from filelock import FileLock
 
 from utils.atomic import atomic_write_json
+from utils.progress import progress as progress_bar
 
 from .adapters import DATASET_VERSIONS, discover_cases
 from .preprocess import preprocess_case
@@ -242,7 +243,9 @@ def load_dataset(data_path: Path | None, dataset_version: str, *, cache_root: Pa
         name = _synthetic_id(synthetic_cases, size, synthetic_seed)
         root = Path(data_path).expanduser() if data_path is not None else synthetic_root(cache_root, synthetic_cases,
                                                                                           size, synthetic_seed)
-        data_path = ensure_synthetic_brats(root, synthetic_cases, size, synthetic_seed)
+        root.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(root.parent / f".{root.name}.lock")):  # one writer of a phantom folder at a time
+            data_path = ensure_synthetic_brats(root, synthetic_cases, size, synthetic_seed)
         # the folder is part of the identity too, so two phantom folders do not evict each other's entries
         dataset_id = f"synthetic:{name}:format{FORMAT_VERSION}:{root.resolve()}"
     elif data_path is None:

@@ -2,9 +2,9 @@
 
 Conventions:
 - The shuffle order of epoch e is a permutation drawn from a torch Generator seeded with
-  (seed, e), so it is the same after a resume and independent of the worker count. For a rank of a
-  DDP job (``distributed=True``) ``DistributedSampler(seed=seed, drop_last=False)`` shards it instead
-  (it pads by repeating samples so that every rank gets the same count and steps together).
+  (seed, e), so it is the same after a resume and independent of the worker count. A rank of a
+  DDP job (``distributed=True``) takes its share of that same permutation (:class:`SeededDistributedSampler`,
+  padded by repeating samples so that every rank gets the same count and steps together).
 - Call :func:`set_epoch` (loader, epoch) before each epoch. For datasets with a ``set_epoch``
   method (``PatchDataset``, ``SliceDataset``) the sampler yields ``(epoch, index)`` pairs, so the
   epoch reaches the sample RNG even in persistent worker processes.
@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +75,28 @@ class SeededShuffleSampler(Sampler[int]):
         return self.n
 
 
+class SeededDistributedSampler(SeededShuffleSampler):
+    """One rank's share of :class:`SeededShuffleSampler`'s permutation: positions ``rank::world_size`` of it,
+    padded (by repeating its start) to a multiple of ``world_size`` so every rank takes the same number of
+    steps. With batch b per rank, step k of the ranks together holds exactly the samples of step k of one
+    process at batch b * world_size (the same global order), which is what makes DDP runs comparable."""
+
+    def __init__(self, n: int, seed: int, rank: int, world_size: int) -> None:
+        super().__init__(n, seed)
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside 0..{world_size - 1}")
+        self.rank, self.world_size = int(rank), int(world_size)
+        self.total = -(-self.n // self.world_size) * self.world_size
+
+    def __iter__(self) -> Iterator[int]:
+        order = list(super().__iter__())
+        order += order[: self.total - len(order)]
+        return iter(order[self.rank::self.world_size])
+
+    def __len__(self) -> int:
+        return self.total // self.world_size
+
+
 class EpochTaggedSampler(Sampler):
     """Wraps a sampler; yields ``(epoch, index)`` pairs when ``tag`` else plain indices."""
 
@@ -107,13 +129,14 @@ def make_train_loader(dataset: Dataset, settings: LoaderSettings, *, seed: int,
     """A shuffling training DataLoader (drop_last=False); see the module docstring for the order.
 
     ``distributed``: this process is one rank of a DDP job (needs an initialised process group) and gets
-    its ``DistributedSampler`` share. Call :func:`set_epoch` before every epoch.
+    its :class:`SeededDistributedSampler` share. Call :func:`set_epoch` before every epoch.
     """
     settings.validate()
     if distributed:
         if not (dist.is_available() and dist.is_initialized()):
             raise ValueError("a distributed training loader needs an initialised torch.distributed process group")
-        inner: Sampler = DistributedSampler(dataset, shuffle=True, seed=seed, drop_last=False)
+        inner: Sampler = SeededDistributedSampler(len(dataset), seed, dist.get_rank(),  # type: ignore[arg-type]
+                                                  dist.get_world_size())
     else:
         inner = SeededShuffleSampler(len(dataset), seed)  # type: ignore[arg-type]
     sampler = EpochTaggedSampler(inner, tag=hasattr(dataset, "set_epoch"))

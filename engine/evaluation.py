@@ -104,12 +104,12 @@ def evaluate_cases(model: nn.Module, cases: list[CachedCase], task: "Task", sett
 
 
 def _gather(accumulator: Any, attention_rows: list[dict[str, Any]], order: list[str]) -> tuple[Any, list]:
-    """Every rank's share merged into one accumulator and one attention list, in case order."""
-    from utils.distributed import all_gather_objects
+    """Every rank's share merged into this rank's accumulator and one attention list, in case order."""
+    from utils.distributed import all_gather_objects, rank_of
 
-    shares = all_gather_objects((accumulator, attention_rows))
-    merged = shares[0][0]
-    merged.merge([acc for acc, _ in shares[1:]], order)
+    shares = all_gather_objects((accumulator.share(), attention_rows))
+    own = rank_of()
+    accumulator.merge([share for r, (share, _) in enumerate(shares) if r != own], order)
     position = {c: i for i, c in enumerate(order)}
     rows = sorted((r for _, rows in shares for r in rows), key=lambda r: position.get(r["case_id"], len(order)))
-    return merged, rows
+    return accumulator, rows

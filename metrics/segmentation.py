@@ -128,17 +128,20 @@ class SegmentationMetricAccumulator:
             out[f"n_{key}"] = sum(not math.isnan(v) for v in values)
         return out
 
-    def merge(self, others: "list[SegmentationMetricAccumulator]", order: Sequence[str] | None = None) -> None:
-        """Add the cases and confusion counts of ``others`` (e.g. other ranks' shares of one test set).
+    def share(self) -> tuple[dict[str, dict[str, Any]], np.ndarray]:
+        """Plain, picklable copy of the cases and confusion counts (to send to other ranks)."""
+        return {k: dict(v) for k, v in self._cases.items()}, self._confusion.copy()
 
-        With ``order`` (every case id), rows are put in that order, so aggregates equal those of one
-        accumulator that saw the cases in that order. A case seen twice keeps its first row.
-        """
+    def merge(self, shares: "list[tuple[dict[str, dict[str, Any]], np.ndarray]]",
+              order: Sequence[str] | None = None) -> None:
+        """Add the cases and confusion counts of other accumulators' :meth:`share` (e.g. other ranks' parts
+        of one test set). With ``order`` (every case id), rows are put in that order, so aggregates equal
+        those of one accumulator that saw the cases in that order. A case seen twice keeps its first row."""
         rows = dict(self._cases)
-        for other in others:
-            for case_id, row in other._cases.items():
+        for cases, confusion in shares:
+            for case_id, row in cases.items():
                 rows.setdefault(case_id, row)
-            self._confusion = self._confusion + other._confusion
+            self._confusion = self._confusion + confusion
         if order is not None:
             position = {str(c): i for i, c in enumerate(order)}
             rows = dict(sorted(rows.items(), key=lambda item: position.get(item[0], len(position))))

@@ -17,6 +17,7 @@ from engine.config import parse_config
 from engine.job_results import JobFolder
 from engine.reducer import IncrementalReducer, reduce_results
 from engine.tasks import SegmentationTask, brats_segmentation
+from engine.trainer import TrainerHooks
 from experiment_runner import run_integrated_experiment
 from metrics.regions import BRATS_SPEC
 from sweep_helpers import flair_wt_dataset, tiny_flags
@@ -172,16 +173,36 @@ def test_incremental_update_reads_only_the_new_job_and_its_model(tmp_path: Path,
     assert reads_for(2) == reads_for(12)
 
 
+class FailAtFirstEpoch(TrainerHooks):
+    def on_epoch_end(self, state, row) -> None:  # type: ignore[no-untyped-def]
+        raise RuntimeError("a failure of this job")
+
+
 def test_resume_runs_a_failed_job_again_and_keeps_one_row(tmp_path: Path, cache_dir: Path) -> None:
     out = tmp_path / "out"
-    bad = json.dumps({"unet3d_xs": {"base": 2, "norm": "no_such_norm"}})
-    base = tiny_flags(out, cache_dir, "--models", "unet3d_xs", "--seeds", "3", "--epochs", "1")
-    assert integrated_experiment.main([*base, "--model_kwargs", bad]) == 0
-    assert pd.read_csv(out / RUNS_CSV)["status"].tolist() == ["failed"]
-    assert integrated_experiment.main([*base, "--resume"]) == 0
+    flags = tiny_flags(out, cache_dir, "--models", "unet3d_xs", "--seeds", "3", "--epochs", "1")
+    run_integrated_experiment(parse_config(flags), hooks=[FailAtFirstEpoch()])
     runs = pd.read_csv(out / RUNS_CSV)
-    assert runs["status"].tolist() == ["ok"]
+    assert runs["status"].tolist() == ["failed"] and "a failure of this job" in runs["error"].iloc[0]
+    assert integrated_experiment.main([*flags, "--resume"]) == 0
+    assert pd.read_csv(out / RUNS_CSV)["status"].tolist() == ["ok"]
     assert len(pd.read_csv(out / EPOCHS_CSV)) == 1
+
+
+def test_resume_with_flags_that_change_results_is_refused(tmp_path: Path, cache_dir: Path,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    out = tmp_path / "out"
+    flags = tiny_flags(out, cache_dir, "--models", "unet3d_xs", "--seeds", "3", "--epochs", "1")
+    assert integrated_experiment.main(flags) == 0
+    before = (out / RUNS_CSV).read_text()
+    assert integrated_experiment.main([*flags, "--resume", "--epochs", "2", "--lr", "0.01"]) == 2
+    assert "--epochs: 1 at the first start, 2 now" in caplog.text and "--lr" in caplog.text
+    assert (out / RUNS_CSV).read_text() == before
+    assert integrated_experiment.main([*flags, "--resume", "--seeds", "3", "4", "--keep_latest"]) == 0  # extends
+    assert sorted(pd.read_csv(out / RUNS_CSV)["seed"]) == [3, 4]
+    record = json.loads((out / "config.json").read_text())
+    assert record["seeds"] == [3] and len(record["starts"]) == 2  # the first start's flags, every start listed
+    assert record["starts"][1]["changed"]["seeds"] == [3, 4]
 
 
 def test_runner_and_trainer_hold_no_task_constants() -> None:

@@ -63,6 +63,11 @@ def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
+def rank_of() -> int:
+    """This process's rank in the process group (0 without one)."""
+    return dist.get_rank() if is_distributed() else 0
+
+
 def barrier() -> None:
     """Wait for every rank (no-op in a single process)."""
     if is_distributed():

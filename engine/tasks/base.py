@@ -73,9 +73,12 @@ class CaseAccumulator(Protocol):
     def mean_loss(self) -> float | None:
         """Mean loss over the cases, when the accumulator was asked to compute one."""
 
-    def merge(self, others: list[Any], order: list[str]) -> None:
-        """Add the cases of accumulators that saw other shares of the same cases (other ranks); per-case
-        rows end in ``order`` (the case ids in the unsharded order), so results equal one process's."""
+    def share(self) -> Any:
+        """A plain, picklable copy of what was accumulated (sent to the other ranks)."""
+
+    def merge(self, shares: list[Any], order: list[str]) -> None:
+        """Add other ranks' :meth:`share` of the same cases; per-case rows end in ``order`` (the case ids
+        in the unsharded order), so every rank holds what one process would."""
 
 
 class Task(ABC):

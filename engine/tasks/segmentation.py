@@ -63,12 +63,16 @@ class SegmentationAccumulator:
     def mean_loss(self) -> float | None:
         return float(np.mean(list(self.losses.values()))) if self.losses else None
 
-    def merge(self, others: list["SegmentationAccumulator"], order: list[str]) -> None:
-        """Add other shares of the same case list (ranks); rows and losses end in ``order``."""
-        self.metrics.merge([o.metrics for o in others], order=order)
+    def share(self) -> tuple[Any, dict[str, float]]:
+        """Plain, picklable state of this accumulator (metrics share and per-case losses)."""
+        return self.metrics.share(), dict(self.losses)
+
+    def merge(self, shares: list[tuple[Any, dict[str, float]]], order: list[str]) -> None:
+        """Add other ranks' :meth:`share` of the same case list; rows and losses end in ``order``."""
+        self.metrics.merge([metrics for metrics, _ in shares], order=order)
         losses = dict(self.losses)
-        for other in others:
-            for case_id, value in other.losses.items():
+        for _, other in shares:
+            for case_id, value in other.items():
                 losses.setdefault(case_id, value)
         position = {c: i for i, c in enumerate(order)}
         self.losses = dict(sorted(losses.items(), key=lambda item: position.get(item[0], len(position))))

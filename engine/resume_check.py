@@ -1,0 +1,46 @@
+"""A resumed sweep must produce the same kind of results as its first start.
+
+``config.json`` keeps the first start's flags and lists every later start (time, models, seeds, flags
+that changed). Resuming with a flag that changes results is refused with one line per difference;
+adding models or seeds extends the grid; flags that only change how the work runs may change.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+# flags whose change would make a resumed sweep's rows incomparable with its finished rows
+RESULT_FLAGS = ("data_path", "dataset_version", "synthetic_cases", "synthetic_size", "synthetic_seed", "max_samples",
+                "epochs", "global_batch", "dim", "use_pretrained", "pretrained_checkpoint", "loss", "use_5fold",
+                "split_seed", "splits_file", "lr", "weight_decay", "optimizer", "scheduler", "amp", "grad_accum",
+                "max_grad_norm", "patience", "patch_size", "samples_per_volume", "val_overlap", "val_every",
+                "deterministic", "tiny", "sync_bn")
+# flags that may change between starts: how the work runs, not what it computes
+FREE_FLAGS = ("models", "seeds", "num_workers", "sharing_strategy", "output_dir", "resume", "keep_latest", "device",
+              "parallel", "shard", "pam_runs", "latency_runs", "skip_efficiency", "cache_dir")
+
+
+def resume_differences(first: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """One line per result-changing flag that differs between the first start's record and ``now``
+    (both as in ``config.json``); per-model build overrides are compared for the models both name."""
+    lines = [f"--{k}: {first.get(k)!r} at the first start, {now.get(k)!r} now"
+             for k in RESULT_FLAGS if k in first and first.get(k) != now.get(k)]
+    before, after = first.get("model_kwargs") or {}, now.get("model_kwargs") or {}
+    shared = set(first.get("resolved_models", [])) & set(now.get("resolved_models", []))
+    for model in sorted(shared):
+        if before.get(model, {}) != after.get(model, {}):
+            lines.append(f"--model_kwargs for {model}: {before.get(model, {})} at the first start, "
+                         f"{after.get(model, {})} now")
+    return lines
+
+
+def merged_record(first: dict[str, Any] | None, now: dict[str, Any]) -> dict[str, Any]:
+    """``config.json`` content: the first start's record with this start appended to ``starts``."""
+    start = dict(time=datetime.now().isoformat(timespec="seconds"), models=now.get("resolved_models"),
+                 seeds=now.get("seeds"))
+    if first is None:
+        return dict(now, starts=[start])
+    changed = {k: now.get(k) for k in FREE_FLAGS if k in now and first.get(k) != now.get(k)}
+    models = list(dict.fromkeys([*first.get("resolved_models", []), *now.get("resolved_models", [])]))
+    return dict(first, resolved_models=models, starts=[*first.get("starts", []), dict(start, changed=changed)])
