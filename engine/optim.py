@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Iterable
 
 import torch
@@ -42,12 +43,23 @@ def build_scheduler(name: str, optimizer: Optimizer, *, epochs: int) -> LRSchedu
     raise ValueError(f"--scheduler {name!r} is not one of cosine, plateau, step, poly, none")
 
 
+# torch's warning when a scheduler steps before any optimizer step; the schedule here is per epoch, so an
+# epoch without an optimizer step (AMP's scaler skipping steps with inf gradients) still advances it.
+_STEP_ORDER_WARNING = r"Detected call of `lr_scheduler\.step\(\)` before `optimizer\.step\(\)`"
+
+
 def step_scheduler(scheduler: LRScheduler | ReduceLROnPlateau | None, val_metric: float | None) -> None:
-    """Advance one epoch; the plateau scheduler needs the validation metric (skipped when unknown)."""
+    """Advance one epoch; the plateau scheduler needs the validation metric (skipped when unknown).
+
+    The schedule counts epochs, not optimizer steps: an epoch whose optimizer steps were all skipped (AMP on
+    inf gradients) advances it too, without torch's step-order warning.
+    """
     if scheduler is None:
         return
     if isinstance(scheduler, ReduceLROnPlateau):
         if val_metric is not None and val_metric == val_metric:
             scheduler.step(val_metric)
         return
-    scheduler.step()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_STEP_ORDER_WARNING, category=UserWarning)
+        scheduler.step()
