@@ -40,8 +40,11 @@ Prediction folders, no model::
   writes OUT.csv (per case) and OUT_summary.json (means, NaN counts). See engine/folder_eval.py.
 
 Pictures: ``--visualize_cases N`` (first N evaluated cases) or case ids -> overlays/overlay_{case}.png
-(rows = runs); ``--gradcam_layer NAME [--gradcam_model M] [--gradcam_class K]`` ->
-gradcam/{run}_{case}_{layer}_class{K}.png. Bad input exits with code 2 and a message naming the file.
+(inputs and ground truth once, then one panel per run titled with its per-case Dice);
+``--gradcam_layer NAME [--gradcam_model M] [--gradcam_class K]`` -> gradcam/{run}_{case}_{layer}_class{K}.png.
+Predictions are kept only with --save_predictions (or --save_probabilities, or when no case has a label);
+the cases drawn otherwise are predicted into a temporary folder, removed after drawing (see
+engine/eval_pictures.py). Bad input exits with code 2 and a message naming the file.
 """
 
 from __future__ import annotations
