@@ -1,10 +1,15 @@
 """Does the pipeline learn? Test WT Dice of each trained run beside the same model untrained.
 
+    python benchmarks/bench_learning.py --threads 2    # runs the README's main job first (--deterministic)
     python benchmarks/bench_learning.py --results_dir baseline_results/integrated_experiment_results_...
-    python benchmarks/bench_learning.py            # runs the README's main job first
 
 For every ok run of the sweep, the untrained model is built exactly as the job built it (same seed,
 same kwargs) and evaluated on the same test cases with the same sliding-window settings.
+
+The figures in benchmarks/RESULTS.md come from the first command: the main job with ``--deterministic``
+and ``--threads`` torch threads (intra-op; set before anything runs), so that the same commit, torch build
+and thread count give the same Dice values. Other thread counts may change the last digits (float sums
+are split differently).
 """
 
 from __future__ import annotations
@@ -37,6 +42,8 @@ from utils.seeding import seed_everything  # noqa: E402
 MAIN_JOB = ["--models", "unet3d_xs", "unet3d_stride_xs", "dualbranch_01_unet_xs", "--seeds", "24", "42",
             "--epochs", "5", "--synthetic_cases", "16", "--synthetic_size", "48", "48", "48",
             "--patch_size", "32", "32", "32", "--samples_per_volume", "3"]
+# What makes the figures reproducible (added to the main job when this script runs it).
+REPRODUCIBLE = ["--deterministic"]
 
 
 def load_config(results_dir: Path) -> ExperimentConfig:
@@ -61,13 +68,19 @@ def untrained_dice(run: pd.Series, config: ExperimentConfig, data, device: torch
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--results_dir", type=Path, default=None, help="an existing sweep (default: run the main job)")
+    parser.add_argument("--results_dir", type=Path, default=None,
+                        help="an existing sweep (default: none, run the main job with --deterministic)")
+    parser.add_argument("--threads", type=int, default=2,
+                        help="torch intra-op threads for the sweep and the evaluation (default: 2)")
     args = parser.parse_args()
+    if args.threads < 1:
+        parser.error(f"--threads must be >= 1, got {args.threads}")
+    torch.set_num_threads(args.threads)
     start = time.perf_counter()
     results_dir = args.results_dir
     if results_dir is None:
         results_dir = Path("baseline_results") / f"bench_learning_{datetime.now():%Y%m%d_%H%M%S}"
-        if integrated_experiment.main(MAIN_JOB + ["--output_dir", str(results_dir)]) != 0:
+        if integrated_experiment.main(MAIN_JOB + REPRODUCIBLE + ["--output_dir", str(results_dir)]) != 0:
             return 1
     sweep_s = time.perf_counter() - start
     config = load_config(results_dir)
@@ -82,8 +95,8 @@ def main() -> int:
     table = pd.DataFrame(rows)
     table["gain"] = table["trained_wt"] - table["untrained_wt"]
     summary = table.groupby("model")[["trained_wt", "untrained_wt", "gain"]].mean()
-    print(f"# bench_learning {datetime.now():%Y-%m-%d %H:%M}  {platform.platform()}  cpus={torch.get_num_threads()}  "
-          f"torch {torch.__version__}")
+    print(f"# bench_learning {datetime.now():%Y-%m-%d %H:%M}  {platform.platform()}  threads={torch.get_num_threads()}  "
+          f"torch {torch.__version__} (CUDA build: {torch.version.cuda or 'none'})")
     print(f"sweep: {results_dir}  ({sweep_s:.0f} s for the sweep when run here)")
     print(table.to_markdown(index=False, floatfmt=".3f") if _has_tabulate() else table.to_string(index=False))
     print("\nmean over seeds (test WT Dice):")
