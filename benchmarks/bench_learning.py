@@ -95,8 +95,8 @@ def main() -> int:
     table = pd.DataFrame(rows)
     table["gain"] = table["trained_wt"] - table["untrained_wt"]
     summary = table.groupby("model")[["trained_wt", "untrained_wt", "gain"]].mean()
-    print(f"# bench_learning {datetime.now():%Y-%m-%d %H:%M}  {platform.platform()}  threads={torch.get_num_threads()}  "
-          f"torch {torch.__version__} (CUDA build: {torch.version.cuda or 'none'})")
+    print(f"# bench_learning {datetime.now():%Y-%m-%d %H:%M}  {platform.platform()}  "
+          f"threads={torch.get_num_threads()}  torch {torch.__version__} (CUDA build: {torch.version.cuda or 'none'})")
     print(f"sweep: {results_dir}  ({sweep_s:.0f} s for the sweep when run here)")
     print(table.to_markdown(index=False, floatfmt=".3f") if _has_tabulate() else table.to_string(index=False))
     print("\nmean over seeds (test WT Dice):")

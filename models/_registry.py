@@ -104,7 +104,7 @@ def register_model(*, family: str, **meta: Any) -> Callable[[ModelBuilder], Mode
 def _unknown(name: str) -> ValueError:
     close = difflib.get_close_matches(name, list(_BUILDERS), n=3, cutoff=0.5)
     hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-    return ValueError(f"unknown model {name!r}{hint} (list_models() shows all {len(_BUILDERS)} names)")
+    return ValueError(f"unknown model {name!r}{hint} (--list_models or list_models() shows all {len(_BUILDERS)} names)")
 
 
 def list_models(include: str | Iterable[str] = "*", exclude: str | Iterable[str] = ()) -> list[str]:
