@@ -112,6 +112,7 @@ def _manual_gradcam(net: torch.nn.Module, x: torch.Tensor, layer: str, k: int) -
 
     store = {}
     handle = dict(net.named_modules())[layer].register_forward_hook(lambda m, i, o: store.update(a=o))
+    x = x.clone().requires_grad_(True)  # MONAI's backward hooks stay on the net; they expect an input gradient
     score = ClassScores(net)(x)[0, k]
     handle.remove()
     (grad,) = torch.autograd.grad(score, store["a"])
