@@ -315,11 +315,12 @@ def default_output_dir() -> Path:
     return Path("baseline_results") / f"integrated_experiment_results_{datetime.now():%Y%m%d_%H%M%S}"
 
 
-def check_output_dir(output_dir: Path, resume: bool) -> None:
-    """Refuse to overwrite results without ``--resume``, and to resume a folder made before ``jobs/``."""
+def check_output_dir(output_dir: Path, resume: bool, shard: str | None = None) -> None:
+    """Refuse to overwrite results without ``--resume`` (shards share their folder by design), and to
+    resume a folder made before ``jobs/``."""
     has_jobs = (output_dir / JOBS_DIR).is_dir() and any((output_dir / JOBS_DIR).iterdir())
     has_runs = (output_dir / RUNS_CSV).is_file()
-    if not resume and (has_jobs or has_runs):
+    if not resume and shard is None and (has_jobs or has_runs):
         raise ValueError(f"--output_dir {output_dir} already holds results; pass --resume to continue that sweep "
                          "or choose another --output_dir")
     if resume and has_runs and not (output_dir / JOBS_DIR).is_dir():
@@ -406,7 +407,7 @@ def _run_sweep(config: ExperimentConfig, context: RunContext, dataset: LoadedDat
                hooks: Sequence[TrainerHooks]) -> Path:
     models = resolve_model_names(config.models)
     output_dir = context.output_dir
-    check_output_dir(output_dir, config.resume)
+    check_output_dir(output_dir, config.resume, config.shard)
     barrier()  # every rank has checked the folder before rank 0 writes into it
     if context.is_main:
         data = prepare_data(config, output_dir, dataset)  # rank 0 builds phantoms and cache entries first
@@ -415,7 +416,7 @@ def _run_sweep(config: ExperimentConfig, context: RunContext, dataset: LoadedDat
         data = prepare_data(config, output_dir, dataset)
     plans = plan_models(models, config, data)  # every check passes before anything is written
     record = sweep_record(config, data, models, context)
-    if config.resume:
+    if config.resume or config.shard is not None:
         check_resume(output_dir, record)
     all_jobs = make_jobs(models, config.seeds, data.splits)
     folders = {j.key: JobFolder(context.for_job(*j.key).job_dir) for j in all_jobs}  # type: ignore[arg-type]

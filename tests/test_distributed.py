@@ -1,0 +1,164 @@
+"""Scaled-out sweeps on the CPU (gloo): torchrun DDP and job-parallel, --shard processes, SIGTERM, and
+SIGKILL at seeded random moments followed by --resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+import evaluate_experiment
+from engine.data_options import DataOptions
+from engine.job_results import JobFolder
+from sweep_helpers import comparable
+from utils.schema import EPOCHS_CSV, JOBS_DIR, PER_CASE_CSV, RUNS_CSV
+
+ROOT = Path(__file__).resolve().parent.parent
+KWARGS = {"unet3d_xs": {"base": 2}, "unet3d_stride_xs": {"base": 2}}
+
+
+def flags(out: Path, cache: Path, *extra: str, cases: int = 16, kwargs: dict | None = None) -> list[str]:
+    return ["--synthetic_cases", str(cases), "--synthetic_size", "32", "32", "32", "--cache_dir", str(cache),
+            "--output_dir", str(out), "--samples_per_volume", "2", "--num_workers", "0", "--skip_efficiency",
+            "--deterministic", "--model_kwargs", json.dumps(kwargs or KWARGS), *extra]
+
+
+def launch(args: list[str], nproc: int = 0) -> subprocess.Popen:
+    """The sweep in a new process (``nproc`` > 0: under torchrun with that many CPU ranks)."""
+    prefix = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] if nproc \
+        else [sys.executable]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.Popen([*prefix, str(ROOT / "integrated_experiment.py"), *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def finish(proc: subprocess.Popen, timeout: float = 600) -> str:
+    out, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, out[-3000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    cache = tmp_path_factory.mktemp("cache")
+    for cases in (16, 7):  # phantoms and cache entries built once, before any race
+        DataOptions(synthetic_cases=cases, synthetic_size=(32, 32, 32), cache_dir=str(cache)).load_cases()
+    return cache
+
+
+def test_ddp_counts_every_case_once_and_matches_one_process(tmp_path: Path, cache_dir: Path) -> None:
+    out = tmp_path / "ddp"
+    finish(launch(flags(out, cache_dir, "--models", "unet3d_xs", "--seeds", "1", "--epochs", "1"), nproc=2))
+    per_case = pd.read_csv(out / PER_CASE_CSV)
+    test_ids = json.loads((out / "splits.json").read_text())["test"]
+    assert len(test_ids) == 2 and sorted(per_case["case_id"]) == sorted(test_ids)  # each case once, none padded
+    assert evaluate_experiment.main(["--results_dir", str(out), "--output_dir", str(tmp_path / "eval")]) == 0
+    again = pd.read_csv(tmp_path / "eval" / PER_CASE_CSV)  # the same checkpoint evaluated by one process
+    pd.testing.assert_frame_equal(comparable(again)[comparable(per_case).columns], comparable(per_case),
+                                  check_exact=False, rtol=1e-6, check_dtype=False)
+
+
+def test_two_ranks_at_batch_1_equal_one_rank_at_batch_2(tmp_path: Path, cache_dir: Path) -> None:
+    # instance norm (no batch statistics) and SGD: Adam would turn float-level gradient differences of
+    # near-zero gradients into lr-sized steps, so weights are compared under SGD
+    kwargs = {"unet3d_xs": {"base": 2, "norm": "in"}}
+    common = ("--models", "unet3d_xs", "--seeds", "1", "--epochs", "1", "--optimizer", "sgd", "--lr", "0.01")
+    ddp = launch(flags(tmp_path / "ddp", cache_dir, *common, "--batch_size", "1", kwargs=kwargs), nproc=2)
+    single = launch(flags(tmp_path / "one", cache_dir, *common, "--batch_size", "2", kwargs=kwargs))
+    finish(ddp), finish(single)
+    a = torch.load(tmp_path / "ddp" / "unet3d_xs_seed_1_best.pth", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "one" / "unet3d_xs_seed_1_best.pth", weights_only=True)["state_dict"]
+    assert max(float((a[k].float() - b[k].float()).abs().max()) for k in a) < 1e-5
+
+
+def test_job_parallel_ranks_take_disjoint_jobs(tmp_path: Path, cache_dir: Path) -> None:
+    out = tmp_path / "jobs"
+    log = finish(launch(flags(out, cache_dir, "--models", "unet3d_xs", "unet3d_stride_xs", "--seeds", "1",
+                              "--epochs", "1", "--parallel", "jobs"), nproc=2))
+    assert "rank 0 of 2 (jobs) runs 1" in log and "rank 1 of 2 (jobs) runs 1" in log
+    runs = pd.read_csv(out / RUNS_CSV)
+    assert sorted(runs["model"]) == ["unet3d_stride_xs", "unet3d_xs"] and (runs["status"] == "ok").all()
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Path:
+    out = tmp_path_factory.mktemp("reference") / "out"
+    finish(launch(grid_flags(out, cache_dir)))
+    return out
+
+
+def grid_flags(out: Path, cache: Path, *extra: str) -> list[str]:
+    """A 2-job grid (2 models x 1 seed, 2 epochs) on 7 phantoms: the sweep that is sharded and killed."""
+    return flags(out, cache, "--models", "unet3d_xs", "unet3d_stride_xs", "--seeds", "1", "--epochs", "2", *extra,
+                 cases=7)
+
+
+def assert_same_rows(out: Path, reference: Path) -> None:
+    for name in (RUNS_CSV, EPOCHS_CSV, PER_CASE_CSV):
+        pd.testing.assert_frame_equal(comparable(pd.read_csv(out / name)), comparable(pd.read_csv(reference / name)),
+                                      check_exact=False, rtol=1e-6, obj=name)
+
+
+def test_two_shards_at_once_give_the_rows_of_one_process(tmp_path: Path, cache_dir: Path, reference: Path) -> None:
+    out = tmp_path / "shared"
+    shards = [launch(grid_flags(out, cache_dir, "--shard", f"{k}/2")) for k in (0, 1)]
+    logs = [finish(p) for p in shards]
+    assert all("runs 1;" in log for log in logs)  # 2 jobs, 1 each (index 0 and index 1)
+    assert evaluate_experiment.main(["--results_dir", str(out), "--aggregate"]) == 0
+    assert_same_rows(out, reference)
+
+
+def _no_corrupt_files(out: Path) -> None:
+    for path in out.rglob("*.pth"):
+        torch.load(path, weights_only=True)
+    for path in out.rglob("*.csv"):
+        pd.read_csv(path)
+    assert not list(out.rglob("*.tmp")), "a temporary file outlived its write"
+
+
+def test_sigterm_stops_with_a_resumable_state(tmp_path: Path, cache_dir: Path, reference: Path) -> None:
+    out = tmp_path / "term"
+    proc = launch(grid_flags(out, cache_dir))
+    folder = JobFolder(out / JOBS_DIR / "unet3d_xs_seed_1")
+    deadline = time.monotonic() + 300
+    while proc.poll() is None and time.monotonic() < deadline and not folder.table_path("epochs").is_file():
+        time.sleep(0.02)
+    assert proc.poll() is None, "the sweep ended before it could be stopped"
+    proc.send_signal(signal.SIGTERM)
+    log, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, log[-2000:]
+    assert "continue with --resume" in log
+    state = torch.load(folder.latest_checkpoint, weights_only=True)
+    assert state["progress"]["epoch"] >= 1
+    _no_corrupt_files(out)
+    finish(launch(grid_flags(out, cache_dir, "--resume")))
+    assert_same_rows(out, reference)
+
+
+def test_sigkill_at_random_moments_then_resume_loses_and_duplicates_nothing(tmp_path: Path, cache_dir: Path,
+                                                                            reference: Path) -> None:
+    out = tmp_path / "killed"
+    rng = random.Random(2026)
+    kills = 0
+    for trial in range(4):
+        proc = launch(grid_flags(out, cache_dir, "--resume"))
+        time.sleep(rng.uniform(3.0, 9.0))  # start-up is ~4 s; jobs write checkpoints and CSVs every epoch
+        if proc.poll() is None:
+            proc.kill()
+            kills += 1
+        proc.communicate(timeout=120)
+        _no_corrupt_files(out)
+    assert kills >= 2, "the sweep ended before most kills: make the kills earlier"
+    finish(launch(grid_flags(out, cache_dir, "--resume")))
+    assert_same_rows(out, reference)
+    runs = pd.read_csv(out / RUNS_CSV)
+    assert not runs.duplicated(["model", "seed"]).any() and len(runs) == 2
