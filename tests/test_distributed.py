@@ -117,12 +117,14 @@ def test_two_shards_at_once_give_the_rows_of_one_process(tmp_path: Path, cache_d
     assert_same_rows(out, reference)
 
 
-def _no_corrupt_files(out: Path) -> None:
+def _no_corrupt_files(out: Path, allow_tmp: bool = False) -> None:
+    """Every checkpoint loads and every CSV parses; without ``allow_tmp`` (a SIGKILL inside a write may
+    leave its temporary file, never a broken target) no temporary file is left either."""
     for path in out.rglob("*.pth"):
         torch.load(path, weights_only=True)
     for path in out.rglob("*.csv"):
         pd.read_csv(path)
-    assert not list(out.rglob("*.tmp")), "a temporary file outlived its write"
+    assert allow_tmp or not list(out.rglob("*.tmp")), "a temporary file outlived its write"
 
 
 def test_sigterm_stops_with_a_resumable_state(tmp_path: Path, cache_dir: Path, reference: Path) -> None:
@@ -144,20 +146,48 @@ def test_sigterm_stops_with_a_resumable_state(tmp_path: Path, cache_dir: Path, r
     assert_same_rows(out, reference)
 
 
+KILL_ON_WRITE = """
+import os, signal, sys
+sys.path.insert(0, os.getcwd())
+suffix, nth = sys.argv[1], int(sys.argv[2])
+real_replace, seen = os.replace, [0]
+
+def replace(src, dst):  # SIGKILL this process inside its nth atomic write of a *suffix file
+    if str(dst).endswith(suffix):
+        seen[0] += 1
+        if seen[0] == nth:
+            os.kill(os.getpid(), signal.SIGKILL)
+    return real_replace(src, dst)
+
+os.replace = replace
+import integrated_experiment
+sys.exit(integrated_experiment.main(sys.argv[3:]))
+"""
+
+
 def test_sigkill_at_random_moments_then_resume_loses_and_duplicates_nothing(tmp_path: Path, cache_dir: Path,
                                                                             reference: Path) -> None:
     out = tmp_path / "killed"
+    launcher = tmp_path / "kill_on_write.py"
+    launcher.write_text(KILL_ON_WRITE)
     rng = random.Random(2026)
     kills = 0
-    for trial in range(4):
+    for suffix in (".pth", ".csv"):  # inside the write of a checkpoint, then of a CSV
+        proc = subprocess.Popen([sys.executable, str(launcher), suffix, str(rng.randint(1, 4)),
+                                 *grid_flags(out, cache_dir, "--resume")], cwd=ROOT, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, env=dict(os.environ, OMP_NUM_THREADS="1"))
+        proc.wait(timeout=300)
+        kills += proc.returncode == -signal.SIGKILL
+        _no_corrupt_files(out, allow_tmp=True)
+    for trial in range(2):  # at seeded random moments
         proc = launch(grid_flags(out, cache_dir, "--resume"))
         time.sleep(rng.uniform(3.0, 9.0))  # start-up is ~4 s; jobs write checkpoints and CSVs every epoch
         if proc.poll() is None:
             proc.kill()
             kills += 1
         proc.communicate(timeout=120)
-        _no_corrupt_files(out)
-    assert kills >= 2, "the sweep ended before most kills: make the kills earlier"
+        _no_corrupt_files(out, allow_tmp=True)
+    assert kills >= 3, "the sweep ended before most kills"
     finish(launch(grid_flags(out, cache_dir, "--resume")))
     assert_same_rows(out, reference)
     runs = pd.read_csv(out / RUNS_CSV)
