@@ -11,12 +11,9 @@ failed ones again and continues an interrupted one from its ``latest`` training 
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import traceback
-from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -24,113 +21,32 @@ import torch
 import torch.nn as nn
 
 from dataio.loaders import LoaderSettings, make_train_loader
-from dataio.splits import iter_folds, load_splits, make_splits, save_splits
-from dataio.types import CachedCase, DatasetInfo, LoadedDataset
+from dataio.splits import iter_folds
+from dataio.types import CachedCase, LoadedDataset
 from engine.config import ExperimentConfig
 from engine.context import RunContext
 from engine.data_options import DATA_FIELDS
+from engine.efficiency_store import ensure_efficiency, read_efficiency
 from engine.evaluation import EvaluationResult, InferenceSettings, evaluate_cases
 from engine.job_results import JobFolder
-from engine.model_setup import ModelSetup, setup_model
-from engine.efficiency_store import ensure_efficiency, read_efficiency
+from engine.model_setup import ModelSetup
 from engine.parallel import resolve_mode, select_jobs, wrap_for_ddp
-from engine.reducer import IncrementalReducer, reduce_results, results_lock
-from engine.resume_check import merged_record, resume_differences
-from engine.tasks import Task, task_for
+from engine.reducer import IncrementalReducer, reduce_results
+from engine.sweep_files import check_output_dir, check_resume, default_output_dir, sweep_record, write_sweep_files
+from engine.sweep_plan import Job, ModelPlan, SweepData, make_jobs, plan_models, prepare_data
 from engine.trainer import DivergedError, FitResult, TrainerHooks, TrainerSettings, fit
 from metrics.efficiency import measure_efficiency, stage_wise_pam
-from models import model_info, resolve_model_names
-from utils.atomic import atomic_write_json
+from models import resolve_model_names
 from utils.checkpoint import load_checkpoint
 from utils.device import resolve_device
 from utils.distributed import (barrier, destroy_process_group, dist_env, init_process_group,
                                process_device)
-from utils.environment import environment_info
-from utils.schema import (CONFIG_JSON, ENVIRONMENT_JSON, JOBS_DIR, RUNS_CSV, SPLITS_JSON,
-                          checkpoint_name, job_name)
 from utils.seeding import seed_everything
 
+__all__ = ["Job", "ModelPlan", "SweepData", "evaluate_model", "make_jobs", "plan_models", "prepare_data",
+           "run_integrated_experiment", "run_sweep", "train_model"]
+
 log = logging.getLogger("volbench.runner")
-
-
-@dataclass(frozen=True)
-class Job:
-    """One training run: a model, a training seed and a fold (``None`` for the holdout split)."""
-
-    model: str
-    seed: int
-    fold: int | None
-    train_ids: tuple[str, ...]
-    val_ids: tuple[str, ...]
-    index: int = 0
-
-    @property
-    def key(self) -> tuple[str, int, int | None]:
-        return (self.model, self.seed, self.fold)
-
-    @property
-    def name(self) -> str:
-        return job_name(self.model, self.seed, self.fold)
-
-    @property
-    def label(self) -> str:
-        """For progress lines, e.g. ``unet3d_xs seed 24 holdout`` or ``... fold 3``."""
-        return f"{self.model} seed {self.seed} {'holdout' if self.fold is None else f'fold {self.fold}'}"
-
-    def checkpoint_name(self) -> str:
-        return checkpoint_name(self.model, self.seed, self.fold)
-
-
-@dataclass
-class SweepData:
-    """Cases served by the cache, keyed by id, with the split every model shares and the dataset's info."""
-
-    cases: dict[str, CachedCase]
-    splits: dict[str, Any]
-    extent: tuple[int, int, int]
-    info: DatasetInfo
-    from_flags: bool = True  # False when the caller handed in the dataset (the data flags do not describe it)
-
-    def subset(self, ids: tuple[str, ...] | list[str]) -> list[CachedCase]:
-        return [self.cases[i] for i in ids]
-
-
-@dataclass(frozen=True)
-class ModelPlan:
-    """How one model runs in this sweep: its build/feed decisions and its task."""
-
-    setup: ModelSetup
-    task: Task
-
-
-def prepare_data(config: ExperimentConfig, output_dir: Path, dataset: LoadedDataset | None = None) -> SweepData:
-    """Load (and cache) the dataset, or take ``dataset``; make the split, or reuse ``--splits_file`` or (with
-    ``--resume``) the folder's ``splits.json``. Writes nothing (:func:`write_sweep_files` does)."""
-    from_flags = dataset is None
-    dataset = config.load() if dataset is None else dataset
-    by_id = {c.case_id: c for c in dataset.cases}
-    existing = output_dir / SPLITS_JSON
-    resumed = config.resume and existing.is_file()  # a resumed sweep keeps the split its finished jobs used
-    splits_path = Path(config.splits_file) if config.splits_file else (existing if resumed else None)
-    if splits_path is not None:
-        splits = load_splits(splits_path, list(by_id))
-        wanted = "5fold" if config.use_5fold else "holdout"
-        if splits.get("mode") != wanted:
-            raise ValueError(f"{splits_path} holds a {splits.get('mode')} split but the flags ask for {wanted} "
-                             f"({'with' if config.use_5fold else 'without'} --use_5fold)")
-    else:
-        ids = sorted(by_id)
-        splits = make_splits(ids, [by_id[i].patient_id for i in ids], use_5fold=config.use_5fold,
-                             split_seed=config.split_seed)
-    extent = tuple(max(c.image.shape[1 + a] for c in dataset.cases) for a in range(3))
-    return SweepData(cases=by_id, splits=splits, extent=extent, info=dataset.info,  # type: ignore[arg-type]
-                     from_flags=from_flags)
-
-
-def make_jobs(models: list[str], seeds: list[int], splits: dict[str, Any]) -> list[Job]:
-    """Jobs in the order models x seeds x folds (``index`` = position in that order)."""
-    grid = [(m, s, fold, train, val) for m in models for s in seeds for fold, train, val in iter_folds(splits)]
-    return [Job(m, s, fold, tuple(train), tuple(val), index=i) for i, (m, s, fold, train, val) in enumerate(grid)]
 
 
 def _load_pretrained(model: nn.Module, path: str) -> None:
@@ -303,77 +219,6 @@ def sweep_efficiency(models: list[str], plans: dict[str, ModelPlan], config: Exp
                               lambda plan=plans[name]: measure_model_efficiency(plan, config, context.device))
     barrier()
     return {m: read_efficiency(context.output_dir, m) or {} for m in models}
-
-
-def _overrides(name: str, config: ExperimentConfig) -> dict[str, Any]:
-    """Build kwargs for ``name``: its tiny test configuration with ``--tiny``, then ``--model_kwargs``."""
-    base = dict(model_info(name).tiny_kwargs) if config.tiny else {}
-    return dict(base, **config.model_kwargs.get(name, {}))
-
-
-def default_output_dir() -> Path:
-    return Path("baseline_results") / f"integrated_experiment_results_{datetime.now():%Y%m%d_%H%M%S}"
-
-
-def check_output_dir(output_dir: Path, resume: bool, shard: str | None = None) -> None:
-    """Refuse to overwrite results without ``--resume`` (shards share their folder by design), and to
-    resume a folder made before ``jobs/``."""
-    has_jobs = (output_dir / JOBS_DIR).is_dir() and any((output_dir / JOBS_DIR).iterdir())
-    has_runs = (output_dir / RUNS_CSV).is_file()
-    if not resume and shard is None and (has_jobs or has_runs):
-        raise ValueError(f"--output_dir {output_dir} already holds results; pass --resume to continue that sweep "
-                         "or choose another --output_dir")
-    if resume and has_runs and not (output_dir / JOBS_DIR).is_dir():
-        raise ValueError(f"--output_dir {output_dir} was written before per-job results ({JOBS_DIR}/) existed and "
-                         "cannot be resumed; start the sweep in a new --output_dir")
-
-
-def plan_models(models: list[str], config: ExperimentConfig, data: SweepData) -> dict[str, ModelPlan]:
-    """Task and setup of every model, checked before any job trains (a model that cannot run fails here)."""
-    plans = {}
-    for name in models:
-        info = model_info(name)
-        task = task_for(info, data.info, loss=config.loss)
-        requested = config.patch_size or (info.test_patch_size if config.tiny else None)
-        setup = setup_model(name, available_modalities=data.info.channels, n_classes=task.n_outputs,
-                            requested_patch=requested, data_extent=data.extent, dim=config.dim,
-                            overrides=_overrides(name, config))
-        plans[name] = ModelPlan(setup=setup, task=task)
-    return plans
-
-
-def sweep_record(config: ExperimentConfig, data: SweepData, models: list[str], context: RunContext) -> dict[str, Any]:
-    """``config.json`` of this start: the flags as in effect (``amp`` only on CUDA, the global batch under
-    DDP), the resolved models, the device and the dataset's description."""
-    world = context.world_size if context.mode == "ddp" else 1
-    return dict(config.to_dict(), amp=bool(config.amp and context.device.type == "cuda"), amp_requested=config.amp,
-                global_batch=config.batch_size * world, resolved_models=models, device=str(context.device),
-                dataset=dict(name=data.info.name, channels=list(data.info.channels), label_kind=data.info.label_kind,
-                             region=data.info.region))
-
-
-def check_resume(output_dir: Path, record: dict[str, Any]) -> dict[str, Any] | None:
-    """The first start's record of a resumed sweep; ``ValueError`` listing every result-changing flag that differs."""
-    path = output_dir / CONFIG_JSON
-    if not path.is_file():
-        return None
-    first = json.loads(path.read_text(encoding="utf-8"))
-    differences = resume_differences(first, record)
-    if differences:
-        raise ValueError(f"--resume of {output_dir} with flags that change results:\n  " + "\n  ".join(differences)
-                         + "\nuse the first start's values, or a new --output_dir")
-    return first
-
-
-def write_sweep_files(output_dir: Path, data: SweepData, record: dict[str, Any]) -> None:
-    """``splits.json``, ``config.json`` (the first start's flags plus a list of starts) and ``environment.json``."""
-    output_dir.mkdir(parents=True, exist_ok=True)
-    save_splits(output_dir / SPLITS_JSON, data.splits)
-    with results_lock(output_dir):  # processes sharing the folder append their starts one at a time
-        path = output_dir / CONFIG_JSON
-        first = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
-        atomic_write_json(path, merged_record(first, record))
-    atomic_write_json(output_dir / ENVIRONMENT_JSON, environment_info())
 
 
 def _job_done(folder: JobFolder) -> bool:

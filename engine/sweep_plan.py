@@ -1,0 +1,118 @@
+"""The plan of a sweep: its data and split, its jobs (models x seeds x folds) and each model's task and setup.
+
+Everything here is decided before any job trains, so a model that cannot run on the data fails up front.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dataio.splits import iter_folds, load_splits, make_splits
+from dataio.types import CachedCase, DatasetInfo, LoadedDataset
+from engine.config import ExperimentConfig
+from engine.model_setup import ModelSetup, setup_model
+from engine.tasks import Task, task_for
+from models import model_info
+from utils.schema import SPLITS_JSON, checkpoint_name, job_name
+
+
+@dataclass(frozen=True)
+class Job:
+    """One training run: a model, a training seed and a fold (``None`` for the holdout split)."""
+
+    model: str
+    seed: int
+    fold: int | None
+    train_ids: tuple[str, ...]
+    val_ids: tuple[str, ...]
+    index: int = 0
+
+    @property
+    def key(self) -> tuple[str, int, int | None]:
+        return (self.model, self.seed, self.fold)
+
+    @property
+    def name(self) -> str:
+        return job_name(self.model, self.seed, self.fold)
+
+    @property
+    def label(self) -> str:
+        """For progress lines, e.g. ``unet3d_xs seed 24 holdout`` or ``... fold 3``."""
+        return f"{self.model} seed {self.seed} {'holdout' if self.fold is None else f'fold {self.fold}'}"
+
+    def checkpoint_name(self) -> str:
+        return checkpoint_name(self.model, self.seed, self.fold)
+
+
+@dataclass
+class SweepData:
+    """Cases served by the cache, keyed by id, with the split every model shares and the dataset's info."""
+
+    cases: dict[str, CachedCase]
+    splits: dict[str, Any]
+    extent: tuple[int, int, int]
+    info: DatasetInfo
+    from_flags: bool = True  # False when the caller handed in the dataset (the data flags do not describe it)
+
+    def subset(self, ids: tuple[str, ...] | list[str]) -> list[CachedCase]:
+        return [self.cases[i] for i in ids]
+
+
+@dataclass(frozen=True)
+class ModelPlan:
+    """How one model runs in this sweep: its build/feed decisions and its task."""
+
+    setup: ModelSetup
+    task: Task
+
+
+def prepare_data(config: ExperimentConfig, output_dir: Path, dataset: LoadedDataset | None = None) -> SweepData:
+    """Load (and cache) the dataset, or take ``dataset``; make the split, or reuse ``--splits_file`` or (with
+    ``--resume``) the folder's ``splits.json``. Writes nothing (:func:`write_sweep_files` does)."""
+    from_flags = dataset is None
+    dataset = config.load() if dataset is None else dataset
+    by_id = {c.case_id: c for c in dataset.cases}
+    existing = output_dir / SPLITS_JSON
+    resumed = config.resume and existing.is_file()  # a resumed sweep keeps the split its finished jobs used
+    splits_path = Path(config.splits_file) if config.splits_file else (existing if resumed else None)
+    if splits_path is not None:
+        splits = load_splits(splits_path, list(by_id))
+        wanted = "5fold" if config.use_5fold else "holdout"
+        if splits.get("mode") != wanted:
+            raise ValueError(f"{splits_path} holds a {splits.get('mode')} split but the flags ask for {wanted} "
+                             f"({'with' if config.use_5fold else 'without'} --use_5fold)")
+    else:
+        ids = sorted(by_id)
+        splits = make_splits(ids, [by_id[i].patient_id for i in ids], use_5fold=config.use_5fold,
+                             split_seed=config.split_seed)
+    extent = tuple(max(c.image.shape[1 + a] for c in dataset.cases) for a in range(3))
+    return SweepData(cases=by_id, splits=splits, extent=extent, info=dataset.info,  # type: ignore[arg-type]
+                     from_flags=from_flags)
+
+
+def make_jobs(models: list[str], seeds: list[int], splits: dict[str, Any]) -> list[Job]:
+    """Jobs in the order models x seeds x folds (``index`` = position in that order)."""
+    grid = [(m, s, fold, train, val) for m in models for s in seeds for fold, train, val in iter_folds(splits)]
+    return [Job(m, s, fold, tuple(train), tuple(val), index=i) for i, (m, s, fold, train, val) in enumerate(grid)]
+
+
+def plan_models(models: list[str], config: ExperimentConfig, data: SweepData) -> dict[str, ModelPlan]:
+    """Task and setup of every model, checked before any job trains (a model that cannot run fails here)."""
+    plans = {}
+    for name in models:
+        info = model_info(name)
+        task = task_for(info, data.info, loss=config.loss)
+        requested = config.patch_size or (info.test_patch_size if config.tiny else None)
+        setup = setup_model(name, available_modalities=data.info.channels, n_classes=task.n_outputs,
+                            requested_patch=requested, data_extent=data.extent, dim=config.dim,
+                            overrides=_overrides(name, config))
+        plans[name] = ModelPlan(setup=setup, task=task)
+    return plans
+
+
+def _overrides(name: str, config: ExperimentConfig) -> dict[str, Any]:
+    """Build kwargs for ``name``: its tiny test configuration with ``--tiny``, then ``--model_kwargs``."""
+    base = dict(model_info(name).tiny_kwargs) if config.tiny else {}
+    return dict(base, **config.model_kwargs.get(name, {}))
