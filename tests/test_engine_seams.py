@@ -232,3 +232,29 @@ def test_a_failed_start_leaves_no_folder_and_config_records_amp_as_in_effect(tmp
     assert integrated_experiment.main(tiny_flags(ok, cache_dir, "--models", "unet3d_xs", "--epochs", "1")) == 0
     recorded = json.loads((ok / "config.json").read_text())
     assert recorded["amp"] is False and recorded["amp_requested"] is True  # AMP takes effect on CUDA only
+
+
+def test_efficiency_is_measured_once_per_model_while_other_processes_wait(tmp_path: Path) -> None:
+    import threading
+    import time as clock
+
+    from engine.efficiency_store import ensure_efficiency, stage_pam_table
+
+    calls: list[int] = []
+
+    def measure():  # type: ignore[no-untyped-def]
+        calls.append(1)
+        clock.sleep(0.3)
+        return {"params": 123, "latency_ms": 4.5}, [{"stage": "enc1", "pam_train_mb": 1.0}]
+
+    results: list[dict] = []
+    threads = [threading.Thread(target=lambda: results.append(ensure_efficiency(tmp_path, "m", measure)))
+               for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(calls) == 1 and results == [{"params": 123, "latency_ms": 4.5}] * 3
+    assert stage_pam_table(tmp_path, ["m"]).to_dict("records") == [{"model": "m", "stage": "enc1", "pam_train_mb": 1.0}]
+    assert ensure_efficiency(tmp_path, "failing", lambda: ({}, [])) == {}  # a failed measurement is not recorded
+    assert ensure_efficiency(tmp_path, "failing", measure)["params"] == 123
