@@ -57,7 +57,10 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_ddp_counts_every_case_once_and_matches_one_process(tmp_path: Path, cache_dir: Path) -> None:
     out = tmp_path / "ddp"
-    finish(launch(flags(out, cache_dir, "--models", "unet3d_xs", "--seeds", "1", "--epochs", "1"), nproc=2))
+    finish(launch(flags(out, cache_dir, "--models", "unet3d_xs", "--seeds", "1", "--epochs", "1", "--keep_latest"),
+                  nproc=2))
+    state = torch.load(JobFolder(out / JOBS_DIR / "unet3d_xs_seed_1").latest_checkpoint, weights_only=True)
+    assert len(state["rng"]) == 2  # every rank's RNG states are kept, one entry per rank
     per_case = pd.read_csv(out / PER_CASE_CSV)
     test_ids = json.loads((out / "splits.json").read_text())["test"]
     assert len(test_ids) == 2 and sorted(per_case["case_id"]) == sorted(test_ids)  # each case once, none padded
