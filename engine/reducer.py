@@ -136,14 +136,18 @@ def reduce_results(output_dir: Path) -> list[Path]:
 
 
 class IncrementalReducer:
-    """Keeps the sweep tables of ``output_dir`` current after each finished job at O(1) cost per job."""
+    """Keeps the sweep tables of ``output_dir`` current after each finished job at a cost that does not grow
+    with the number of finished jobs: the job's rows are appended, and its model's comparison row is
+    recomputed from that model's run rows (read from disk once per model, then kept; rows that other
+    processes add meanwhile reach the comparison with the next full :func:`reduce_results`)."""
 
     def __init__(self, output_dir: Path) -> None:
         self.output_dir = Path(output_dir)
+        self._model_runs: dict[str, dict[str, dict[str, Any]]] = {}
 
     def add_job(self, folder: JobFolder, model_jobs: list[JobFolder]) -> None:
-        """Append ``folder``'s rows to the sweep tables and recompute its model's comparison row from
-        ``model_jobs`` (every job folder of that model in the sweep)."""
+        """Append ``folder``'s rows to the sweep tables and recompute its model's comparison row
+        (``model_jobs``: every job folder of that model in the sweep, read the first time only)."""
         with results_lock(self.output_dir):
             for table in TABLES:
                 frame = folder.read_table(table)
@@ -183,8 +187,10 @@ class IncrementalReducer:
         if run is None:
             return
         model = str(run["model"])
-        rows = [r for r in (f.run_row() for f in model_jobs) if r is not None]
-        own = comparison_row(model, pd.DataFrame(rows))
+        if model not in self._model_runs:
+            self._model_runs[model] = {f.path.name: r for f in model_jobs if (r := f.run_row()) is not None}
+        self._model_runs[model][folder.path.name] = run
+        own = comparison_row(model, pd.DataFrame(list(self._model_runs[model].values())))
         path = self.output_dir / COMPARISON_CSV
         others = [r for r in read_csv_exact(path).to_dict("records") if str(r["model"]) != model] \
             if path.is_file() else []
