@@ -127,3 +127,14 @@ def test_list_models_without_pattern_lists_all_and_unknown_pattern_fails(capsys:
     assert len(out) == len(list_models()) + 2
     assert "input-dependent" in next(line for line in out if line.startswith("unetr "))
     _one_line_error(capsys, integrated_experiment.main, ["--list_models", "zz_*"], "'zz_*' matches no")
+
+
+def test_evaluation_flags_are_grouped() -> None:
+    parser = evaluate_experiment.build_parser()
+    groups = {g.title: {a.dest for a in g._group_actions} for g in parser._action_groups}
+    assert {"results_dir", "checkpoint", "pred_dir", "aggregate"} <= groups["what to evaluate (exactly one)"]
+    assert {"data_path", "split", "image_dir", "label_dir"} <= groups["data"]
+    assert {"models", "list_models"} <= groups["models"]
+    assert {"tta", "device", "no_amp"} <= groups["evaluation"]
+    assert {"output_dir", "save_predictions", "visualize_cases", "gradcam_layer"} <= groups["output"]
+    assert groups["options"] == {"help"}
