@@ -293,8 +293,8 @@ def _run_jobs(jobs: list[Job], all_jobs: list[Job], plans: dict[str, ModelPlan],
     start = time.perf_counter()
     for index, job in enumerate(jobs, start=1):
         elapsed = time.perf_counter() - start
-        eta = elapsed / (index - 1) * (len(jobs) - index + 1) if index > 1 else float("nan")
-        log.info("job %d/%d: %s (elapsed %.0fs, remaining ~%.0fs)", index, len(jobs), job.label, elapsed, eta)
+        eta = f"~{elapsed / (index - 1) * (len(jobs) - index + 1):.0f}s" if index > 1 else "unknown yet"
+        log.info("job %d/%d: %s (elapsed %.0fs, remaining %s)", index, len(jobs), job.label, elapsed, eta)
         folder = folders[job.key]
         rerun = folder.run_row() is not None  # a failed job run again: its old rows are in the tables
         barrier() if context.mode == "ddp" else None  # every rank has looked before rank 0 writes

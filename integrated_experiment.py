@@ -34,7 +34,24 @@ def main(argv: Sequence[str] | None = None) -> int:
                                             "and the same flags", exc or "interrupted")
         return exit_code(exc)
     print(f"results: {output_dir}")
-    return 0
+    return 0 if _any_ok(output_dir) else 1
+
+
+def _any_ok(output_dir: object) -> bool:
+    """Whether the sweep's runs table holds at least one ok run (exit code 1 when every job failed)."""
+    from pathlib import Path
+
+    import pandas as pd
+
+    from utils.schema import RUNS_CSV
+
+    path = Path(str(output_dir)) / RUNS_CSV
+    if not path.is_file():
+        return True  # this process had no job to run (e.g. an empty shard)
+    ok = (pd.read_csv(path, usecols=["status"])["status"] == "ok").any()
+    if not ok:
+        logging.getLogger("volbench").error("every job failed: see the error column of %s", path)
+    return bool(ok)
 
 
 if __name__ == "__main__":
