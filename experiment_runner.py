@@ -158,6 +158,8 @@ def run_job(job: Job, plan: ModelPlan, data: SweepData, config: ExperimentConfig
     Under DDP every rank runs this for the same job and only rank 0 writes."""
     folder = JobFolder(context.job_dir)  # type: ignore[arg-type]
     writes = context.writes_job_files
+    if writes:
+        folder.remove_stale_temporaries()  # left by a process killed while writing
     if writes and not folder.latest_checkpoint.is_file():
         folder.clear_results()  # a fresh start (or a rerun of a failed job): no rows of an earlier attempt
     if writes:

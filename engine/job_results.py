@@ -65,6 +65,14 @@ class JobFolder:
         frame = self.read_table("runs")
         return None if frame is None or frame.empty else frame.to_dict("records")[0]
 
+    def remove_stale_temporaries(self) -> int:
+        """Delete temporary files that a killed write left in this folder (``.<name>.*.tmp``; only this job's
+        process writes here); returns how many."""
+        stale = list(self.path.glob(".*.tmp")) if self.path.is_dir() else []
+        for path in stale:
+            path.unlink(missing_ok=True)
+        return len(stale)
+
     def clear_results(self) -> None:
         """Delete this job's tables (before it runs again from scratch); ``job.json`` and state stay."""
         for table in TABLES:

@@ -195,3 +195,4 @@ def test_sigkill_at_random_moments_then_resume_loses_and_duplicates_nothing(tmp_
     assert_same_rows(out, reference)
     runs = pd.read_csv(out / RUNS_CSV)
     assert not runs.duplicated(["model", "seed"]).any() and len(runs) == 2
+    assert not list((out / JOBS_DIR).rglob("*.tmp")), "a resumed job cleans what killed writes left behind"
