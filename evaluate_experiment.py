@@ -261,8 +261,8 @@ def default_output_dir(args: argparse.Namespace) -> Path:
 
 def plan_runs(args: argparse.Namespace) -> tuple[list[Any], dict[str, Any] | None]:
     """The runs to evaluate and the sweep's config.json (None for --checkpoint)."""
-    from engine.checkpoint_eval import (CONFIG_JSON, check_runs, plan_checkpoint_runs, plan_results_runs,
-                                        read_json)
+    from engine.checkpoint_eval import check_runs, plan_checkpoint_runs, plan_results_runs, read_json
+    from utils.schema import CONFIG_JSON
 
     if args.results_dir is not None:
         split = args.split or "test"

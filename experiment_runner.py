@@ -69,11 +69,6 @@ def inference_settings(setup: ModelSetup, config: ExperimentConfig, device: torc
                              context_slices=setup.info.context_slices, amp=config.amp, tta=tta)
 
 
-def trainer_settings(config: ExperimentConfig) -> TrainerSettings:
-    """The trainer's few settings from the sweep's config."""
-    return TrainerSettings.of(config)
-
-
 def checkpoint_info(plan: ModelPlan, job: Job, config: ExperimentConfig, data: SweepData) -> dict[str, Any]:
     """Model name, build kwargs and meta (everything re-evaluation needs) of a job's checkpoint.
 
@@ -124,13 +119,13 @@ def train_model(job: Job, plan: ModelPlan, data: SweepData, config: ExperimentCo
     checkpoint = Path(context.output_dir) / job.checkpoint_name()
     folder = JobFolder(context.job_dir) if context.job_dir else None
     result = fit(trained, loader, data.subset(job.val_ids), plan.task,
-                 inference_settings(plan.setup, config, context.device), trainer_settings(config),
+                 inference_settings(plan.setup, config, context.device), TrainerSettings.of(config),
                  best_checkpoint=checkpoint, checkpoint_info=checkpoint_info(plan, job, config, data),
                  latest_checkpoint=folder.latest_checkpoint if folder else None, hooks=hooks,
                  desc=job.label, shard=context.job_shard, writes=context.writes_job_files)
-    barrier() if ddp else None  # rank 0 has written the best checkpoint
-    if isinstance(model, nn.Module) and ddp:
-        model = trained.module  # type: ignore[assignment]
+    if ddp:
+        barrier()  # rank 0 has written the best checkpoint
+        model = trained.module  # the network DDP trained (a SyncBatchNorm copy with --sync_bn)
     model.load_state_dict(load_checkpoint(checkpoint)["state_dict"])
     return model, result, checkpoint
 
@@ -215,7 +210,7 @@ def sweep_efficiency(models: list[str], plans: dict[str, ModelPlan], config: Exp
     rank 0 measures while the other ranks wait, so no figure is taken on cores busy with training."""
     if config.skip_efficiency or not models:
         return {m: {} for m in models}
-    if context.is_main or context.world_size == 1:
+    if context.is_main:
         for name in models:
             ensure_efficiency(context.output_dir, name,
                               lambda plan=plans[name]: measure_model_efficiency(plan, config, context.device))
@@ -292,6 +287,9 @@ def _run_jobs(jobs: list[Job], all_jobs: list[Job], plans: dict[str, ModelPlan],
               efficiency: dict[str, dict[str, Any]], hooks: Sequence[TrainerHooks]) -> None:
     """Run ``jobs`` in order; after each, its rows go into the sweep tables (O(1) per job)."""
     reducer = IncrementalReducer(context.output_dir)
+    by_model: dict[str, list[JobFolder]] = {}
+    for grid_job in all_jobs:
+        by_model.setdefault(grid_job.model, []).append(folders[grid_job.key])
     start = time.perf_counter()
     for index, job in enumerate(jobs, start=1):
         elapsed = time.perf_counter() - start
@@ -299,7 +297,8 @@ def _run_jobs(jobs: list[Job], all_jobs: list[Job], plans: dict[str, ModelPlan],
         log.info("job %d/%d: %s (elapsed %.0fs, remaining %s)", index, len(jobs), job.label, elapsed, eta)
         folder = folders[job.key]
         rerun = folder.run_row() is not None  # a failed job run again: its old rows are in the tables
-        barrier() if context.mode == "ddp" else None  # every rank has looked before rank 0 writes
+        if context.mode == "ddp":
+            barrier()  # every rank has looked before rank 0 writes
         run_job(job, plans[job.model], data, config, context.for_job(*job.key), efficiency=efficiency[job.model],
                 hooks=hooks)
         if not context.writes_job_files:
@@ -307,7 +306,7 @@ def _run_jobs(jobs: list[Job], all_jobs: list[Job], plans: dict[str, ModelPlan],
         if rerun:
             reduce_results(context.output_dir)
         else:
-            reducer.add_job(folder, [folders[j.key] for j in all_jobs if j.model == job.model])
+            reducer.add_job(folder, by_model[job.model])
     log.info("%d jobs finished in %.0fs; results in %s", len(jobs), time.perf_counter() - start, context.output_dir)
 
 

@@ -34,16 +34,15 @@ from engine.data_options import DataOptions
 from engine.evaluation import InferenceSettings, evaluate_cases
 from engine.folder_eval import case_name, metric_summary
 from engine.prediction_io import save_case_prediction
-from engine.tasks import Task, task_from_meta
+from engine.tasks import task_from_meta
 from metrics.surface import EMPTY_MASK_RULES
 from models import create_model, model_info
 from utils.checkpoint import load_checkpoint
-from utils.schema import (COMPARISON_CSV, CONFIG_JSON, EFFICIENCY_COLUMNS, EVALUATION_SUMMARY_JSON, PER_CASE_CSV,
-                          RUNS_CSV, SPLITS_JSON, checkpoint_name, fold_value)
+from utils.schema import (COMPARISON_CSV, EFFICIENCY_COLUMNS, EVALUATION_SUMMARY_JSON, PER_CASE_CSV, RUNS_CSV,
+                          SPLITS_JSON, checkpoint_name, fold_value)
 
 logger = logging.getLogger(__name__)
 
-RESULTS_CSV = RUNS_CSV
 IMAGE_EXTENSIONS = (".nii.gz", ".nii")
 @dataclass
 class RunSpec:
@@ -99,11 +98,6 @@ def settings_from_meta(meta: dict[str, Any], path: Path, device: torch.device, *
                              overlap=float(meta["val_overlap"]), device=device,
                              spatial_dims=int(meta.get("spatial_dims", 3)),
                              context_slices=int(meta.get("context_slices", 0)), amp=amp, tta=tta)
-
-
-def task_of(meta: dict[str, Any]) -> Task:
-    """The task of a checkpoint (its metric columns: BraTS WT/TC/ET, or the binary region it recorded)."""
-    return task_from_meta(meta)
 
 
 def read_json(path: Path, what: str) -> Any:
@@ -175,16 +169,12 @@ def _checkpoint_path(results_dir: Path, row: dict[str, Any]) -> Path:
     return results_dir / checkpoint_name(row["model"], row["seed"], row["fold"])
 
 
-def _fold_of(value: Any) -> int | None:
-    return fold_value(value)
-
-
 def split_ids(splits: dict[str, Any], split: str, fold: int | None, source: Path) -> list[str]:
     """Test ids, or the val ids of ``fold`` (``None`` = the holdout fold) from a splits dict."""
     if split == "test":
         return list(splits["test"])
     for entry in splits["folds"]:
-        if _fold_of(entry.get("fold")) == fold:
+        if fold_value(entry.get("fold")) == fold:
             return list(entry["val"])
     raise ValueError(f"splits file {source} has no fold {fold} (needed for --split val)")
 
@@ -196,11 +186,11 @@ def plan_results_runs(results_dir: Path, models: list[str] | None, split: str) -
         ValueError: not a folder, no results CSV, no ok runs, no run matching ``models``, bad splits.json.
     """
     results_dir = Path(results_dir)
-    csv = results_dir / RESULTS_CSV
+    csv = results_dir / RUNS_CSV
     if not results_dir.is_dir():
         raise ValueError(f"--results_dir {results_dir} is not a folder")
     if not csv.is_file():
-        raise ValueError(f"--results_dir {results_dir} holds no {RESULTS_CSV} (not a finished sweep?)")
+        raise ValueError(f"--results_dir {results_dir} holds no {RUNS_CSV} (not a finished sweep?)")
     try:
         runs = pd.read_csv(csv)
     except pd.errors.EmptyDataError:
@@ -217,7 +207,7 @@ def plan_results_runs(results_dir: Path, models: list[str] | None, split: str) -
     splits = load_splits(splits_path)
     plan = []
     for row in ok.to_dict("records"):
-        row["fold"] = _fold_of(row.get("fold"))
+        row["fold"] = fold_value(row.get("fold"))
         extra = {c: row[c] for c in EFFICIENCY_COLUMNS if c in row}
         plan.append(RunSpec(checkpoint=_checkpoint_path(results_dir, row), model=str(row["model"]),
                             seed=int(row["seed"]), fold=row["fold"], extra=extra,
@@ -234,7 +224,7 @@ def plan_checkpoint_runs(paths: list[Path], split: str | None, splits_file: Path
     for path in paths:
         payload = load_checkpoint(path)
         meta = payload.get("meta", {})
-        fold = _fold_of(meta.get("fold"))
+        fold = fold_value(meta.get("fold"))
         ids = None
         if splits is not None and split is not None and splits_file is not None:
             ids = split_ids(splits, split, fold, splits_file)
@@ -288,7 +278,7 @@ def evaluate_run(run: RunSpec, cases: list[CachedCase], *, device: torch.device,
             save_case_prediction(case, logits, prediction_dir, save_probabilities=save_probabilities,
                                  probability_format=probability_format)
 
-    result = evaluate_cases(model, cases, task_of(meta), settings, stage="test", desc=run.label,
+    result = evaluate_cases(model, cases, task_from_meta(meta), settings, stage="test", desc=run.label,
                             on_prediction=save)
     keys = dict(model=run.model, seed=run.seed, fold=run.fold)
     aggregate = {k: v for k, v in result.aggregate.items() if not k.startswith("n_")}
@@ -345,8 +335,8 @@ def write_evaluation(output_dir: Path, results: list[RunResult], context: dict[s
         atomic_write_csv(output_dir / PER_CASE_CSV, pd.DataFrame(per_case))
         written.append(output_dir / PER_CASE_CSV)
     runs = pd.DataFrame([res.row for res in results])
-    atomic_write_csv(output_dir / RESULTS_CSV, runs)
+    atomic_write_csv(output_dir / RUNS_CSV, runs)
     atomic_write_csv(output_dir / COMPARISON_CSV, build_comparison(runs))
     atomic_write_json(output_dir / EVALUATION_SUMMARY_JSON, summary_of(results, context))
-    written += [output_dir / RESULTS_CSV, output_dir / COMPARISON_CSV, output_dir / EVALUATION_SUMMARY_JSON]
+    written += [output_dir / RUNS_CSV, output_dir / COMPARISON_CSV, output_dir / EVALUATION_SUMMARY_JSON]
     return written

@@ -12,6 +12,8 @@ from utils.progress import progress
 
 from dataio.types import CachedCase
 
+from utils.distributed import all_gather_objects, rank_of
+
 from .inference import AttentionRecorder, flip_tta_logits, predict_logits
 
 if TYPE_CHECKING:
@@ -105,8 +107,6 @@ def evaluate_cases(model: nn.Module, cases: list[CachedCase], task: "Task", sett
 
 def _gather(accumulator: Any, attention_rows: list[dict[str, Any]], order: list[str]) -> tuple[Any, list]:
     """Every rank's share merged into this rank's accumulator and one attention list, in case order."""
-    from utils.distributed import all_gather_objects, rank_of
-
     shares = all_gather_objects((accumulator.share(), attention_rows))
     own = rank_of()
     accumulator.merge([share for r, (share, _) in enumerate(shares) if r != own], order)

@@ -19,7 +19,7 @@ from utils.atomic import atomic_write_csv, atomic_write_json
 from utils.schema import JOB_JSON, LATEST_CHECKPOINT, TABLES, job_name
 
 
-def read_csv_exact(path: Path) -> pd.DataFrame:
+def read_result_csv(path: Path) -> pd.DataFrame:
     """A result CSV with ``fold`` as a nullable integer (holdout folds stay empty)."""
     return pd.read_csv(path, dtype={"fold": "Int64"})
 
@@ -58,7 +58,7 @@ class JobFolder:
 
     def read_table(self, table: str) -> pd.DataFrame | None:
         path = self.table_path(table)
-        return read_csv_exact(path) if path.is_file() else None
+        return read_result_csv(path) if path.is_file() else None
 
     def run_row(self) -> dict[str, Any] | None:
         """The finished job's run row, or ``None`` while it has none."""

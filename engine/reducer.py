@@ -25,7 +25,7 @@ from utils.schema import (COMPARISON_CSV, EFFICIENCY_COLUMNS, JOBS_DIR, LOCK_FIL
 
 from .efficiency_store import stage_pam_table
 
-from .job_results import JobFolder, job_folders, read_csv_exact
+from .job_results import JobFolder, job_folders, read_result_csv
 
 log = logging.getLogger(__name__)
 
@@ -93,18 +93,23 @@ def collect_tables(output_dir: Path) -> dict[str, pd.DataFrame]:
     """
     parts: dict[str, list[pd.DataFrame]] = {t: [] for t in TABLES}
     for folder in job_folders(Path(output_dir) / JOBS_DIR):
-        if folder.run_row() is None:
+        own = _job_tables(folder)
+        if "runs" not in own:
             continue  # unfinished (running, or killed and not yet resumed)
-        for table in TABLES:
-            frame = folder.read_table(table)
-            if frame is not None and not frame.empty:
-                parts[table].append(frame)
+        for table, frame in own.items():
+            parts[table].append(frame)
     tables = {t: pd.concat(frames, ignore_index=True, sort=False) for t, frames in parts.items() if frames}
     models = list(dict.fromkeys(tables["runs"]["model"].astype(str))) if "runs" in tables else []
     stages = stage_pam_table(output_dir, models)
     if stages is not None:
         tables["stage_pam"] = stages
     return tables
+
+
+def _job_tables(folder: JobFolder) -> dict[str, pd.DataFrame]:
+    """The non-empty tables of one job folder, each read once."""
+    frames = {t: folder.read_table(t) for t in TABLES}
+    return {t: f for t, f in frames.items() if f is not None and not f.empty}
 
 
 def write_tables(output_dir: Path, tables: dict[str, pd.DataFrame]) -> list[Path]:
@@ -144,17 +149,22 @@ class IncrementalReducer:
     def __init__(self, output_dir: Path) -> None:
         self.output_dir = Path(output_dir)
         self._model_runs: dict[str, dict[str, dict[str, Any]]] = {}
+        self._pam_models: set[str] = set()  # models whose stage-wise PAM this reducer has written
 
     def add_job(self, folder: JobFolder, model_jobs: list[JobFolder]) -> None:
         """Append ``folder``'s rows to the sweep tables and recompute its model's comparison row
         (``model_jobs``: every job folder of that model in the sweep, read the first time only)."""
+        tables = _job_tables(folder)
+        if "runs" not in tables:
+            return
+        run = tables["runs"].to_dict("records")[0]
         with results_lock(self.output_dir):
-            for table in TABLES:
-                frame = folder.read_table(table)
-                if frame is not None and not frame.empty:
-                    self._append(table, frame)
-            self._update_comparison(folder, model_jobs)
-            self._update_stage_pam()
+            for table, frame in tables.items():
+                self._append(table, frame)
+            self._update_comparison(folder, run, model_jobs)
+            if str(run["model"]) not in self._pam_models:  # a model's figures are measured once
+                self._update_stage_pam()
+                self._pam_models.add(str(run["model"]))
 
     def _update_stage_pam(self) -> None:
         """Rewrite the stage-wise PAM table from ``efficiency/`` (O(models)); model order as in the comparison."""
@@ -179,19 +189,17 @@ class IncrementalReducer:
             finally:
                 os.close(fd)
             return
-        merged = pd.concat([read_csv_exact(path), frame], ignore_index=True, sort=False)  # new columns: rare
+        merged = pd.concat([read_result_csv(path), frame], ignore_index=True, sort=False)  # new columns: rare
         atomic_write_csv(path, _ordered(table, merged))
 
-    def _update_comparison(self, folder: JobFolder, model_jobs: list[JobFolder]) -> None:
-        run = folder.run_row()
-        if run is None:
-            return
+    def _update_comparison(self, folder: JobFolder, run: dict[str, Any], model_jobs: list[JobFolder]) -> None:
         model = str(run["model"])
         if model not in self._model_runs:
-            self._model_runs[model] = {f.path.name: r for f in model_jobs if (r := f.run_row()) is not None}
+            self._model_runs[model] = {f.path.name: r for f in model_jobs
+                                       if f.path != folder.path and (r := f.run_row()) is not None}
         self._model_runs[model][folder.path.name] = run
         own = comparison_row(model, pd.DataFrame(list(self._model_runs[model].values())))
         path = self.output_dir / COMPARISON_CSV
-        others = [r for r in read_csv_exact(path).to_dict("records") if str(r["model"]) != model] \
+        others = [r for r in read_result_csv(path).to_dict("records") if str(r["model"]) != model] \
             if path.is_file() else []
         atomic_write_csv(path, rank_comparison([*others, own]))
