@@ -47,6 +47,9 @@ class ModelInfo:
             builder receives ``img_size`` and inference uses windows of exactly that size.
         returns_attention: ``forward(x, return_attention=True)`` also returns modality weights.
         context_slices: for 2.5D models, adjacent slices read on each side as extra channels.
+        train_defaults: trainer settings this model trains with unless the user sets them on the command
+            line (names of ``TrainerSettings`` fields, e.g. RetinaNet's SGD: ``optimizer``, ``lr``,
+            ``momentum``, ``weight_decay``, ``scheduler``, ``lr_step_size``).
     """
 
     name: str
@@ -64,6 +67,7 @@ class ModelInfo:
     returns_attention: bool = False
     context_slices: int = 0
     any_channels: bool = False
+    train_defaults: dict[str, Any] = field(default_factory=dict)
 
     @property
     def in_channels(self) -> int:
