@@ -37,7 +37,20 @@ Prediction folders, no model::
     python evaluate_experiment.py --pred_dir P --label_dir L --task brats|binary
         --label_convention brats2021|brats2023|msd|internal --output_csv OUT.csv [--spacing X Y Z]
 
-  writes OUT.csv (per case) and OUT_summary.json (means, NaN counts). See engine/folder_eval.py.
+  writes OUT.csv (per case) and OUT_summary.json (means, NaN counts). See engine/folder_eval.py. With
+  --task binary the lesion metrics are added (boxes from the predicted masks' components, scored by the
+  --prob_dir probability maps when given, else 1.0): per-case lesion counts in OUT.csv, AP/mAP/mAR/FROC
+  under "lesion_metrics" in OUT_summary.json.
+
+Detections of another tool, as boxes, no model::
+
+    python evaluate_experiment.py --boxes_json FILE --output_json OUT.json
+
+  FILE holds {case: {"pred_boxes": [[x1, y1, z1, x2, y2, z2], ...], "pred_scores": [...], "gt_boxes": [...]}}
+  (voxels over array axes 0, 1, 2, max exclusive); OUT.json holds ap_10 ... froc_cpm. See engine/box_eval.py.
+
+Lesion-track checkpoints (RetinaNet, DetSeg3D, binary U-Nets) also write each case's predicted boxes with
+their scores as predictions/<run>/{case}_boxes.json and .csv, in voxel and in world (mm) coordinates.
 
 Pictures: ``--visualize_cases N`` (first N evaluated cases) or case ids -> overlays/overlay_{case}.png
 (inputs and ground truth once, then one panel per run titled with its per-case Dice);
@@ -59,6 +72,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 from dataio.conventions import CONVENTIONS
 from engine.cli_parser import CliParser, add_list_models_argument
 from engine.config import add_data_arguments
+from engine.lesion_options import add_lesion_matching_arguments, lesion_options_for_evaluation
 
 if TYPE_CHECKING:  # heavy imports (torch, models) happen only after the flags are checked
     from engine.data_options import DataOptions
@@ -80,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="checkpoint file(s) to evaluate (default: none)")
     src.add_argument("--pred_dir", type=Path, metavar="DIR",
                      help="prediction folder to compare with --label_dir, no model (default: none)")
+    src.add_argument("--boxes_json", type=Path, metavar="FILE",
+                     help="score detections given as boxes in this JSON file, no model (default: none)")
     src_group.add_argument("--aggregate", action="store_true",
                            help="with --results_dir: rebuild the sweep's tables and charts in DIR from DIR/jobs/ "
                                 "and exit (default: off)")
@@ -90,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "every ok run)")
     add_list_models_argument(models)
     _add_evaluation_arguments(p)
+    add_lesion_matching_arguments(p.add_argument_group("lesions"), recorded=True)
     _add_output_arguments(p)
     return p
 
@@ -118,7 +135,11 @@ def _add_evaluation_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no_amp", action="store_true",
                    help="disable mixed precision (default: as the sweep recorded it; AMP is never used on the CPU)")
     g.add_argument("--task", choices=("brats", "binary"), default="brats",
-                   help="--pred_dir: regions to evaluate (default: %(default)s, WT/TC/ET)")
+                   help="--pred_dir: regions to evaluate (default: %(default)s, WT/TC/ET; binary adds the lesion "
+                        "metrics)")
+    g.add_argument("--prob_dir", type=Path, default=None, metavar="DIR",
+                   help="--pred_dir --task binary: probability maps {case}[_probabilities] that score each predicted "
+                        "component by its maximum (default: none, every component scores 1.0)")
     g.add_argument("--spacing", type=float, nargs=3, default=None, metavar=("X", "Y", "Z"),
                    help="--pred_dir: voxel spacing in mm (default: from the file headers; 1 1 1 for .npy)")
 
@@ -130,6 +151,8 @@ def _add_output_arguments(p: argparse.ArgumentParser) -> None:
                         "baseline_results/evaluation_YYYYMMDD_HHMMSS)")
     g.add_argument("--output_csv", type=Path, default=None, metavar="FILE",
                    help="--pred_dir: the per-case CSV, with FILE_summary.json beside it (default: none, required)")
+    g.add_argument("--output_json", type=Path, default=None, metavar="FILE",
+                   help="--boxes_json: the lesion metrics as JSON (default: none, required)")
     g.add_argument("--save_predictions", action="store_true",
                    help="keep every case's predicted labels as NIfTI under predictions/<run>/ (default: off; "
                         "only the cases drawn by --visualize_cases are kept, or all when no case has a label)")
@@ -158,13 +181,25 @@ def check_flags(args: argparse.Namespace) -> None:
         if used:
             raise ValueError(f"{used} do not apply to --aggregate (it only rebuilds the tables of --results_dir)")
         return
+    model_free = ("image_dir", "visualize_cases", "gradcam_layer", "gradcam_model", "gradcam_class", "models", "split",
+                  "splits_file", "tta", "save_predictions", "save_probabilities", "output_dir", *DATA_FLAGS)
+    if args.boxes_json is not None:
+        if args.output_json is None:
+            raise ValueError("--boxes_json needs --output_json (where the metrics are written)")
+        used = [f"--{k}" for k in (*model_free, "label_dir", "output_csv", "prob_dir", "spacing",
+                                   "lesionwise_dilation", "lesionwise_min_size")
+                if getattr(args, k) is not None and getattr(args, k) is not False]
+        if used:
+            raise ValueError(f"{used} do not apply to --boxes_json (the file holds every box)")
+        return
+    if args.output_json is not None:
+        raise ValueError("--output_json applies to --boxes_json only")
+    if args.prob_dir is not None and (args.pred_dir is None or args.task != "binary"):
+        raise ValueError("--prob_dir applies to --pred_dir with --task binary only")
     if args.pred_dir is not None:
         if args.label_dir is None or args.output_csv is None:
             raise ValueError("--pred_dir needs --label_dir and --output_csv")
-        used = [f"--{k}" for k in ("image_dir", "visualize_cases", "gradcam_layer", "gradcam_model", "gradcam_class",
-                                   "models", "split", "splits_file", "tta", "save_predictions",
-                                   "save_probabilities", "output_dir", *DATA_FLAGS)
-                if getattr(args, k) is not None and getattr(args, k) is not False]
+        used = [f"--{k}" for k in model_free if getattr(args, k) is not None and getattr(args, k) is not False]
         if used:
             raise ValueError(f"{used} do not apply to --pred_dir (prediction folders are evaluated without a model)")
         return
@@ -230,12 +265,29 @@ def run_folder_mode(args: argparse.Namespace) -> Path:
     from engine.folder_eval import evaluate_folder
     from utils.atomic import atomic_write_csv, atomic_write_json
 
+    from engine.tasks.lesion_metrics import LesionSettings
+
     rows, summary = evaluate_folder(args.pred_dir, args.label_dir, task=args.task,
-                                    label_convention=args.label_convention, spacing=args.spacing)
+                                    label_convention=args.label_convention, spacing=args.spacing,
+                                    prob_dir=args.prob_dir,
+                                    lesions=LesionSettings.of(lesion_options_for_evaluation(args, None)))
     out = Path(args.output_csv)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_csv(out, pd.DataFrame(rows))
     atomic_write_json(summary_path(out), summary)
+    return out
+
+
+def run_boxes_mode(args: argparse.Namespace) -> Path:
+    """Score the detections of --boxes_json; write --output_json."""
+    from engine.box_eval import evaluate_boxes_json
+    from engine.tasks.lesion_metrics import LesionSettings
+    from utils.atomic import atomic_write_json
+
+    settings = LesionSettings.of(lesion_options_for_evaluation(args, None))
+    out = Path(args.output_json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out, evaluate_boxes_json(args.boxes_json, settings))
     return out
 
 
@@ -338,10 +390,12 @@ def run_model_mode(args: argparse.Namespace) -> Path:
     try:
         results = []
         for run in plan:
+            lesions = lesion_options_for_evaluation(args, config if args.results_dir else (run.meta or {}).get(
+                "lesion_flags"))
             results.append(evaluate_run(run, run_cases[run.label], device=device, tta=args.tta, amp=amp,
                                         prediction_dir=policy.root / run.label if policy.root else None,
                                         save_ids=policy.save_ids, save_probabilities=args.save_probabilities,
-                                        probability_format=args.probability_format))
+                                        probability_format=args.probability_format, lesions=lesions))
         split = args.split or ("test" if args.results_dir is not None and not other_data(args) else None)
         context = dict(mode="results_dir" if args.results_dir else "checkpoint", split=split, tta=args.tta,
                        results_dir=str(args.results_dir) if args.results_dir else None, data=data_context)
@@ -406,6 +460,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             out = run_aggregate(args.results_dir)
         elif args.pred_dir is not None:
             out = run_folder_mode(args)
+        elif args.boxes_json is not None:
+            out = run_boxes_mode(args)
         else:
             out = run_model_mode(args)
     except (ValueError, FileNotFoundError) as exc:

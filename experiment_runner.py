@@ -11,6 +11,7 @@ failed ones again and continues an interrupted one from its ``latest`` training 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 import traceback
@@ -29,6 +30,7 @@ from engine.data_options import DATA_FIELDS
 from engine.efficiency_store import ensure_efficiency, read_efficiency
 from engine.evaluation import EvaluationResult, InferenceSettings, evaluate_cases
 from engine.job_results import JobFolder
+from engine.lesion_options import MATCHING_FLAGS
 from engine.model_setup import ModelSetup
 from engine.parallel import resolve_mode, select_jobs, wrap_for_ddp
 from engine.reducer import IncrementalReducer, reduce_results
@@ -78,7 +80,8 @@ def checkpoint_info(plan: ModelPlan, job: Job, config: ExperimentConfig, data: S
     meta = dict(seed=job.seed, fold=job.fold, modalities=list(setup.modalities), spatial_dims=setup.spatial_dims,
                 patch_size=list(setup.patch_size), context_slices=setup.info.context_slices,
                 dataset_version=config.dataset_version if data.from_flags else data.info.name, data=flags,
-                val_overlap=config.val_overlap, **plan.task.checkpoint_meta())
+                val_overlap=config.val_overlap, lesion_flags={k: getattr(config, k) for k in MATCHING_FLAGS},
+                **plan.task.checkpoint_meta())
     return dict(model_name=setup.name, model_kwargs=setup.model_kwargs, meta=meta)
 
 
@@ -119,7 +122,7 @@ def train_model(job: Job, plan: ModelPlan, data: SweepData, config: ExperimentCo
     checkpoint = Path(context.output_dir) / job.checkpoint_name()
     folder = JobFolder(context.job_dir) if context.job_dir else None
     result = fit(trained, loader, data.subset(job.val_ids), plan.task,
-                 inference_settings(plan.setup, config, context.device), TrainerSettings.of(config),
+                 inference_settings(plan.setup, config, context.device), plan.trainer,
                  best_checkpoint=checkpoint, checkpoint_info=checkpoint_info(plan, job, config, data),
                  latest_checkpoint=folder.latest_checkpoint if folder else None, hooks=hooks,
                  desc=job.label, shard=context.job_shard, writes=context.writes_job_files)
@@ -158,7 +161,8 @@ def run_job(job: Job, plan: ModelPlan, data: SweepData, config: ExperimentConfig
     if writes and not folder.latest_checkpoint.is_file():
         folder.clear_results()  # a fresh start (or a rerun of a failed job): no rows of an earlier attempt
     if writes:
-        folder.write_job(dict(model=job.model, seed=job.seed, fold=job.fold, index=job.index))
+        folder.write_job(dict(model=job.model, seed=job.seed, fold=job.fold, index=job.index,
+                              trainer=dataclasses.asdict(plan.trainer)))
     keys = dict(model=job.model, seed=job.seed, fold=job.fold)
     row: dict[str, Any] = dict(keys, status="ok", error="")
     job_hooks = [EpochRowWriter(folder, keys, job.label, config.epochs)] if writes else []

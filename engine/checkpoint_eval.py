@@ -33,7 +33,6 @@ from dataio.types import MODALITY_ORDER, CachedCase, CaseFiles
 from engine.data_options import DataOptions
 from engine.evaluation import InferenceSettings, evaluate_cases
 from engine.folder_eval import case_name, metric_summary
-from engine.prediction_io import save_case_prediction
 from engine.tasks import task_from_meta
 from metrics.surface import EMPTY_MASK_RULES
 from models import create_model, model_info
@@ -262,8 +261,9 @@ class RunResult:
 
 def evaluate_run(run: RunSpec, cases: list[CachedCase], *, device: torch.device, tta: bool = False,
                  amp: bool = True, prediction_dir: Path | None = None, save_ids: set[str] | None = None,
-                 save_probabilities: bool = False, probability_format: str = "nifti") -> RunResult:
-    """Rebuild the run's model, predict every case and compute per-case metrics of labelled cases.
+                 save_probabilities: bool = False, probability_format: str = "nifti", lesions: Any = None) -> RunResult:
+    """Rebuild the run's model, predict every case and compute per-case metrics of labelled cases
+    (``lesions``: the lesion flags of the evaluation, ``None`` for their defaults).
 
     Predictions of the cases in ``save_ids`` (all when ``None``) are written under ``prediction_dir``
     (see ``engine.prediction_io``); no predictions are written when ``prediction_dir`` is None.
@@ -273,13 +273,14 @@ def evaluate_run(run: RunSpec, cases: list[CachedCase], *, device: torch.device,
     meta = payload["meta"]
     settings = settings_from_meta(meta, run.checkpoint, device, tta=tta, amp=amp)
 
-    def save(case: CachedCase, logits: torch.Tensor) -> None:
-        if prediction_dir is not None and (save_ids is None or case.case_id in save_ids):
-            save_case_prediction(case, logits, prediction_dir, save_probabilities=save_probabilities,
-                                 probability_format=probability_format)
+    task = task_from_meta(meta, lesions)
 
-    result = evaluate_cases(model, cases, task_from_meta(meta), settings, stage="test", desc=run.label,
-                            on_prediction=save)
+    def save(case: CachedCase, prediction: Any) -> None:
+        if prediction_dir is not None and (save_ids is None or case.case_id in save_ids):
+            task.write_prediction(case, prediction, prediction_dir, save_probabilities=save_probabilities,
+                                  probability_format=probability_format)
+
+    result = evaluate_cases(model, cases, task, settings, stage="test", desc=run.label, on_prediction=save)
     keys = dict(model=run.model, seed=run.seed, fold=run.fold)
     aggregate = {k: v for k, v in result.aggregate.items() if not k.startswith("n_")}
     row = dict(keys, status="ok", error="", best_epoch=meta.get("epoch"), n_cases=len(cases),

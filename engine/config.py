@@ -15,8 +15,10 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from dataio.adapters import DATASET_VERSIONS
+from dataio.cache import default_synthetic_size
 from engine.cli_parser import CliParser, add_list_models_argument
 from engine.data_options import DataOptions
+from engine.lesion_options import LesionOptions, add_lesion_arguments
 from engine.parallel_options import PARALLEL_MODES, add_parallel_arguments, parse_shard
 from engine.trainer_settings import TrainerSettings
 
@@ -25,9 +27,12 @@ SCHEDULERS = ("cosine", "plateau", "step", "poly", "none")
 
 
 @dataclass
-class ExperimentConfig(DataOptions, TrainerSettings):
-    """Resolved settings of one sweep (the data flags come from :class:`DataOptions`, the trainer's from
-    :class:`TrainerSettings`).
+class ExperimentConfig(DataOptions, LesionOptions, TrainerSettings):
+    """Resolved settings of one sweep (the data flags come from :class:`DataOptions`, the lesion track's from
+    :class:`LesionOptions`, the trainer's from :class:`TrainerSettings`).
+
+    ``explicit_flags``: the trainer fields the user set on the command line, which a model's own training
+    defaults (``ModelInfo.train_defaults``) never replace.
 
     Sizes are voxels (D, H, W); times seconds; lr per optimizer step.
     """
@@ -60,6 +65,7 @@ class ExperimentConfig(DataOptions, TrainerSettings):
     parallel: str | None = None
     shard: str | None = None
     sync_bn: bool = False
+    explicit_flags: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able view (tuples become lists)."""
@@ -91,6 +97,12 @@ class ExperimentConfig(DataOptions, TrainerSettings):
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+        for message in self.lesion_errors():
+            raise ValueError(message)
+        if self.momentum is not None and not 0.0 <= self.momentum < 1.0:
+            raise ValueError(f"--momentum must be in [0, 1), got {self.momentum}")
+        if self.lr_step_size is not None and self.lr_step_size < 1:
+            raise ValueError(f"--lr_step_size must be >= 1 epoch, got {self.lr_step_size}")
         if self.parallel is not None and self.parallel not in PARALLEL_MODES:
             raise ValueError(f"--parallel {self.parallel!r} is not one of {PARALLEL_MODES}")
         parse_shard(self.shard)
@@ -101,8 +113,7 @@ class ExperimentConfig(DataOptions, TrainerSettings):
                              "add the flag or drop the path")
         if self.pretrained_checkpoint and not Path(self.pretrained_checkpoint).is_file():
             raise ValueError(f"--pretrained_checkpoint {self.pretrained_checkpoint} does not exist")
-        if self.data_path is None and self.dataset_version != "synthetic":
-            raise ValueError(f"--data_path is required for --dataset_version {self.dataset_version}")
+        self.validate_data()  # the data flags (engine.data_options): CT flags, layouts, --data_path
 
 
 def add_data_arguments(parser: argparse.ArgumentParser, *, recorded: bool = False) -> argparse._ArgumentGroup:
@@ -120,16 +131,52 @@ def add_data_arguments(parser: argparse.ArgumentParser, *, recorded: bool = Fals
                    help=f"layout under --data_path (default: {then}synthetic without --data_path, brats2018 with it)")
     g.add_argument("--synthetic_cases", type=int, default=12, metavar="N",
                    help=f"number of synthetic phantoms (default: {then}12)")
-    g.add_argument("--synthetic_size", type=int, nargs=3, default=(64, 64, 64), metavar=("D", "H", "W"),
-                   help=f"size of each synthetic phantom, voxels (default: {then}64 64 64)")
+    g.add_argument("--synthetic_size", type=int, nargs=3, default=None, metavar=("D", "H", "W"),
+                   help=f"size of each synthetic phantom, voxels (default: {then}64 64 64; 64 64 16 for "
+                        "synthetic_ich, with 4-5 mm slices along W)")
     g.add_argument("--synthetic_seed", type=int, default=0, help=f"seed of the synthetic phantoms (default: {then}0)")
     g.add_argument("--cache_dir", default=None, metavar="DIR",
                    help=f"preprocessing cache folder (default: {then}$VOLBENCH_CACHE, else ~/.cache/volbench)")
     g.add_argument("--max_samples", type=int, default=None, metavar="N",
                    help=f"use only the first N cases, for quick runs (default: {then}none: every case)")
+    if not recorded:  # evaluate_experiment.py reads these from the sweep's config.json (and has its own --spacing)
+        _add_ct_data_arguments(g)
     if recorded:
         parser.set_defaults(**{a.dest: None for a in g._group_actions})
     return g
+
+
+def _add_ct_data_arguments(g: argparse._ArgumentGroup) -> None:
+    """Flags of the CT versions (ich, synthetic_ich); refused with the BraTS ones."""
+    g.add_argument("--test_image_dir", default=None, metavar="DIR",
+                   help="ich: folder of separate test images, named and stored like DIR/images; they form the test "
+                        "split, train/val/folds are drawn from the other cases (default: none, the test split is "
+                        "drawn)")
+    g.add_argument("--test_label_dir", default=None, metavar="DIR",
+                   help="ich: labels of --test_image_dir, named like the images (default: none; needed with "
+                        "--test_image_dir)")
+    g.add_argument("--patient_regex", default=None, metavar="REGEX",
+                   help="ich: patient id = the first group (or the whole match) of REGEX searched in each file name "
+                        "without extension, e.g. '^(P[0-9]+)_'; a patient's scans stay in one split; a name that "
+                        "does not match is an error (default: none, one patient per file)")
+    g.add_argument("--manifest", default=None, metavar="FILE",
+                   help="ich: CSV with columns path,ich,patient_id (path relative to the CSV's folder or absolute; "
+                        "ich 0/1 = haemorrhage or not), used instead of --data_path (default: none, the images/ and "
+                        "labels/ folders under --data_path)")
+    g.add_argument("--mask_dir", default=None, metavar="DIR",
+                   help="ich with --manifest: folder of the masks, named like the image files (.nii.gz, .nii or "
+                        ".npy); a row with ich=0 and no mask gets an all-background label (default: none)")
+    g.add_argument("--spacing", type=float, nargs=3, default=(1.0, 1.0, 1.0), metavar=("SX", "SY", "SZ"),
+                   help="ich: voxel spacing in mm of .npy and pickled files, which carry none; NIfTI files use "
+                        "their header (default: 1.0 1.0 1.0)")
+    g.add_argument("--hu_window", type=float, nargs=2, default=(0.0, 120.0), metavar=("LOW", "HIGH"),
+                   help="CT: Hounsfield units mapped to [0, 1], clipped outside (default: 0.0 120.0)")
+    g.add_argument("--target_spacing", type=float, nargs=3, default=None, metavar=("SX", "SY", "SZ"),
+                   help="CT: resample every scan to this spacing in mm, image trilinear, label nearest (default: "
+                        "none, each scan keeps its own grid)")
+    g.add_argument("--allow_pickle", action="store_true",
+                   help="ich: read .pkl/.pickle images and masks; unpickling runs arbitrary code stored in the "
+                        "file, so use it only for files you trust (default: off, pickled files are refused)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -142,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_arguments(p)
     _add_training_arguments(p)
     _add_evaluation_arguments(p)
+    add_lesion_arguments(p)
     _add_efficiency_arguments(p)
     _add_output_arguments(p)
     add_parallel_arguments(p)
@@ -195,9 +243,16 @@ def _add_training_arguments(p: argparse.ArgumentParser) -> None:
                    help="patches drawn per training case per epoch (default: %(default)s)")
     g.add_argument("--lr", type=float, default=1e-3, help="learning rate per optimizer step (default: %(default)s)")
     g.add_argument("--weight_decay", type=float, default=1e-5, help="optimizer weight decay (default: %(default)s)")
-    g.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw", help="optimizer (default: %(default)s)")
+    g.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw",
+                   help="optimizer (default: %(default)s; models with their own recipe, e.g. RetinaNet's SGD, use "
+                        "it for every training flag left unset)")
+    g.add_argument("--momentum", type=float, default=None,
+                   help="SGD momentum, Nesterov (default: none, 0.99 as nnU-Net; RetinaNet's recipe 0.9)")
     g.add_argument("--scheduler", choices=SCHEDULERS, default="cosine",
                    help="learning-rate schedule, stepped once per epoch (default: %(default)s)")
+    g.add_argument("--lr_step_size", type=int, default=None, metavar="EPOCHS",
+                   help="epochs per x0.1 step of --scheduler step (default: none, a third of the run; RetinaNet's "
+                        "recipe 50)")
     loss = g.add_mutually_exclusive_group()
     loss.add_argument("--use_nnunet_loss", action="store_true",
                       help="loss 0.7 Dice + 0.3 cross-entropy, as nnU-Net (default: on unless --use_standard_loss)")
@@ -263,7 +318,8 @@ def _json_dict(text: str) -> dict[str, dict[str, Any]]:
 
 def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
     """Turn parsed flags into a validated :class:`ExperimentConfig`."""
-    version = args.dataset_version or ("synthetic" if args.data_path is None else "brats2018")
+    version = args.dataset_version or ("ich" if getattr(args, "manifest", None) else
+                                       "synthetic" if args.data_path is None else "brats2018")
     names = {f.name for f in dataclasses.fields(ExperimentConfig)}
     values = {k: v for k, v in vars(args).items() if k in names}
     values.update(
@@ -271,7 +327,10 @@ def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
         loss="standard" if args.use_standard_loss else "nnunet",
         amp=not args.no_amp,
         max_grad_norm=args.max_grad_norm if args.max_grad_norm and args.max_grad_norm > 0 else None,
-        synthetic_size=tuple(args.synthetic_size),
+        synthetic_size=tuple(args.synthetic_size) if args.synthetic_size else default_synthetic_size(version),
+        spacing=tuple(args.spacing),
+        hu_window=tuple(args.hu_window),
+        target_spacing=tuple(args.target_spacing) if args.target_spacing else None,
         patch_size=tuple(args.patch_size) if args.patch_size else None,
     )
     config = ExperimentConfig(**values)
@@ -287,6 +346,19 @@ def parse_config(argv: Sequence[str] | None = None) -> ExperimentConfig:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return config_from_args(args)
+        config = config_from_args(args)
     except ValueError as exc:
         parser.error(str(exc))
+    config.explicit_flags = given_flags(build_parser(), argv)
+    return config
+
+
+def given_flags(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> tuple[str, ...]:
+    """Destinations of the flags present in ``argv`` (abbreviations included): ``parser`` re-parses with every
+    default suppressed, so only what the user typed remains."""
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    given = vars(parser.parse_known_args(argv)[0])
+    names = {f.name for f in dataclasses.fields(TrainerSettings)}  # the only fields a model's defaults may take
+    aliases = {"use_standard_loss": "loss", "use_nnunet_loss": "loss", "no_amp": "amp"}
+    return tuple(sorted({aliases.get(k, k) for k in given} & names))

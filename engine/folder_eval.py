@@ -14,6 +14,13 @@ the label is a ``.npy`` file; 1 mm when neither has a header; ``spacing`` overri
 recall, with the empty-mask rules of ``metrics.surface.EMPTY_MASK_RULES``. When both files are NIfTI their
 voxel axes must agree (same spacing and axis directions of the affines, within 1e-3): a prediction
 stored flipped or permuted relative to its label would otherwise be compared voxel by voxel, wrongly.
+
+``task="binary"`` adds the lesion metrics (``engine.tasks.lesion_metrics``): boxes of the 26-connected
+components of the predicted mask, scored by the highest value of the case's probability map in
+``prob_dir`` (file ``{case}_probabilities``, else ``{case}``, .nii[.gz] or .npy: a 3D map is the foreground
+probability; a 4D map holds one channel per class, channels last for NIfTI and first for .npy, and its
+last channel is the foreground), or 1.0 without ``prob_dir``; per-case lesion counts join the rows, and
+the dataset-level AP/mAP/mAR/FROC go to the summary's ``lesion_metrics``.
 """
 
 from __future__ import annotations
@@ -29,6 +36,8 @@ import numpy as np
 
 from dataio.conventions import CONVENTIONS, to_internal
 from dataio.nifti_io import load_label, read_header
+from engine.tasks.lesion_metrics import LesionAccumulator, LesionSettings
+from metrics.lesions import boxes_from_mask, scored_boxes
 from metrics.regions import BRATS_SPEC, MetricSpec, binary_spec
 from metrics.segmentation import SegmentationMetricAccumulator
 from metrics.surface import EMPTY_MASK_RULES
@@ -181,9 +190,38 @@ def metric_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return {"n_cases": len(rows), "mean": mean, "n_valid": n_valid, "nan_count": n_nan}
 
 
+def _probability_map(files: dict[str, Path], case_id: str, shape: tuple[int, ...]) -> np.ndarray:
+    """The foreground probability of ``case_id`` among the ``--prob_dir`` files (see the module docstring)."""
+    path = files.get(f"{case_id}{PROBABILITY_SUFFIX}", files.get(case_id))  # the label map may sit beside it
+    if path is None:
+        raise ValueError(f"--prob_dir: no probability file for case {case_id!r} "
+                         f"({case_id}.nii.gz or {case_id}{PROBABILITY_SUFFIX}.nii.gz)")
+    array, _ = read_label_file(path) if path.name.endswith(".npy") else (load_label_float(path), None)
+    if array.ndim == 4:
+        array = array[..., -1] if not path.name.endswith(".npy") else array[-1]
+    if tuple(array.shape) != tuple(shape):
+        raise ValueError(f"case {case_id}: probability map {path} has shape {array.shape}, the prediction {shape}")
+    return np.asarray(array, dtype=np.float32)
+
+
+def load_label_float(path: Path) -> np.ndarray:
+    """A NIfTI file's data as float32 (probability maps)."""
+    return np.asarray(nib.load(str(path)).get_fdata(dtype=np.float32))
+
+
+def _add_lesions(lesions: LesionAccumulator, pair: CasePair, prob_files: dict[str, Path] | None) -> None:
+    """Boxes of the pair's predicted and reference masks (binary) into ``lesions``."""
+    pred, _ = read_label_file(pair.prediction)
+    ref, _ = read_label_file(pair.label)
+    probability = _probability_map(prob_files, pair.case_id, pred.shape) if prob_files is not None else None
+    min_size = lesions.settings.min_size
+    boxes, scores = scored_boxes(np.asarray(pred) != 0, probability, min_size=min_size)
+    lesions.add_boxes(pair.case_id, boxes, scores, boxes_from_mask(np.asarray(ref) != 0, min_size=min_size))
+
+
 def evaluate_folder(pred_dir: Path, label_dir: Path, *, task: str = "brats", label_convention: str = "brats2021",
-                    spacing: Sequence[float] | None = None,
-                    include_hd95: bool = True) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+                    spacing: Sequence[float] | None = None, include_hd95: bool = True, prob_dir: Path | None = None,
+                    lesions: LesionSettings | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Per-case metric rows and a summary (means, NaN counts, rules) of a prediction folder.
 
     Raises:
@@ -195,13 +233,26 @@ def evaluate_folder(pred_dir: Path, label_dir: Path, *, task: str = "brats", lab
         raise ValueError(f"--label_convention {label_convention!r} is not one of {CONVENTIONS}")
     if spacing is not None and (len(spacing) != 3 or any(s <= 0 for s in spacing)):
         raise ValueError(f"--spacing needs three values > 0 (mm), got {list(spacing)}")
+    if prob_dir is not None and task != "binary":
+        raise ValueError("--prob_dir scores lesion boxes, which only --task binary computes")
     pairs = match_pairs(Path(pred_dir), Path(label_dir))
     accumulator = SegmentationMetricAccumulator(spec=spec, include_hd95=include_hd95)
+    lesion_acc = LesionAccumulator(lesions or LesionSettings()) if task == "binary" else None
+    prob_files = _index(Path(prob_dir), "--prob_dir") if prob_dir is not None else None
     for pair in pairs:
         evaluate_pair(pair, accumulator, task=task, convention=label_convention, spacing=spacing)
+        if lesion_acc is not None:
+            _add_lesions(lesion_acc, pair, prob_files)
     rows = accumulator.per_case()
+    extra: dict[str, Any] = {}
+    if lesion_acc is not None:
+        counts = {r["case_id"]: r for r in lesion_acc.per_case()}
+        rows = [dict(r, **counts[r["case_id"]]) for r in rows]
+        extra["lesion_metrics"] = {k: v for k, v in lesion_acc.aggregate().items() if k != "n_cases"}
+        extra["lesion_rules"] = dict(min_size=lesion_acc.settings.min_size, hit_rule=lesion_acc.settings.hit_rule,
+                                     scores="probability maximum per component" if prob_dir else "1.0 per component")
     summary = dict(task=task, label_convention=label_convention, pred_dir=str(pred_dir), label_dir=str(label_dir),
-                   regions={k: list(v) for k, v in spec.regions.items()}, **metric_summary(rows),
+                   regions={k: list(v) for k, v in spec.regions.items()}, **metric_summary(rows), **extra,
                    empty_mask_rules=dict(EMPTY_MASK_RULES))
     logger.info("evaluated %d cases of %s against %s", len(rows), pred_dir, label_dir)
     return rows, summary

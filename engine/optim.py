@@ -10,24 +10,33 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import (CosineAnnealingLR, LambdaLR, LRScheduler, ReduceLROnPlateau, StepLR)
 
 
+SGD_MOMENTUM = 0.99  # nnU-Net's; RetinaNet's train_defaults set 0.9
+
+
 def build_optimizer(name: str, params: Iterable[torch.nn.Parameter], *, lr: float,
-                    weight_decay: float) -> Optimizer:
-    """``adamw`` (default), ``adam`` or ``sgd`` (momentum 0.99, Nesterov, as nnU-Net)."""
+                    weight_decay: float, momentum: float | None = None) -> Optimizer:
+    """``adamw`` (default), ``adam`` or ``sgd`` (Nesterov; ``momentum`` None = 0.99, as nnU-Net).
+
+    ``momentum`` applies to SGD only; it is refused for the Adam family (whose betas play that role)."""
+    if momentum is not None and name != "sgd":
+        raise ValueError(f"--momentum applies to --optimizer sgd only, not {name!r}")
     if name == "adamw":
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     if name == "adam":
         return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay, momentum=0.99, nesterov=True)
+        return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay,
+                               momentum=SGD_MOMENTUM if momentum is None else momentum, nesterov=True)
     raise ValueError(f"--optimizer {name!r} is not one of adamw, adam, sgd")
 
 
-def build_scheduler(name: str, optimizer: Optimizer, *, epochs: int) -> LRScheduler | ReduceLROnPlateau | None:
+def build_scheduler(name: str, optimizer: Optimizer, *, epochs: int,
+                    step_size: int | None = None) -> LRScheduler | ReduceLROnPlateau | None:
     """Per-epoch scheduler.
 
     ``cosine``: cosine annealing to 1% of the initial lr over ``epochs``; ``plateau``: halve the lr
-    when the validation Dice has not improved for 5 epochs (mode max); ``step``: x0.1 every third of
-    the run; ``poly``: (1 - epoch/epochs)^0.9 (nnU-Net); ``none``: constant.
+    when the validation metric has not improved for 5 epochs (mode max); ``step``: x0.1 every
+    ``step_size`` epochs (None: every third of the run); ``poly``: (1 - epoch/epochs)^0.9 (nnU-Net); ``none``: constant.
     """
     if name == "cosine":
         base = optimizer.param_groups[0]["lr"]
@@ -35,7 +44,7 @@ def build_scheduler(name: str, optimizer: Optimizer, *, epochs: int) -> LRSchedu
     if name == "plateau":
         return ReduceLROnPlateau(optimizer, mode="max", factor=0.5, patience=5)
     if name == "step":
-        return StepLR(optimizer, step_size=max(1, epochs // 3), gamma=0.1)
+        return StepLR(optimizer, step_size=max(1, epochs // 3) if step_size is None else int(step_size), gamma=0.1)
     if name == "poly":
         return LambdaLR(optimizer, lambda e: max(0.0, 1.0 - e / max(1, epochs)) ** 0.9)
     if name == "none":

@@ -157,8 +157,9 @@ def fit(model: nn.Module, loader: DataLoader, val_cases: list[CachedCase], task:
     """
     device = inference.device
     optimizer = build_optimizer(settings.optimizer, model.parameters(), lr=settings.lr,
-                                weight_decay=settings.weight_decay)
-    opt = Optimisation(optimizer, build_scheduler(settings.scheduler, optimizer, epochs=settings.epochs),
+                                weight_decay=settings.weight_decay, momentum=settings.momentum)
+    scheduler = build_scheduler(settings.scheduler, optimizer, epochs=settings.epochs, step_size=settings.lr_step_size)
+    opt = Optimisation(optimizer, scheduler,
                         torch.amp.GradScaler("cuda") if (settings.amp and device.type == "cuda") else None)
     generator = getattr(loader, "generator", None)
     state = TrainState()

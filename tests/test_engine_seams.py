@@ -46,7 +46,7 @@ class TwoLossTask(SegmentationTask):
 def test_a_toy_task_runs_through_a_sweep_without_engine_edits(tmp_path: Path, cache_dir: Path,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(task_registry.TASK_BUILDERS, ("segmentation", "brats"),
-                        lambda dataset, loss: TwoLossTask(BRATS_SPEC, loss=loss, name="two_loss"))
+                        lambda dataset, loss, lesions: TwoLossTask(BRATS_SPEC, loss=loss, name="two_loss"))
     out = tmp_path / "out"
     assert integrated_experiment.main(tiny_flags(out, cache_dir, "--models", "unet3d_xs", "--epochs", "2")) == 0
     epochs = pd.read_csv(out / EPOCHS_CSV)
@@ -216,7 +216,7 @@ def test_task_registry_refuses_duplicates_and_unknown_pairs() -> None:
     from models import ModelInfo
 
     with pytest.raises(ValueError, match="already registered"):
-        task_registry.register_task("segmentation", "brats", lambda d, loss: brats_segmentation(loss))
+        task_registry.register_task("segmentation", "brats", lambda d, loss, lesions: brats_segmentation(loss))
     with pytest.raises(ValueError, match="no task for that pair"):
         task_registry.task_for(ModelInfo(name="det", family="x", task="detection"), DatasetInfo(name="ct"))
 

@@ -49,8 +49,10 @@ RUN_TRAILING = ["params", "flops_torch", "flops_thop", "flops_input", "pam_train
 # per-model measurements (identical for every run of a model): copied into model_comparison.csv as is
 EFFICIENCY_COLUMNS = ["params", "flops_torch", "flops_thop", "flops_input", "pam_train_mb", "pam_train_mb_std",
                       "pam_infer_mb", "pam_infer_mb_std", "latency_ms", "latency_ms_std", "latency_ms_median"]
-# prefixes of test-metric columns in the runs table
-METRIC_PREFIXES = ("dice_", "hd95_", "precision_", "recall_", "map_", "mar_", "froc_")
+# prefixes of test-metric columns in the runs table (segmentation, BraTS lesion-wise, lesion track: AP/mAP/mAR,
+# FROC and the summed per-case lesion counts)
+METRIC_PREFIXES = ("dice_", "hd95_", "precision_", "recall_", "lesion_dice_", "lesion_hd95_", "ap_", "map", "mar",
+                   "froc_", "lesions", "fp_components", "n_pred_boxes")
 STATUSES = ("ok", "failed", "diverged", "oom")
 
 # region names used in column names (dice_<region>, hd95_<region>, ...)

@@ -15,6 +15,7 @@ from visualization.comparison import draw_model_comparison
 from visualization.efficiency_plots import draw_parameter_efficiency
 from visualization.interactive import draw_interactive_3d
 from visualization.learning_curves import draw_learning_curves
+from visualization.lesion_charts import draw_lesion_metrics
 from visualization.modality import draw_modality_contribution
 
 logger = logging.getLogger(__name__)
@@ -28,6 +29,7 @@ CHARTS: tuple[DrawFn, ...] = (
     draw_interactive_3d,
     draw_modality_contribution,
     draw_dice_boxplots,
+    draw_lesion_metrics,
 )
 
 
@@ -51,6 +53,7 @@ __all__ = [
     "draw_dice_boxplots",
     "draw_interactive_3d",
     "draw_learning_curves",
+    "draw_lesion_metrics",
     "draw_model_comparison",
     "draw_modality_contribution",
     "draw_parameter_efficiency",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import torch
@@ -125,3 +126,12 @@ class Task(ABC):
     def checkpoint_meta(self) -> dict[str, Any]:
         """What a checkpoint records so that re-evaluation rebuilds this task (:func:`engine.tasks.task_from_meta`)."""
         return {"task": self.name, "n_classes": self.n_outputs}
+
+    def write_prediction(self, case: CachedCase, prediction: Any, out_dir: Path, *, save_probabilities: bool = False,
+                         probability_format: str = "nifti") -> list[Path]:
+        """Write one case's prediction in the image's original space; returns the files written (default: the
+        label map of dense logits and optionally their softmax, ``engine.prediction_io``)."""
+        from ..prediction_io import save_case_prediction
+
+        return save_case_prediction(case, prediction, out_dir, save_probabilities=save_probabilities,
+                                    probability_format=probability_format)

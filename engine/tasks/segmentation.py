@@ -4,11 +4,15 @@ Training: patches (3D) or slices (2D/2.5D) from ``dataio.sampling`` and the regi
 patch logits. Prediction: sliding-window logits of the whole case (``engine.inference``), argmax
 labels. Metrics: ``metrics.segmentation.case_metrics`` over the task's ``MetricSpec`` (Dice, precision,
 recall; HD95 in mm at test time only), plus the voxel confusion matrix of the test cases.
+Binary tasks add the lesion metrics of ``engine.tasks.lesion_metrics`` (boxes from the components of the
+predicted mask, scored by their highest foreground probability: the softmax of class 1 of the two-class
+output); BraTS adds the lesion-wise Dice and HD95 per region of ``metrics.lesionwise`` at test time.
 Selection: the highest validation ``dice_mean`` (mean Dice over the regions).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -24,6 +28,8 @@ from metrics.segmentation import SegmentationMetricAccumulator
 
 from ..evaluation import InferenceSettings, case_logits
 from .base import Selection, Task
+from .lesion_metrics import LESION_RUN_COLUMNS, LesionAccumulator, LesionSettings, prediction_from_probability
+from .lesionwise import LESIONWISE_METRICS, LesionwiseAccumulator, LesionwiseSettings
 
 
 def logits_of(output: Any) -> torch.Tensor:
@@ -35,24 +41,41 @@ class SegmentationAccumulator:
     """Per-case segmentation metrics of argmax labels, the summed confusion matrix, the mean loss."""
 
     def __init__(self, spec: MetricSpec, *, include_hd95: bool,
-                 loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None) -> None:
+                 loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None,
+                 lesions: LesionAccumulator | None = None, lesionwise: LesionwiseAccumulator | None = None) -> None:
         self.metrics = SegmentationMetricAccumulator(spec=spec, include_hd95=include_hd95)
         self.loss_fn = loss_fn
         self.losses: dict[str, float] = {}
+        self.lesions = lesions
+        self.lesionwise = lesionwise
+        self.extras = [a for a in (lesions, lesionwise) if a is not None]
 
     def update(self, case: CachedCase, prediction: torch.Tensor) -> None:
         label = torch.from_numpy(np.asarray(case.label, dtype=np.int64))
         if self.loss_fn is not None:
             with torch.no_grad():
                 self.losses.setdefault(case.case_id, float(self.loss_fn(prediction[None], label[None])))
-        self.metrics.update(prediction.argmax(0).numpy(), label.numpy(), case.spacing, case.case_id,
-                            image_shape=case.original_shape)
+        labels = prediction.argmax(0).numpy()
+        self.metrics.update(labels, label.numpy(), case.spacing, case.case_id, image_shape=case.original_shape)
+        if self.lesions is not None:  # binary: class 1 is the foreground
+            probability = torch.softmax(prediction.float(), dim=0)[1].numpy()
+            self.lesions.update(case, prediction_from_probability(probability, labels == 1,
+                                                                  self.lesions.settings.min_size))
+        if self.lesionwise is not None:
+            self.lesionwise.update(case, labels)
 
     def per_case(self) -> list[dict[str, Any]]:
-        return self.metrics.per_case()
+        rows = self.metrics.per_case()
+        for extra in self.extras:
+            by_case = {r["case_id"]: r for r in extra.per_case()}
+            rows = [dict(r, **by_case.get(r["case_id"], {})) for r in rows]
+        return rows
 
     def aggregate(self) -> dict[str, float]:
-        return self.metrics.aggregate()  # type: ignore[return-value]
+        out = dict(self.metrics.aggregate())
+        for extra in self.extras:
+            out.update({k: v for k, v in extra.aggregate().items() if k != "n_cases"})
+        return out  # type: ignore[return-value]
 
     def tables(self) -> dict[str, list[dict[str, Any]]]:
         """``confusion``: long-format rows (reference, prediction, voxels) of the summed matrix."""
@@ -63,15 +86,17 @@ class SegmentationAccumulator:
     def mean_loss(self) -> float | None:
         return float(np.mean(list(self.losses.values()))) if self.losses else None
 
-    def share(self) -> tuple[Any, dict[str, float]]:
-        """Plain, picklable state of this accumulator (metrics share and per-case losses)."""
-        return self.metrics.share(), dict(self.losses)
+    def share(self) -> tuple[Any, dict[str, float], list[Any]]:
+        """Plain, picklable state of this accumulator (metrics share, per-case losses, lesion shares)."""
+        return self.metrics.share(), dict(self.losses), [extra.share() for extra in self.extras]
 
-    def merge(self, shares: list[tuple[Any, dict[str, float]]], order: list[str]) -> None:
+    def merge(self, shares: list[tuple[Any, dict[str, float], list[Any]]], order: list[str]) -> None:
         """Add other ranks' :meth:`share` of the same case list; rows and losses end in ``order``."""
-        self.metrics.merge([metrics for metrics, _ in shares], order=order)
+        self.metrics.merge([metrics for metrics, _, _ in shares], order=order)
+        for i, extra in enumerate(self.extras):
+            extra.merge([extras[i] for _, _, extras in shares], order)
         losses = dict(self.losses)
-        for _, other in shares:
+        for _, other, _ in shares:
             for case_id, value in other.items():
                 losses.setdefault(case_id, value)
         position = {c: i for i, c in enumerate(order)}
@@ -83,11 +108,14 @@ class SegmentationTask(Task):
 
     selection = Selection(metric="dice_mean", mode="max", column="best_val_dice")
 
-    def __init__(self, spec: MetricSpec, *, loss: str = "nnunet", name: str = "segmentation") -> None:
+    def __init__(self, spec: MetricSpec, *, loss: str = "nnunet", name: str = "segmentation",
+                 lesions: LesionSettings | None = None, lesionwise: LesionwiseSettings | None = None) -> None:
         self.spec = spec
         self.loss_name = loss
         self.loss_fn = create_loss(loss)
         self.name = name
+        self.lesions = lesions
+        self.lesionwise = lesionwise
 
     @property
     def n_outputs(self) -> int:
@@ -112,23 +140,49 @@ class SegmentationTask(Task):
         return case_logits(model, case, settings)
 
     def new_accumulator(self, *, stage: str, with_loss: bool = False) -> SegmentationAccumulator:
-        return SegmentationAccumulator(self.spec, include_hd95=stage == "test",
-                                       loss_fn=self.loss_fn if with_loss else None)
+        test = stage == "test"
+        lesions = LesionAccumulator(self.lesions) if self.lesions is not None else None
+        lesionwise = (LesionwiseAccumulator(self.spec, self.lesionwise)
+                      if self.lesionwise is not None and test else None)
+        return SegmentationAccumulator(self.spec, include_hd95=test, loss_fn=self.loss_fn if with_loss else None,
+                                       lesions=lesions, lesionwise=lesionwise)
 
     def result_columns(self) -> tuple[str, ...]:
         regions, classes = list(self.spec.regions), list(self.spec.classes)
-        return tuple([f"dice_{r}" for r in regions + classes] + ["dice_mean"] + [f"hd95_{r}" for r in regions]
-                     + [f"{m}_{r}" for r in regions + classes for m in ("precision", "recall")])
+        columns = ([f"dice_{r}" for r in regions + classes] + ["dice_mean"] + [f"hd95_{r}" for r in regions]
+                   + [f"{m}_{r}" for r in regions + classes for m in ("precision", "recall")])
+        if self.lesionwise is not None:
+            columns += [f"{m}_{r}" for r in regions for m in LESIONWISE_METRICS]
+        if self.lesions is not None:
+            columns += list(LESION_RUN_COLUMNS)
+        return tuple(columns)
 
     def checkpoint_meta(self) -> dict[str, Any]:
         return dict(super().checkpoint_meta(), regions={k: list(v) for k, v in self.spec.regions.items()})
 
+    def write_prediction(self, case: CachedCase, prediction: torch.Tensor, out_dir: Path, *,
+                         save_probabilities: bool = False, probability_format: str = "nifti") -> list[Path]:
+        """The label map (and probabilities); binary tasks add the scored boxes of the mask's components."""
+        written = super().write_prediction(case, prediction, out_dir, save_probabilities=save_probabilities,
+                                           probability_format=probability_format)
+        if self.lesions is not None:
+            from ..lesion_outputs import save_boxes
 
-def brats_segmentation(loss: str = "nnunet") -> SegmentationTask:
-    """BraTS multi-class segmentation: 4 labels, regions WT/TC/ET, classes NCR/ED."""
-    return SegmentationTask(BRATS_SPEC, loss=loss, name="brats_segmentation")
+            probability = torch.softmax(prediction.float(), dim=0)[1].numpy()
+            lesions = prediction_from_probability(probability, prediction.argmax(0).numpy() == 1, self.lesions.min_size)
+            written += save_boxes(case, lesions, out_dir)
+        return written
 
 
-def binary_segmentation(region: str, loss: str = "nnunet") -> SegmentationTask:
-    """Binary segmentation of one foreground region named ``region`` (columns ``dice_<region>``, ...)."""
-    return SegmentationTask(binary_spec(region), loss=loss, name="binary_segmentation")
+def brats_segmentation(loss: str = "nnunet", lesionwise: LesionwiseSettings | None = None) -> SegmentationTask:
+    """BraTS multi-class segmentation: 4 labels, regions WT/TC/ET, classes NCR/ED, lesion-wise Dice/HD95 per
+    region at test time (``lesionwise``, default BraTS 2023's rules)."""
+    return SegmentationTask(BRATS_SPEC, loss=loss, name="brats_segmentation",
+                            lesionwise=lesionwise or LesionwiseSettings())
+
+
+def binary_segmentation(region: str, loss: str = "nnunet", lesions: LesionSettings | None = None) -> SegmentationTask:
+    """Binary segmentation of one foreground region named ``region`` (columns ``dice_<region>``, ...) with
+    a two-class softmax output (Dice + CE), plus the lesion metrics (``lesions``, default settings)."""
+    return SegmentationTask(binary_spec(region), loss=loss, name="binary_segmentation",
+                            lesions=lesions or LesionSettings())

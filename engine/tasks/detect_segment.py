@@ -1,0 +1,55 @@
+"""Detect-then-segment (DetSeg3D): a detector proposes RoIs, a second network segments each RoI.
+
+Training samples are the detection task's augmented patches (``engine.tasks.detection``); the model makes
+its own targets from the label patch (heatmap, sizes, offsets, RoI masks) and returns its named losses
+(``heatmap``, ``size``, ``offset``, ``seg`` already weighted by ``seg_lambda``); the trainer sums them.
+Prediction: the model's ``predict`` over the whole scan gives the pasted foreground probability and
+the RoIs with their confidences. Metrics: the mask's Dice, HD95 (mm), precision and recall of the binary
+region (probability >= 0.5) plus the lesion metrics of the RoIs (``engine.tasks.lesion_metrics``).
+Selection: the highest validation ``dice_mean`` (the region's Dice), as for segmentation models.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from dataio.types import CachedCase
+from metrics.regions import binary_spec
+
+from ..evaluation import InferenceSettings, case_tensor
+from .base import Selection
+from .detection import DetectionTask
+from .lesion_metrics import LESION_RUN_COLUMNS, LesionAccumulator, LesionPrediction, LesionSettings
+
+
+class DetectSegmentTask(DetectionTask):
+    """RoI detection plus RoI segmentation of one lesion class named ``region``."""
+
+    name = "detect_segment"
+    selection = Selection(metric="dice_mean", mode="max", column="best_val_dice")
+    validation_prefixes = ("dice_", "map", "mar", "ap_", "froc_cpm")
+    may_skip_parameters = True  # a batch whose RoIs are all cut off can leave segmenter weights without gradient
+
+    def __init__(self, region: str, lesions: LesionSettings | None = None) -> None:
+        super().__init__(region, lesions)
+        self.spec = binary_spec(region)
+
+    def train_step(self, model: nn.Module, batch: dict[str, Any], device: torch.device) -> dict[str, torch.Tensor]:
+        image = batch["image"].to(device, non_blocking=True)
+        return model(image, batch["label"].to(device, non_blocking=True))
+
+    def predict_case(self, model: nn.Module, case: CachedCase, settings: InferenceSettings) -> LesionPrediction:
+        probability, boxes, scores = model.predict(case_tensor(case, settings.modalities))
+        return LesionPrediction(boxes=np.asarray(boxes, dtype=np.float32), scores=np.asarray(scores, dtype=np.float32),
+                                probability=np.asarray(probability, dtype=np.float32))
+
+    def new_accumulator(self, *, stage: str, with_loss: bool = False) -> LesionAccumulator:
+        return LesionAccumulator(self.lesions, mask_spec=self.spec, include_hd95=stage == "test")
+
+    def result_columns(self) -> tuple[str, ...]:
+        r = self.region
+        return (f"dice_{r}", "dice_mean", f"hd95_{r}", f"precision_{r}", f"recall_{r}", *LESION_RUN_COLUMNS)
