@@ -40,7 +40,7 @@ class ModelInfo:
         default_patch_size: training patch (voxels, D H W for 3D; H W for 2D).
         paper: reference the architecture follows.
         num_params: parameters of the default build (``in_channels=len(modalities)``,
-            ``out_channels=4``); ``None`` when not recorded. A test checks it against the built model.
+            ``out_channels`` 4 for segmentation, 1 for detection); ``None`` when not recorded. A test checks it against the built model.
         tiny_kwargs: overrides giving a tiny configuration for CPU tests.
         test_patch_size: spatial input size used with ``tiny_kwargs`` in tests.
         needs_fixed_input: the network is built for one input size (UNETR: ``img_size``), so the
@@ -150,9 +150,10 @@ def model_info(name: str) -> ModelInfo:
 def create_model(name: str, **kwargs: Any) -> nn.Module:
     """Build registered model ``name``; ``kwargs`` override the entry's defaults.
 
-    ``in_channels`` defaults to the entry's channel count, ``out_channels`` to 4 (BraTS labels).
+    ``in_channels`` defaults to the entry's channel count, ``out_channels`` to 4 (BraTS labels) for
+    segmentation models and to 1 (one foreground class) for the lesion detectors.
     """
     info = model_info(name)
     kwargs.setdefault("in_channels", info.in_channels)
-    kwargs.setdefault("out_channels", 4)
+    kwargs.setdefault("out_channels", 4 if info.task == "segmentation" else 1)
     return _BUILDERS[name](**kwargs)

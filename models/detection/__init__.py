@@ -2,3 +2,5 @@
 
 Each family module registers its entries on import; adding one adds an import line below.
 """
+from . import retinanet  # noqa: F401
+from . import detseg3d  # noqa: F401

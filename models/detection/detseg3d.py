@@ -1,0 +1,297 @@
+"""DetSeg3D: a CenterNet-style 3D lesion detector (stride 8) followed by a U-Net on each RoI.
+
+After kevinkwshin/DetSeg3D ``main.py`` (MODEL_SPECS 2.1), with these deliberate differences: the focal
+loss is applied to the heatmap logits (the original applied MONAI's FocalLoss to probabilities), the
+detection terms have equal weights 1/1/1, RoI peaks go through 3D NMS, training RoIs are the ground-truth
+boxes (plain and jittered) plus hard negatives, and the RoI U-Net uses instance norm.
+
+Stage 1, detector (BN + ReLU throughout): init Convolution 3^3 (in -> c); three levels, each a MONAI
+``ResidualUnit`` (2 subunits, 3^3) then a stride-2 ``Convolution`` (c -> 2c -> 4c -> 8c); a fusion
+``ResidualUnit`` (8c); three heads, each Convolution 3^3 (8c -> 4c, BN, ReLU) + 1^3 conv:
+heatmap (1 channel, logits; bias initialised to the focal prior -log((1 - 0.01) / 0.01)),
+size (3 channels, ReLU, in cells = voxels / 8), offset (3 channels, sigmoid, in [0, 1) of a cell).
+
+Stage 2, RoI segmenter: MONAI ``UNet`` (3D, in_channels -> 1 logit, channels ``seg_channels``, strides 2,
+2 residual units, dropout 0.1, instance norm, so each RoI is segmented independently of its mini-batch).
+
+Conventions are those of :mod:`models.detection.roi` (boxes ``[x1, y1, z1, x2, y2, z2]`` over array axes
+0, 1, 2, maximum exclusive) and :mod:`losses.detection`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.networks.blocks import Convolution, ResidualUnit
+from monai.networks.nets import UNet
+from torch import nn
+
+from losses.detection import CenterNetDetectionLoss, roi_dice_bce_loss
+
+from .._registry import register_model
+from . import roi as R
+
+PAPER = "DetSeg3D (CenterNet-style detector + RoI U-Net)"
+STRIDE = 8
+HEATMAP_PRIOR = 0.01
+
+
+def _conv(cin: int, cout: int, strides: int = 1) -> Convolution:
+    return Convolution(3, cin, cout, strides=strides, kernel_size=3, act="RELU", norm="BATCH")
+
+
+class CenterNetDetector3D(nn.Module):
+    """Anchor-free detector at stride 8: returns ``(heatmap logits (B,1), size (B,3), offset (B,3))`` maps."""
+
+    def __init__(self, in_channels: int, base_channels: int = 32) -> None:
+        super().__init__()
+        c = int(base_channels)
+        self.init_conv = _conv(in_channels, c)
+        levels = []
+        for k in range(3):
+            cin = c * 2**k
+            levels.append(nn.Sequential(
+                ResidualUnit(3, cin, cin, strides=1, kernel_size=3, subunits=2, act="RELU", norm="BATCH"),
+                _conv(cin, 2 * cin, strides=2)))
+        self.encoder = nn.Sequential(*levels)
+        self.fusion = ResidualUnit(3, 8 * c, 8 * c, strides=1, kernel_size=3, subunits=2, act="RELU", norm="BATCH")
+        self.heatmap_head = nn.Sequential(_conv(8 * c, 4 * c), nn.Conv3d(4 * c, 1, 1))
+        self.size_head = nn.Sequential(_conv(8 * c, 4 * c), nn.Conv3d(4 * c, 3, 1))
+        self.offset_head = nn.Sequential(_conv(8 * c, 4 * c), nn.Conv3d(4 * c, 3, 1))
+        with torch.no_grad():
+            self.heatmap_head[-1].bias.fill_(-math.log((1 - HEATMAP_PRIOR) / HEATMAP_PRIOR))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        f = self.fusion(self.encoder(self.init_conv(x)))
+        return self.heatmap_head(f), F.relu(self.size_head(f)), torch.sigmoid(self.offset_head(f))
+
+
+def _pad_to(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """Zero-pad the last three axes at their end to a multiple of ``multiple``; returns the original shape."""
+    shape = tuple(x.shape[-3:])
+    pads = [(-s) % multiple for s in shape]
+    if any(pads):
+        x = F.pad(x, (0, pads[2], 0, pads[1], 0, pads[0]))
+    return x, shape
+
+
+class DetSeg3D(nn.Module):
+    """Two-stage detect-then-segment model; see the module docstring.
+
+    Args:
+        in_channels: image channels (the detector and the RoI U-Net both read all of them).
+        base_channels: detector width c (levels c, 2c, 4c, 8c).
+        seg_channels: RoI U-Net channels (one stride-2 step between consecutive entries).
+        roi_size: size every RoI crop is resampled to (voxels).
+        max_rois: RoIs kept per image (after NMS) at inference, and cap of positive and of negative RoIs
+            per image in training.
+        roi_batch_size: RoIs per segmenter mini-batch.
+        train_threshold: heatmap probability above which a peak counts as a detector proposal in training;
+            hard negatives come from those first, then from the highest remaining peaks (so, with peaks
+            sorted by score, the negatives are the highest non-overlapping peaks either way).
+        infer_threshold: heatmap probability a peak must exceed to become a RoI at inference.
+        nms_iou: 3D NMS drops a box whose IoU with a higher-scoring kept box is above this.
+        min_box, max_box: RoI box sizes are clipped to ``[min_box, max_box]`` voxels per axis.
+        min_lesion_size: smallest 26-connected component (voxels) counted as a lesion.
+        neg_ratio: hard-negative RoIs per positive RoI in training (``ceil(neg_ratio * max(n_pos, 1))``
+            per image, so a lesion-free patch gets ``ceil(neg_ratio)``).
+        roi_jitter: jitter of the training copies of the ground-truth boxes (fraction of the box size).
+        seg_lambda: weight of the RoI segmentation loss.
+        seg_dropout: dropout of the RoI U-Net.
+        dice_smooth: smoothing of the per-RoI Dice loss.
+    """
+
+    def __init__(self, *, in_channels: int = 1, base_channels: int = 32,
+                 seg_channels: Sequence[int] = (32, 64, 128, 256), roi_size: Sequence[int] = (32, 32, 32),
+                 max_rois: int = 64, roi_batch_size: int = 8, train_threshold: float = 0.3,
+                 infer_threshold: float = 0.1, nms_iou: float = 0.3, min_box: float = 8.0, max_box: float = 64.0,
+                 min_lesion_size: int = 1, neg_ratio: float = 1.0, roi_jitter: float = 0.15,
+                 seg_lambda: float = 1.0, seg_dropout: float = 0.1, dice_smooth: float = 1.0) -> None:
+        super().__init__()
+        seg_channels = tuple(int(c) for c in seg_channels)
+        roi_size = tuple(int(r) for r in roi_size)
+        if len(roi_size) != 3 or min(roi_size) < 1:
+            raise ValueError(f"roi_size must be three positive sizes, got {roi_size}")
+        if len(seg_channels) < 2:
+            raise ValueError(f"seg_channels needs at least two levels, got {seg_channels}")
+        if any(r % 2 ** (len(seg_channels) - 1) for r in roi_size):
+            raise ValueError(f"roi_size {roi_size} must be divisible by 2**(len(seg_channels) - 1) = "
+                             f"{2 ** (len(seg_channels) - 1)}")
+        for name, v in dict(max_rois=max_rois, roi_batch_size=roi_batch_size, min_lesion_size=min_lesion_size).items():
+            if int(v) < 1:
+                raise ValueError(f"{name} must be >= 1, got {v}")
+        if neg_ratio < 0:
+            raise ValueError(f"neg_ratio must be >= 0, got {neg_ratio}")
+        if not 0 < min_box <= max_box:
+            raise ValueError(f"need 0 < min_box <= max_box, got min_box={min_box}, max_box={max_box}")
+        self.in_channels = int(in_channels)
+        self.roi_size = roi_size
+        self.max_rois, self.roi_batch_size = int(max_rois), int(roi_batch_size)
+        self.train_threshold, self.infer_threshold = float(train_threshold), float(infer_threshold)
+        self.nms_iou = float(nms_iou)
+        self.min_box, self.max_box = float(min_box), float(max_box)
+        self.min_lesion_size, self.neg_ratio = int(min_lesion_size), float(neg_ratio)
+        self.roi_jitter = float(roi_jitter)
+        self.seg_lambda, self.dice_smooth = float(seg_lambda), float(dice_smooth)
+        self.detector = CenterNetDetector3D(in_channels, base_channels)
+        self.segmenter = UNet(spatial_dims=3, in_channels=in_channels, out_channels=1, channels=seg_channels,
+                              strides=(2,) * (len(seg_channels) - 1), num_res_units=2, norm="INSTANCE",
+                              dropout=seg_dropout)
+        self.det_loss = CenterNetDetectionLoss(1.0, 1.0, 1.0)
+
+    # ------------------------------------------------------------------ helpers
+    def _segment(self, crops: torch.Tensor) -> torch.Tensor:
+        """Segmenter logits of RoI crops (N, C, *roi_size), in mini-batches of ``roi_batch_size``."""
+        if crops.shape[0] == 0:
+            return crops.new_zeros((0, 1, *self.roi_size))
+        return torch.cat([self.segmenter(c) for c in crops.split(self.roi_batch_size)], dim=0)
+
+    def _rois(self, heat_logits: torch.Tensor, size: torch.Tensor, offset: torch.Tensor, *, threshold: float | None,
+              fallback: bool, straight_through: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        return R.extract_rois(torch.sigmoid(heat_logits[0]), size, offset, threshold=threshold, nms_iou=self.nms_iou,
+                              max_rois=self.max_rois, stride=STRIDE, min_size=self.min_box, max_size=self.max_box,
+                              fallback=fallback, straight_through=straight_through)
+
+    def _detect_segment(self, x: torch.Tensor, *, fallback: bool, differentiable: bool
+                        ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+        """Full pass: probabilities (B, 1, D, H, W) and per-image RoI boxes and scores (unclipped)."""
+        xp, shape = _pad_to(x, STRIDE)
+        heat, size, offset = self.detector(xp)
+        boxes, scores, crops = [], [], []
+        for b in range(x.shape[0]):
+            bx, sc = self._rois(heat[b], size[b], offset[b], threshold=self.infer_threshold, fallback=fallback,
+                                straight_through=differentiable)
+            boxes.append(bx)
+            scores.append(sc)
+            crops.append(R.crop_and_resize(x[b], bx, self.roi_size))
+        probs = torch.sigmoid(self._segment(torch.cat(crops, dim=0)))
+        out, start = [], 0
+        for b in range(x.shape[0]):
+            n = boxes[b].shape[0]
+            p = probs[start:start + n]
+            start += n
+            if differentiable and n:  # straight-through: value x1, gradient reaches the heatmap head
+                p = p * (scores[b] / scores[b].detach()).view(-1, 1, 1, 1, 1)
+            out.append(R.paste_rois(p, boxes[b], shape)[0])
+        return torch.stack(out)[:, None], boxes, scores
+
+    # ------------------------------------------------------------------ API
+    def forward(self, x: torch.Tensor, label: torch.Tensor | None = None) -> Any:
+        """With ``label`` (B, *patch): :meth:`training_losses` (so a DistributedDataParallel wrapper sees the
+        training pass). Without: the full detect-then-segment pass, foreground probability (B, 1, D, H, W).
+
+        Detector on the input (zero-padded to a multiple of 8 at the end of each axis), RoIs at
+        ``infer_threshold`` (local maxima, NMS, top ``max_rois``), RoI U-Net, paste-back averaging overlaps.
+        When an image's heatmap has no peak above the threshold, its ``max_rois`` highest cells are used
+        instead, so both stages always run: efficiency figures (FLOPs, memory, latency) include the
+        segmenter on up to ``max_rois`` RoIs per image. Gradients reach every parameter: through the
+        RoI maps, the box geometry (continuous crop and paste coordinates; the box-size clip passes
+        gradients straight through) and a straight-through factor ``score / score.detach()`` (value 1)
+        on each pasted RoI, so the output values are exactly those of :meth:`predict`'s maps.
+        """
+        if label is not None:
+            return self.training_losses(x, label)
+        return self._detect_segment(x, fallback=True, differentiable=True)[0]
+
+    def training_losses(self, image: torch.Tensor, label: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Losses of one training batch: image (B, C, *patch), label (B, *patch) integer 0/1.
+
+        Returns ``{"heatmap", "size", "offset", "seg"}`` (``seg`` already times ``seg_lambda``); the trainer
+        sums them. Training RoIs per image: each lesion's box once plain and once jittered (positives,
+        at most ``max_rois``), plus ``ceil(neg_ratio * max(n_pos, 1))`` hard negatives (at most ``max_rois``):
+        the detector's highest local-maximum peaks whose predicted box has IoU 0 with every
+        foreground component's box, those above ``train_threshold`` first. Targets: the label crop
+        resampled to ``roi_size`` and thresholded at 0.5; all zero for negatives.
+        """
+        if label.ndim == image.ndim and label.shape[1] == 1:
+            label = label[:, 0]
+        if label.shape != (image.shape[0], *image.shape[2:]):
+            raise ValueError(f"label must be (B, *patch) matching image {tuple(image.shape)}, got {tuple(label.shape)}")
+        xp, _ = _pad_to(image, STRIDE)
+        lp, _ = _pad_to(label, STRIDE)
+        heat, size, offset = self.detector(xp)
+        fshape = heat.shape[2:]
+        lab_np = (lp.detach().cpu().numpy() > 0)
+        tgts = [R.make_targets(lab_np[b], fshape, stride=STRIDE, min_lesion_size=self.min_lesion_size)
+                for b in range(image.shape[0])]
+        dev, dt = heat.device, heat.dtype
+        stacked = {k: torch.from_numpy(np.stack([t[k] for t in tgts])).to(dev, dt)
+                   for k in ("heatmap", "size", "offset", "mask")}
+        losses = self.det_loss(heat, size, offset, stacked)
+
+        crops, targets = [], []
+        for b in range(image.shape[0]):
+            pos, neg = self.training_rois(heat[b], size[b], offset[b], tgts[b]["boxes"], tgts[b]["all_boxes"])
+            boxes = torch.cat([pos, neg], dim=0)
+            crops.append(R.crop_and_resize(xp[b], boxes, self.roi_size))
+            tpos = R.crop_and_resize(lp[b][None].to(dt), pos, self.roi_size) >= 0.5
+            targets.append(torch.cat([tpos, tpos.new_zeros((neg.shape[0], 1, *self.roi_size))], dim=0))
+        crops_t = torch.cat(crops, dim=0)
+        if crops_t.shape[0] == 0:  # no RoI at all (neg_ratio 0, no lesion): keep the segmenter in the graph
+            seg = sum(p.sum() for p in self.segmenter.parameters()) * 0.0
+        else:
+            seg = roi_dice_bce_loss(self._segment(crops_t), torch.cat(targets, dim=0), self.dice_smooth)
+        losses["seg"] = self.seg_lambda * seg
+        return losses
+
+    @torch.no_grad()
+    def training_rois(self, heat: torch.Tensor, size: torch.Tensor, offset: torch.Tensor, lesion_boxes: np.ndarray,
+                      component_boxes: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training RoIs of one image from its detector maps (heat logits (1, d, h, w), size, offset (3, d, h, w))
+        and its lesion / component boxes: ``(positives (P, 6), hard negatives (Q, 6))``, see
+        :meth:`training_losses`."""
+        gt = torch.as_tensor(lesion_boxes, dtype=torch.float32, device=heat.device).reshape(-1, 6)
+        comps = torch.as_tensor(component_boxes, dtype=torch.float32, device=heat.device).reshape(-1, 6)
+        pos = self.positive_boxes(gt)
+        cand, sc = self._rois(heat.detach(), size.detach(), offset.detach(), threshold=None, fallback=False)
+        n_neg = min(self.max_rois, math.ceil(self.neg_ratio * max(pos.shape[0], 1)))
+        neg = cand[R.select_hard_negatives(cand, sc, comps, n_neg, self.train_threshold)]
+        return pos, neg.to(pos)
+
+    def positive_boxes(self, gt: torch.Tensor) -> torch.Tensor:
+        """Training positives from lesion boxes (N, 6): each box plain then a jittered copy, sizes clipped
+        to ``[min_box, max_box]`` around the centre; at most ``max_rois`` (plain boxes first)."""
+        if gt.shape[0] == 0:
+            return gt.new_zeros((0, 6))
+        both = torch.cat([gt, R.jitter_boxes(gt, self.roi_jitter)], dim=0)
+        centre, sz = (both[:, :3] + both[:, 3:]) / 2, both[:, 3:] - both[:, :3]
+        return R.centre_size_to_box(centre, sz.clamp(self.min_box, self.max_box))[: self.max_rois]
+
+    @torch.no_grad()
+    def predict(self, image: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Whole-scan inference of one image (C, D, H, W), in eval mode without gradients.
+
+        Returns:
+            ``(probability (D, H, W) float32, boxes (N, 6) float32, scores (N,) float32)``: the pasted
+            foreground probability (0 outside every RoI; all 0 when no peak exceeds ``infer_threshold``,
+            there is no fallback here), the RoI boxes clipped to the image, and their heatmap peak values,
+            sorted descending.
+        """
+        was_training = self.training
+        self.eval()
+        try:
+            prob, boxes, scores = self._detect_segment(image[None], fallback=False, differentiable=False)
+        finally:
+            self.train(was_training)
+        bx = R.clip_boxes(boxes[0].float(), image.shape[1:])
+        return (prob[0, 0].float().cpu().numpy(), bx.cpu().numpy().astype(np.float32),
+                scores[0].float().cpu().numpy().astype(np.float32))
+
+
+_DEFAULT_PATCH = (96, 96, 32)
+TINY = dict(base_channels=4, seg_channels=(4, 8, 16, 32), roi_size=(16, 16, 16), max_rois=8)
+
+
+@register_model(family="detseg3d", task="detect_segment", spatial_dims=3, divisibility=STRIDE,
+                default_patch_size=_DEFAULT_PATCH, paper=PAPER, num_params=13_268_657, tiny_kwargs=TINY,
+                test_patch_size=(32, 32, 16), train_defaults=dict(optimizer="adamw", lr=1e-4, scheduler="cosine"))
+def detseg3d(*, in_channels: int = 1, out_channels: int = 1, **kwargs: Any) -> nn.Module:
+    """DetSeg3D; ``out_channels`` must be 1 (one foreground probability)."""
+    if out_channels != 1:
+        raise ValueError(f"detseg3d: out_channels must be 1 (a single foreground probability), "
+                         f"got out_channels={out_channels}")
+    return DetSeg3D(in_channels=in_channels, **kwargs)

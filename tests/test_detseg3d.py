@@ -1,0 +1,282 @@
+"""DetSeg3D (detect-then-segment): targets, RoI extraction, crop/paste, per-RoI loss, training RoIs, API."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from losses.detection import heatmap_focal_loss, masked_l1, per_roi_dice_bce, roi_dice_bce_loss
+from models import create_model, model_info
+from models.detection import roi as R
+from models.detection.detseg3d import DetSeg3D
+
+TINY = model_info("detseg3d").tiny_kwargs
+
+
+def _tiny(**kw) -> DetSeg3D:
+    torch.manual_seed(0)
+    return create_model("detseg3d", in_channels=1, out_channels=1, **dict(TINY, **kw))
+
+
+# ----------------------------------------------------------------------------- targets
+def test_targets_of_one_cube_lesion() -> None:
+    label = np.zeros((32, 32, 16), dtype=np.int64)
+    label[8:16, 16:24, 0:8] = 1  # centre (12, 20, 4) voxels -> (1.5, 2.5, 0.5) cells
+    t = R.make_targets(label, (4, 4, 2))
+    np.testing.assert_array_equal(t["boxes"], [[8, 16, 0, 16, 24, 8]])
+    assert t["boxes"].dtype == np.float32
+    heat = t["heatmap"][0]
+    assert np.unravel_index(heat.argmax(), heat.shape) == (1, 2, 0) and heat[1, 2, 0] == 1.0
+    assert math.isclose(heat[0, 2, 0], math.exp(-0.5), rel_tol=1e-6)  # sigma = max(1, ceil(8/8/4)) = 1
+    np.testing.assert_allclose(t["size"][:, 1, 2, 0], [1, 1, 1])
+    np.testing.assert_allclose(t["offset"][:, 1, 2, 0], [0.5, 0.5, 0.5])
+    assert t["mask"].sum() == 1 and t["mask"][1, 2, 0] == 1
+    assert t["size"].sum() == 3 and t["offset"].sum() == 1.5  # only at the centre cell
+    assert R.gaussian_sigma((40, 64, 64)) == 2.0
+
+
+def test_components_are_26_connected_and_filtered_by_size() -> None:
+    label = np.zeros((16, 16, 16), dtype=np.uint8)
+    label[2, 2, 2] = label[3, 3, 3] = 1  # corner neighbours: one lesion under 26-connectivity
+    label[10:12, 10:12, 10:12] = 1  # 8 voxels
+    label[0, 15, 15] = 1  # a single voxel
+    lesions, comps = R.lesion_boxes(label, min_lesion_size=2)
+    assert len(comps) == 3 and len(lesions) == 2
+    np.testing.assert_array_equal(lesions[0], [2, 2, 2, 4, 4, 4])
+    np.testing.assert_array_equal(lesions[1], [10, 10, 10, 12, 12, 12])
+    t = R.make_targets(label, (2, 2, 2), min_lesion_size=2)
+    assert t["mask"].sum() == 2 and len(t["all_boxes"]) == 3
+    assert R.make_targets(np.zeros((8, 8, 8)), (1, 1, 1))["heatmap"].max() == 0
+
+
+# ----------------------------------------------------------------------------- RoI extraction
+def _maps(shape=(6, 6, 6)):
+    heat = torch.zeros(shape)
+    size = torch.ones((3, *shape))
+    offset = torch.full((3, *shape), 0.5)
+    return heat, size, offset
+
+
+def test_extract_rois_peaks_threshold_nms_and_decoding() -> None:
+    heat, size, offset = _maps()
+    heat[1, 1, 1] = heat[1, 1, 2] = 0.9  # a tie: both local maxima, their 24^3 boxes overlap (IoU 0.5)
+    size[:, 1, 1, 1] = size[:, 1, 1, 2] = 3.0
+    heat[4, 4, 4] = 0.5
+    heat[1, 4, 4] = 0.05  # below the threshold
+    size[:, 4, 4, 4] = torch.tensor([0.1, 2.0, 20.0])  # 0.8 / 16 / 160 voxels -> clipped to 8 / 16 / 64
+    offset[:, 4, 4, 4] = torch.tensor([0.25, 0.5, 0.75])
+    boxes, scores = R.extract_rois(heat, size, offset, threshold=0.1, nms_iou=0.3, max_rois=64)
+    assert boxes.shape == (2, 6) and scores.tolist() == pytest.approx([0.9, 0.5])
+    centre = (boxes[1, :3] + boxes[1, 3:]) / 2
+    np.testing.assert_allclose(centre, (torch.tensor([4, 4, 4]) + torch.tensor([0.25, 0.5, 0.75])) * 8)
+    np.testing.assert_allclose(boxes[1, 3:] - boxes[1, :3], [8, 16, 64])
+    np.testing.assert_allclose(boxes[0], [0, 0, 0, 24, 24, 24])  # the first of the tie (cell 1,1,1)
+    # without NMS (IoU threshold 1) the duplicate survives
+    boxes2, _ = R.extract_rois(heat, size, offset, threshold=0.1, nms_iou=1.0, max_rois=64)
+    assert boxes2.shape[0] == 3
+
+
+def test_extract_rois_cap_and_fallback() -> None:
+    heat, size, offset = _maps((8, 8, 8))
+    for k, (i, j, l) in enumerate([(0, 0, 0), (0, 4, 0), (4, 0, 0), (4, 4, 0), (0, 0, 4), (7, 7, 7)]):
+        heat[i, j, l] = 0.9 - 0.1 * k
+    boxes, scores = R.extract_rois(heat, size, offset, threshold=0.1, max_rois=4)
+    assert boxes.shape == (4, 6) and torch.all(scores[:-1] >= scores[1:])
+    assert scores.tolist() == pytest.approx([0.9, 0.8, 0.7, 0.6])
+    empty = torch.zeros(2, 2, 2)
+    assert R.extract_rois(empty, torch.ones(3, 2, 2, 2), torch.zeros(3, 2, 2, 2), threshold=0.1)[0].shape == (0, 6)
+    fb, _ = R.extract_rois(empty, torch.ones(3, 2, 2, 2), torch.zeros(3, 2, 2, 2), threshold=0.1, max_rois=3,
+                           fallback=True)
+    assert fb.shape == (3, 6)
+
+
+# ----------------------------------------------------------------------------- crop / paste
+def test_crop_and_paste_round_trip_overlap_average_and_outside_zero() -> None:
+    mask = torch.zeros(1, 32, 32, 32)
+    mask[0, 10:14, 6:12, 20:26] = 1
+    box = torch.tensor([[8.0, 4.0, 16.0, 24.0, 20.0, 32.0]])  # 16^3, the RoI size: exact round trip
+    crop = R.crop_and_resize(mask, box, (16, 16, 16))
+    assert crop.shape == (1, 1, 16, 16, 16)
+    torch.testing.assert_close(crop[0, 0], mask[0, 8:24, 4:20, 16:32])
+    pasted, count = R.paste_rois(crop, box, (32, 32, 32))
+    torch.testing.assert_close(pasted, mask[0])
+    assert count.sum() == 16**3
+    # a box of 8^3 resampled to 16^3 and back lands at its box after thresholding
+    small = torch.tensor([[10.0, 6.0, 20.0, 18.0, 14.0, 28.0]])
+    back, _ = R.paste_rois(R.crop_and_resize(mask, small, (16, 16, 16)), small, (32, 32, 32))
+    ref = torch.zeros(32, 32, 32)
+    ref[10:18, 6:14, 20:28] = mask[0, 10:18, 6:14, 20:28]
+    torch.testing.assert_close((back >= 0.5).float(), ref)
+    # two overlapping RoIs average; outside every RoI 0
+    boxes = torch.tensor([[0.0, 0, 0, 16, 16, 16], [8.0, 8, 8, 24, 24, 24]])
+    maps = torch.stack([torch.ones(1, 16, 16, 16), torch.zeros(1, 16, 16, 16)])
+    vol, count = R.paste_rois(maps, boxes, (32, 32, 32))
+    assert vol[4, 4, 4] == 1 and vol[12, 12, 12] == 0.5 and vol[20, 20, 20] == 0 and count[12, 12, 12] == 2
+    assert vol[24:].abs().sum() == 0 and count[24:].sum() == 0
+    # a box leaving the image: the crop is zero-padded, the paste clipped
+    out = torch.tensor([[-8.0, -8, -8, 8, 8, 8]])
+    crop = R.crop_and_resize(torch.ones(1, 32, 32, 32), out, (16, 16, 16))
+    assert crop[0, 0, :8, :8, :8].abs().sum() == 0 and torch.all(crop[0, 0, 8:, 8:, 8:] == 1)
+    vol, count = R.paste_rois(crop, out, (32, 32, 32))
+    assert count.sum() == 8**3 and torch.all(vol[:8, :8, :8] == 1)
+
+
+# ----------------------------------------------------------------------------- losses
+def test_seg_loss_is_per_roi_so_lesion_size_does_not_weigh() -> None:
+    torch.manual_seed(0)
+    logits = torch.randn(2, 1, 16, 16, 16)
+    target = torch.zeros(2, 1, 16, 16, 16)
+    target[0].view(-1)[:10] = 1  # a 10-voxel lesion
+    target[1].view(-1)[:1000] = 1  # a 1000-voxel lesion
+    both = roi_dice_bce_loss(logits, target)
+    a, b = roi_dice_bce_loss(logits[:1], target[:1]), roi_dice_bce_loss(logits[1:], target[1:])
+    torch.testing.assert_close(both, (a + b) / 2)
+    torch.testing.assert_close(per_roi_dice_bce(logits, target), torch.stack([a, b]))
+    # pooling the voxels of both RoIs (one Dice over the batch) would weigh the big lesion more
+    p = torch.sigmoid(logits)
+    pooled_dice = 1 - (2 * (p * target).sum() + 1) / (p.sum() + target.sum() + 1)
+    per_dice = per_roi_dice_bce(logits, target) - torch.nn.functional.binary_cross_entropy_with_logits(
+        logits, target, reduction="none").mean((1, 2, 3, 4))
+    assert abs(float(pooled_dice - per_dice.mean())) > 1e-3
+    # an empty target with an empty prediction costs ~0 (smoothed Dice, BCE near 0)
+    assert float(roi_dice_bce_loss(torch.full((1, 1, 8, 8, 8), -20.0), torch.zeros(1, 1, 8, 8, 8))) < 1e-3
+    assert float(roi_dice_bce_loss(torch.zeros(0, 1, 8, 8, 8), torch.zeros(0, 1, 8, 8, 8))) == 0
+
+
+def test_detection_loss_terms() -> None:
+    logits = torch.zeros(1, 1, 2, 2, 2, requires_grad=True)
+    target = torch.zeros(1, 1, 2, 2, 2)
+    target[0, 0, 0, 0, 0] = 1
+    from monai.losses import FocalLoss
+
+    torch.testing.assert_close(heatmap_focal_loss(logits, target), FocalLoss(use_softmax=False)(logits, target))
+    pred = torch.zeros(1, 3, 2, 2, 2)
+    tgt = torch.zeros(1, 3, 2, 2, 2)
+    tgt[0, :, 1, 1, 1] = torch.tensor([3.0, 6.0, 9.0])
+    tgt[0, :, 0, 0, 0] = 100.0  # not a centre cell: ignored
+    mask = torch.zeros(1, 2, 2, 2)
+    mask[0, 1, 1, 1] = 1
+    assert float(masked_l1(pred, tgt, mask)) == pytest.approx(6.0)
+    assert float(masked_l1(pred, tgt, torch.zeros(1, 2, 2, 2))) == 0.0
+
+
+# ----------------------------------------------------------------------------- training RoIs
+@pytest.mark.parametrize("neg_ratio,expected", [(1.0, 2), (0.5, 1), (2.0, 4)])
+def test_hard_negatives_never_overlap_a_lesion_and_follow_neg_ratio(neg_ratio: float, expected: int) -> None:
+    model = _tiny(neg_ratio=neg_ratio)
+    label = np.zeros((64, 64, 64), dtype=np.uint8)
+    label[20:30, 20:30, 20:30] = 1
+    label[50, 50, 50] = 1  # below min_lesion_size: no positive, yet no negative may touch it
+    model.min_lesion_size = 2
+    t = R.make_targets(label, (8, 8, 8), min_lesion_size=2)
+    heat_logits = torch.full((1, 8, 8, 8), -5.0)
+    heat_logits[0, 3, 3, 3] = 5.0  # on the lesion: highest, must not be a negative
+    heat_logits[0, 6, 6, 6] = 4.0  # on the tiny component
+    heat_logits[0, 0, 0, 7] = 3.0
+    heat_logits[0, 7, 0, 0] = 2.0
+    heat_logits[0, 0, 7, 0] = 1.0
+    heat_logits[0, 7, 7, 0] = 0.0
+    size, offset = torch.ones(3, 8, 8, 8), torch.full((3, 8, 8, 8), 0.5)
+    torch.manual_seed(1)
+    pos, neg = model.training_rois(heat_logits, size, offset, t["boxes"], t["all_boxes"])
+    assert pos.shape == (2, 6)  # the lesion plain + one jittered copy
+    np.testing.assert_allclose(pos[0], [20, 20, 20, 30, 30, 30])
+    assert neg.shape == (expected, 6)
+    assert not R.boxes_overlap_any(neg, torch.from_numpy(t["all_boxes"])).any()
+    np.testing.assert_allclose(neg[0], [0, 0, 56, 8, 8, 64])  # the highest peak off every component
+    # the jittered copy is reproducible from the global seed
+    torch.manual_seed(1)
+    pos2, _ = model.training_rois(heat_logits, size, offset, t["boxes"], t["all_boxes"])
+    torch.testing.assert_close(pos, pos2)
+    # a patch without lesion still gets one negative
+    _, neg0 = model.training_rois(heat_logits, size, offset, np.zeros((0, 6)), np.zeros((0, 6)))
+    assert neg0.shape[0] == math.ceil(neg_ratio)
+
+
+# ----------------------------------------------------------------------------- model API
+def _batch() -> tuple[torch.Tensor, torch.Tensor]:
+    torch.manual_seed(0)
+    image = torch.randn(2, 1, 32, 32, 16)
+    label = torch.zeros(2, 32, 32, 16, dtype=torch.long)
+    label[0, 4:12, 10:20, 3:9] = 1
+    label[1, 20:22, 20:22, 10:12] = 1
+    image = image + 2 * label[:, None]
+    return image, label
+
+
+def test_tiny_train_step_every_parameter_learns() -> None:
+    model = _tiny().train()
+    image, label = _batch()
+    losses = model.training_losses(image, label)
+    assert set(losses) == {"heatmap", "size", "offset", "seg"}
+    assert all(torch.isfinite(v) and v.ndim == 0 for v in losses.values())
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    sum(losses.values()).backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert not missing, missing
+    zero = [n for n, p in model.named_parameters() if float(p.grad.abs().sum()) == 0]
+    assert not zero, zero
+    before = [p.detach().clone() for p in model.parameters()]
+    opt.step()
+    assert all(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
+    # seg_lambda scales the seg term only
+    torch.manual_seed(3)
+    l1 = model.training_losses(image, label)
+    model.seg_lambda = 2.0
+    torch.manual_seed(3)
+    l2 = model.training_losses(image, label)
+    # same seed -> same jitter and dropout draws
+    assert float(l2["seg"].detach()) == pytest.approx(2 * float(l1["seg"].detach()), rel=1e-4)
+
+
+def test_predict_on_a_scan_not_a_multiple_of_8() -> None:
+    model = _tiny(infer_threshold=0.0)  # every local maximum becomes a RoI
+    model.train()
+    image = torch.randn(1, 37, 29, 19)
+    prob, boxes, scores = model.predict(image)
+    assert model.training  # mode restored
+    assert prob.shape == (37, 29, 19) and prob.dtype == np.float32
+    assert boxes.dtype == np.float32 and scores.dtype == np.float32
+    assert boxes.ndim == 2 and boxes.shape[1] == 6 and 0 < len(boxes) <= TINY["max_rois"]
+    assert scores.shape == (len(boxes),)
+    assert np.all(scores[:-1] >= scores[1:])
+    assert np.all(boxes[:, :3] >= 0) and np.all(boxes[:, 3:] <= np.array([37, 29, 19]))
+    assert np.all(boxes[:, 3:] > boxes[:, :3])
+    assert 0 <= prob.min() and prob.max() <= 1
+    inside = np.zeros(prob.shape, dtype=bool)
+    for b in boxes:
+        inside[R.paste_region(b.tolist(), prob.shape)] = True
+    assert np.all(prob[~inside] == 0)
+    # the default inference threshold on an untrained detector finds nothing: empty RoIs, zero probability
+    prob0, boxes0, scores0 = _tiny().predict(image)
+    assert prob0.shape == (37, 29, 19) and boxes0.shape == (0, 6) and scores0.shape == (0,) and prob0.max() == 0
+
+
+def test_forward_shape_and_gradient_reaches_every_parameter() -> None:
+    model = _tiny().train()
+    x, _ = _batch()
+    y = model(x)
+    assert y.shape == (2, 1, 32, 32, 16) and torch.isfinite(y).all() and float(y.detach().max()) > 0
+    (y * torch.randn_like(y)).sum().backward()
+    bad = [n for n, p in model.named_parameters() if p.grad is None or float(p.grad.abs().sum()) == 0]
+    assert not bad, bad
+    model.eval()
+    with torch.no_grad():
+        y2 = model(torch.randn(1, 1, 30, 27, 13))  # not a multiple of 8
+    assert y2.shape == (1, 1, 30, 27, 13)
+
+
+def test_builder_contract() -> None:
+    with pytest.raises(ValueError, match="out_channels"):
+        create_model("detseg3d", in_channels=1, out_channels=4)
+    info = model_info("detseg3d")
+    assert info.task == "detect_segment" and info.divisibility == 8
+    assert info.train_defaults == dict(optimizer="adamw", lr=1e-4, scheduler="cosine")
+    with torch.device("meta"):
+        model = create_model("detseg3d", in_channels=1, out_channels=1)
+    n_det = sum(p.numel() for p in model.detector.parameters())
+    n_seg = sum(p.numel() for p in model.segmenter.parameters())
+    assert (n_det, n_seg) == (8_522_823, 4_738_058)  # detector 8.52M as measured for the original
