@@ -1,0 +1,117 @@
+"""FROC by the LUNA16 evaluation rules (noduleCADEvaluationLIDC.py), with box hits instead of nodule radii.
+
+Rules, as LUNA16 applies them:
+- A prediction hits a lesion when IoU >= ``iou_threshold`` (rule ``iou``) or when its box centre lies in
+  the lesion box (rule ``centre``); see ``metrics.lesions.hits``.
+- A lesion hit by at least one prediction is one positive candidate scored by the highest score among
+  the predictions hitting it; a prediction that hits any lesion is never a false positive (one hitting
+  several lesions lends its score to each of them).
+- A lesion no prediction hits is excluded from the candidate list and counts in the denominator only,
+  so the curve's sensitivity tops out at (found lesions / all lesions).
+- Every prediction hitting no lesion is a negative candidate (false positive) with its own score.
+- Curve: ``sklearn.metrics.roc_curve`` over the candidates; FPs per scan = FP rate x (number of false
+  positives) / (number of scans, every scan counted, lesion-free ones too); sensitivity = TP rate x
+  (found lesions / all lesions). No false positives at all: FPs per scan 0 at every point (LUNA's rule).
+- Operating points: the curve is linearly interpolated (``np.interp``, flat beyond its ends) onto LUNA's
+  grid ``np.linspace(0.125, 8, 10001)``, and each of 0.125, 0.25, 0.5, 1, 2, 4, 8 FPs per scan takes the
+  value at its nearest grid point (at most 0.0004 FPs/scan away); ``froc_cpm`` is their mean.
+- No lesion in the whole set: every FROC value NaN. Lesions but no prediction hits any: sensitivity 0.
+
+Hand-written: LUNA16's evaluation is a script, not an importable library; sklearn's ``roc_curve`` draws the
+curve exactly as the script does.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+
+from .lesions import HitRule, hits
+
+if TYPE_CHECKING:
+    from .detection import CaseBoxes
+
+logger = logging.getLogger(__name__)
+
+FROC_FP_RATES: tuple[float, ...] = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+FROC_KEYS: tuple[str, ...] = tuple(f"froc_fp{r:g}" for r in FROC_FP_RATES) + ("froc_cpm",)
+_LUNA_GRID = np.linspace(0.125, 8.0, num=10001)  # LUNA16's fps_itp
+
+
+def froc_candidates(cases: Sequence[CaseBoxes], *, rule: HitRule = "iou",
+                    iou_threshold: float = 0.1) -> tuple[np.ndarray, np.ndarray, int]:
+    """LUNA16 candidate list over all scans: ``(is_lesion (K,) bool, score (K,) float64, n_lesions)``.
+
+    One positive per lesion hit (its best hitting score), one negative per prediction hitting no
+    lesion; ``n_lesions`` counts every lesion, hit or not.
+    """
+    is_lesion: list[np.ndarray] = []
+    scores: list[np.ndarray] = []
+    n_lesions = 0
+    for case in cases:
+        scores_c = np.asarray(case.pred_scores, dtype=np.float64)
+        h = hits(case.pred_boxes, case.gt_boxes, rule=rule, iou_threshold=iou_threshold)  # (N, M)
+        n_lesions += h.shape[1]
+        found = h.any(axis=0)
+        if found.any():
+            best = np.where(h[:, found], scores_c[:, None], -np.inf).max(axis=0)
+            is_lesion.append(np.ones(best.size, dtype=bool))
+            scores.append(best)
+        false_pos = ~h.any(axis=1)
+        is_lesion.append(np.zeros(int(false_pos.sum()), dtype=bool))
+        scores.append(scores_c[false_pos])
+    if not scores:
+        return np.zeros(0, dtype=bool), np.zeros(0), 0
+    return np.concatenate(is_lesion), np.concatenate(scores), n_lesions
+
+
+def _curve_from_candidates(is_lesion: np.ndarray, scores: np.ndarray, n_lesions: int,
+                           n_scans: int) -> tuple[np.ndarray, np.ndarray]:
+    """LUNA16's ``computeFROC``: (FPs per scan, sensitivity) points, FPs per scan non-decreasing."""
+    n_found = int(is_lesion.sum())
+    n_fp = int(is_lesion.size - n_found)
+    if n_found == 0:  # no lesion hit (sklearn's TP rate would be NaN): sensitivity 0 everywhere
+        return np.array([0.0, n_fp / n_scans]), np.zeros(2)
+    if n_fp == 0:  # LUNA: "this system has no false positives" -> FPs per scan 0 at every point
+        return np.zeros(2), np.array([0.0, n_found / n_lesions])
+    from sklearn.metrics import roc_curve  # lazy: sklearn is only needed here
+
+    fpr, tpr, _ = roc_curve(is_lesion.astype(np.int64), scores)
+    return fpr * n_fp / n_scans, tpr * n_found / n_lesions
+
+
+def froc_curve(cases: Sequence[CaseBoxes], *, rule: HitRule = "iou",
+               iou_threshold: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
+    """FROC curve ``(fps_per_scan, sensitivity)`` over all score thresholds (for plotting).
+
+    Both arrays are empty when the set holds no lesion (the curve is undefined).
+    """
+    is_lesion, scores, n_lesions = froc_candidates(cases, rule=rule, iou_threshold=iou_threshold)
+    if n_lesions == 0:
+        return np.zeros(0), np.zeros(0)
+    return _curve_from_candidates(is_lesion, scores, n_lesions, len(cases))
+
+
+def froc_at(fps_per_scan: np.ndarray, sensitivity: np.ndarray,
+            fp_rates: Sequence[float] = FROC_FP_RATES) -> np.ndarray:
+    """Sensitivity at each FP rate: LUNA's ``np.interp`` onto its 10001-point grid, nearest grid point."""
+    on_grid = np.interp(_LUNA_GRID, fps_per_scan, sensitivity)
+    idx = [int(np.argmin(np.abs(_LUNA_GRID - r))) for r in fp_rates]
+    return on_grid[idx]
+
+
+def froc_metrics(cases: Sequence[CaseBoxes], *, rule: HitRule = "iou",
+                 iou_threshold: float = 0.1) -> dict[str, float]:
+    """``froc_fp0.125`` ... ``froc_fp8`` (sensitivity at those mean FPs per scan) and ``froc_cpm`` (their mean).
+
+    Every value is NaN when the set holds no lesion; see the module docstring for the LUNA16 rules.
+    """
+    fps, sens = froc_curve(cases, rule=rule, iou_threshold=iou_threshold)
+    if fps.size == 0:
+        return {k: float("nan") for k in FROC_KEYS}
+    values = froc_at(fps, sens)
+    out = {f"froc_fp{r:g}": float(v) for r, v in zip(FROC_FP_RATES, values)}
+    out["froc_cpm"] = float(np.mean(values))
+    return out
