@@ -53,7 +53,10 @@ def gflops_128(name: str) -> str:
         flops = count_flops(model, (1, info.in_channels, *size), device="meta")["flops_torch"]
     except (RuntimeError, NotImplementedError):
         model = create_model(name, **kwargs)
-        flops = count_flops(model.to("meta"), (1, info.in_channels, *size), device="meta")["flops_torch"]
+        try:
+            flops = count_flops(model.to("meta"), (1, info.in_channels, *size), device="meta")["flops_torch"]
+        except (RuntimeError, NotImplementedError):  # data-dependent control flow (DetSeg3D: RoIs per scan)
+            return "data-dependent"
     return f"{flops / 1e9:,.0f}"
 
 

@@ -1,6 +1,7 @@
 """BraTS lesion-wise Dice and HD95 per region (the metric the BraTS 2023 challenges rank by), per test case.
 
-Rules (``metrics.lesionwise.lesionwise_scores``): 26-connected reference lesions, each dilated
+Rules (``metrics.lesionwise.lesionwise_scores``): 26-connected reference lesions (those closer than the dilation
+merge into one, as in the BraTS 2023 code), each dilated
 ``dilation`` times for matching; predicted components touching a dilated lesion are its match; missed
 lesions and false-positive components score Dice 0 and HD95 ``hd95_penalty`` mm and count in the
 denominator; reference lesions of ``min_lesion_size`` voxels or fewer are dropped. Columns per region r:
