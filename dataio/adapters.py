@@ -11,6 +11,8 @@ Layouts (file names as released):
   ``BraTS-<TAG>-XXXXX-YYY-{t1n,t1c,t2w,t2f,seg}.nii.gz``
   (patient id ``XXXXX``; ``YYY`` numbers the time points)
 - msd_task01: ``Task01_BrainTumour/imagesTr/BRATS_XXX.nii.gz`` (4D: FLAIR, T1w, T1gd, T2w) + ``labelsTr/``
+- ich / synthetic_ich (head CT, one channel ``ct``, binary haemorrhage labels): ``images/`` + ``labels/``
+  folders or a CSV manifest with a mask folder, see :mod:`dataio.ct_adapters`.
 """
 
 from __future__ import annotations
@@ -21,18 +23,24 @@ from collections import Counter
 from pathlib import Path
 from typing import Callable, Iterable
 
+from .ct_adapters import FOLDER_PATTERN, CTOptions, find_ct_cases
 from .types import CaseFiles, DatasetInfo
 
 logger = logging.getLogger(__name__)
 
-DATASET_VERSIONS: tuple[str, ...] = ("synthetic", "brats2018", "brats2021", "brats2023", "msd_task01")
-
+DATASET_VERSIONS: tuple[str, ...] = ("synthetic", "brats2018", "brats2021", "brats2023", "msd_task01", "ich",
+                                     "synthetic_ich")
+CT_VERSIONS: tuple[str, ...] = ("ich", "synthetic_ich")  # head CT, one channel, binary haemorrhage labels
+SYNTHETIC_VERSIONS: tuple[str, ...] = ("synthetic", "synthetic_ich")  # generated when no --data_path is given
 
 
 def dataset_info(dataset_version: str) -> DatasetInfo:
-    """Channels and label kind of a dataset version (every version so far: four BraTS MRI modalities)."""
+    """Channels and label kind of a dataset version: four BraTS MRI modalities with BraTS labels, or (``ich``,
+    ``synthetic_ich``) one CT channel ``ct`` with binary labels of region ``ich``."""
     if dataset_version not in DATASET_VERSIONS:
         raise ValueError(f"unknown dataset_version {dataset_version!r}; known: {', '.join(DATASET_VERSIONS)}")
+    if dataset_version in CT_VERSIONS:
+        return DatasetInfo(name=dataset_version, channels=("ct",), label_kind="binary", region="ich")
     return DatasetInfo(name=dataset_version)
 
 
@@ -55,6 +63,8 @@ EXPECTED_PATTERN: dict[str, str] = {
     "brats2023": "{data_path}/<folder, up to 2 levels>/BraTS-GLI-XXXXX-YYY/"
                  "BraTS-GLI-XXXXX-YYY-{t1n,t1c,t2w,t2f,seg}.nii.gz",
     "msd_task01": "{data_path}/Task01_BrainTumour/imagesTr/BRATS_XXX.nii.gz and labelsTr/BRATS_XXX.nii.gz",
+    "ich": FOLDER_PATTERN,
+    "synthetic_ich": "{data_path}/images/ICHSYN_XXXXX.nii.gz + {data_path}/labels/ICHSYN_XXXXX.nii.gz",
 }
 
 
@@ -164,20 +174,33 @@ _FINDERS: dict[str, Callable[[Path, bool], list[CaseFiles]]] = {
 }
 
 
-def discover_cases(data_path: Path, dataset_version: str, *, require_labels: bool = True) -> list[CaseFiles]:
+def discover_cases(data_path: Path | None, dataset_version: str, *, require_labels: bool = True,
+                   ct: CTOptions | None = None) -> list[CaseFiles]:
     """List the cases of a dataset release, sorted by case id.
 
     Args:
-        data_path: folder holding the release (or its inner folder).
+        data_path: folder holding the release (or its inner folder); may be ``None`` for ``ich`` with
+            ``ct.manifest``.
         dataset_version: one of ``DATASET_VERSIONS``.
         require_labels: when True a case without a ``seg`` / ``labelsTr`` file is an error.
+        ct: layout options of ``ich`` (manifest, test folders, patient regex, pickles); ``synthetic_ich``
+            reads its phantom folder with none of them.
 
     Raises:
         ValueError: unknown version (lists the known ones); missing or empty dataset folder (shows the
             expected layout); missing modality or label file (names the case and file); duplicate case ids.
     """
+    if dataset_version in CT_VERSIONS:
+        options = (ct or CTOptions()) if dataset_version == "ich" else CTOptions()
+        if dataset_version == "synthetic_ich" and data_path is None:
+            raise ValueError("discover_cases: the synthetic_ich phantom folder is needed (see load_dataset)")
+        cases = find_ct_cases(data_path, options, require_labels=require_labels)
+        logger.info("found %d %s cases", len(cases), dataset_version)
+        return cases
     if dataset_version not in _FINDERS:
         raise ValueError(f"unknown dataset_version {dataset_version!r}; known: {', '.join(DATASET_VERSIONS)}")
+    if data_path is None:
+        raise ValueError(f"--data_path is required for --dataset_version {dataset_version}")
     data_path = Path(data_path).expanduser()
     if not data_path.is_dir():
         raise ValueError(f"--data_path {data_path} is not a folder; expected the {dataset_version} layout "

@@ -1,9 +1,12 @@
 """On-disk cache of preprocessed cases, and ``load_dataset``: the data entry point of the runner.
 
 Layout: ``cache_root/<key>/<case_id>/{image.npy, label.npy, meta.json}`` where ``key`` hashes the
-dataset identity, the preprocessing parameters and ``CACHE_VERSION``. An entry is written into a
-temporary folder (``meta.json`` last) that is then renamed into place, so a killed process never leaves
-an entry that is later trusted. An entry is reused only if its ``meta.json`` is valid and every source
+dataset identity, the preprocessing parameters and ``CACHE_VERSION``. The parameters choose the
+preprocessing: BraTS MRI ``{"clip_percentiles"}`` (:func:`dataio.preprocess.preprocess_case`), or CT
+``{"kind": "ct", "hu_window", "target_spacing", "crop"[, "npy_spacing"]}``
+(:func:`dataio.ct_preprocess.preprocess_ct_case`), so changing the HU window or the spacing rebuilds.
+An entry is written into a temporary folder (``meta.json`` last) that is then renamed into place, so a
+killed process never leaves an entry that is later trusted. An entry is reused only if its ``meta.json`` is valid and every source
 file still has the recorded size and mtime; otherwise it is rebuilt.
 """
 
@@ -26,10 +29,13 @@ from filelock import FileLock
 from utils.atomic import atomic_write_json
 from utils.progress import progress as progress_bar
 
-from .adapters import DATASET_VERSIONS, discover_cases
+from .adapters import CT_VERSIONS, DATASET_VERSIONS, dataset_info, discover_cases
+from .ct_adapters import CTOptions, headerless
+from .ct_preprocess import CT_PREPROCESS_PARAMS, preprocess_ct_case
 from .preprocess import preprocess_case
 from .synthetic import FORMAT_VERSION, ensure_synthetic_brats, validate_synthetic_args
-from .types import MODALITY_ORDER, CachedCase, CaseFiles, CropBox
+from .synthetic_ct import CT_FORMAT_VERSION, SYNTHETIC_CT_SIZE, ensure_synthetic_ct
+from .types import MODALITY_ORDER, CachedCase, CaseFiles, CropBox, LoadedDataset
 
 logger = logging.getLogger(__name__)
 
@@ -118,9 +124,10 @@ class PreprocessedCache:
     def get_or_create(self, cases: list[CaseFiles], dataset_id: str, params: dict, *,
                       progress: bool = True) -> list[CachedCase]:
         """Cached cases in the order of ``cases``, preprocessing (with ``params``) those not cached yet."""
-        unknown = sorted(set(params) - set(PREPROCESS_PARAMS))
+        known = CT_PREPROCESS_PARAMS if params.get("kind") == "ct" else PREPROCESS_PARAMS
+        unknown = sorted(set(params) - set(known))
         if unknown:
-            raise ValueError(f"unknown preprocessing parameters {unknown}; known: {PREPROCESS_PARAMS}")
+            raise ValueError(f"unknown preprocessing parameters {unknown}; known: {known}")
         key_dir = self.cache_root / self.key_for(dataset_id, params)
         key_dir.mkdir(parents=True, exist_ok=True)
         self._remove_stale_tmp(key_dir)
@@ -150,19 +157,26 @@ class PreprocessedCache:
             return False
         return (meta.get("cache_version") == CACHE_VERSION and meta.get("sources") == sources
                 and meta.get("case_id") == case.case_id and meta.get("patient_id") == case.patient_id
+                and meta.get("has_lesion") == case.has_lesion
                 and (entry / "image.npy").is_file()
-                and (entry / "label.npy").is_file() == (case.label is not None))
+                and (entry / "label.npy").is_file() == case.has_label)
 
     def _build(self, key_dir: Path, case: CaseFiles, params: dict, sources: list[dict[str, Any]]) -> None:
         """Preprocess ``case`` into a temp folder (meta.json last) and rename it into place."""
-        cached = preprocess_case(case, **{k: tuple(v) if isinstance(v, list) else v for k, v in params.items()})
+        kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in params.items() if k != "kind"}
+        cached = preprocess_ct_case(case, **kwargs) if params.get("kind") == "ct" else preprocess_case(case, **kwargs)
+        if cached.label is not None and cached.foreground_voxels is None:
+            cached.foreground_voxels = int(np.count_nonzero(cached.label))
         tmp = key_dir / f"{_TMP_PREFIX}{case.case_id}.{_host()}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
         try:
             np.save(tmp / "image.npy", np.ascontiguousarray(cached.image, dtype=np.float32))
             if cached.label is not None:
                 np.save(tmp / "label.npy", np.ascontiguousarray(cached.label, dtype=np.uint8))
-            atomic_write_json(tmp / "meta.json", _meta(cached, params, sources))
+            meta = _meta(cached, params, sources)
+            if case.has_lesion is not None:
+                meta["has_lesion"] = case.has_lesion
+            atomic_write_json(tmp / "meta.json", meta)
             if not self._is_valid(key_dir / case.case_id, case, sources):  # another process may have won
                 try:
                     self._replace(tmp, key_dir / case.case_id)
@@ -195,7 +209,8 @@ class PreprocessedCache:
             original_shape=tuple(meta["original_shape"]),
             crop=CropBox(start=tuple(meta["crop"]["start"]), stop=tuple(meta["crop"]["stop"])),
             convention=meta["convention"],
-            channel_names=tuple(meta.get("channel_names", MODALITY_ORDER)))  # entries before channel names: BraTS
+            channel_names=tuple(meta.get("channel_names", MODALITY_ORDER)),  # entries before channel names: BraTS
+            foreground_voxels=meta.get("foreground_voxels"))  # None in entries written before it was recorded
 
 
 def _meta(cached: CachedCase, params: dict, sources: list[dict[str, Any]]) -> dict[str, Any]:
@@ -205,7 +220,7 @@ def _meta(cached: CachedCase, params: dict, sources: list[dict[str, Any]]) -> di
         "original_shape": list(cached.original_shape),
         "crop": {"start": list(cached.crop.start), "stop": list(cached.crop.stop)},
         "convention": cached.convention, "has_label": cached.label is not None,
-        "channel_names": list(cached.channel_names),
+        "channel_names": list(cached.channel_names), "foreground_voxels": cached.foreground_voxels,
         "image_shape": list(cached.image.shape), "params": params, "sources": sources,
     }
 
@@ -219,15 +234,55 @@ def synthetic_root(cache_root: Path, n_cases: int, size: tuple[int, int, int], s
     return Path(cache_root).expanduser() / "synthetic" / _synthetic_id(n_cases, tuple(size), seed)
 
 
-def load_dataset(data_path: Path | None, dataset_version: str, *, cache_root: Path = DEFAULT_CACHE_ROOT,
-                 synthetic_cases: int = 12, synthetic_size: tuple[int, int, int] = (64, 64, 64),
-                 synthetic_seed: int = 0, max_samples: int | None = None, require_labels: bool = True,
-                 clip_percentiles: tuple[float, float] = (0.5, 99.5), progress: bool = True) -> list[CachedCase]:
-    """Discover, preprocess (cached) and return the cases of a dataset, sorted by case id.
+def synthetic_ct_root(cache_root: Path, n_cases: int, size: tuple[int, int, int], seed: int) -> Path:
+    """Folder under the cache where the CT phantoms of these parameters live (apart from the BraTS ones)."""
+    return Path(cache_root).expanduser() / "synthetic_ct" / _synthetic_id(n_cases, tuple(size), seed)
 
-    With ``dataset_version="synthetic"`` phantoms are generated first: under ``data_path`` when given,
-    else under ``cache_root/synthetic/n{N}_s{D}x{H}x{W}_seed{S}/``. ``max_samples`` keeps the first N
-    sorted cases (before preprocessing).
+
+def default_synthetic_size(dataset_version: str) -> tuple[int, int, int]:
+    """Phantom size when ``--synthetic_size`` is not given: 64 x 64 x 16 for CT, 64 x 64 x 64 for BraTS."""
+    return SYNTHETIC_CT_SIZE if dataset_version in CT_VERSIONS else (64, 64, 64)
+
+
+def _phantoms(data_path: Path | None, dataset_version: str, cache_root: Path, n_cases: int,
+              size: tuple[int, int, int], seed: int) -> tuple[Path, str]:
+    """Write (once, under a file lock) the phantoms of a synthetic version; returns their folder and dataset id."""
+    ct = dataset_version == "synthetic_ich"
+    name = _synthetic_id(n_cases, size, seed)
+    where = synthetic_ct_root if ct else synthetic_root
+    root = Path(data_path).expanduser() if data_path is not None else where(cache_root, n_cases, size, seed)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    lock = f".{root.name}.ct.lock" if ct else f".{root.name}.lock"
+    with FileLock(str(root.parent / lock)):  # one writer of a phantom folder at a time
+        (ensure_synthetic_ct if ct else ensure_synthetic_brats)(root, n_cases, size, seed)
+    # the folder is part of the identity too, so two phantom folders do not evict each other's entries
+    if ct:
+        return root, f"synthetic_ich:{name}:format{CT_FORMAT_VERSION}:{root.resolve()}"
+    return root, f"synthetic:{name}:format{FORMAT_VERSION}:{root.resolve()}"
+
+
+def _ct_params(ct: CTOptions, cases: list[CaseFiles]) -> dict[str, Any]:
+    params: dict[str, Any] = {"kind": "ct", "hu_window": [float(v) for v in ct.hu_window],
+                              "target_spacing": None if ct.target_spacing is None
+                              else [float(v) for v in ct.target_spacing], "crop": "head"}
+    if headerless(cases):  # --spacing only matters (and only keys the cache) for .npy / pickled files
+        params["npy_spacing"] = [float(v) for v in ct.spacing]
+    return params
+
+
+def open_dataset(data_path: Path | None, dataset_version: str, *, cache_root: Path = DEFAULT_CACHE_ROOT,
+                 synthetic_cases: int = 12, synthetic_size: tuple[int, int, int] | None = None,
+                 synthetic_seed: int = 0, max_samples: int | None = None, require_labels: bool = True,
+                 clip_percentiles: tuple[float, float] = (0.5, 99.5), ct: CTOptions | None = None,
+                 progress: bool = True) -> LoadedDataset:
+    """Discover, preprocess (cached) and return a dataset: its info, its cases sorted by case id, and the
+    ids of the cases of separate test folders (``ct.test_image_dir``).
+
+    With ``dataset_version="synthetic"`` (BraTS MRI) or ``"synthetic_ich"`` (head CT) phantoms are generated
+    first: under ``data_path`` when given, else under ``cache_root/synthetic/n{N}_s{D}x{H}x{W}_seed{S}/``
+    (CT: ``cache_root/synthetic_ct/...``). ``synthetic_size`` ``None``: :func:`default_synthetic_size`.
+    ``max_samples`` keeps the first N sorted cases (before preprocessing). ``clip_percentiles`` shape the
+    BraTS preprocessing, ``ct`` (HU window, target spacing, layouts) the CT one.
 
     Raises:
         ValueError: unknown version, missing ``--data_path`` for a real dataset, ``--max_samples`` < 1,
@@ -238,27 +293,42 @@ def load_dataset(data_path: Path | None, dataset_version: str, *, cache_root: Pa
     if max_samples is not None and max_samples < 1:
         raise ValueError(f"--max_samples must be >= 1 (or omitted for all cases), got {max_samples}")
     cache_root = Path(cache_root).expanduser()
-    if dataset_version == "synthetic":
-        size = validate_synthetic_args(synthetic_cases, synthetic_size, synthetic_seed)
-        name = _synthetic_id(synthetic_cases, size, synthetic_seed)
-        root = Path(data_path).expanduser() if data_path is not None else synthetic_root(cache_root, synthetic_cases,
-                                                                                          size, synthetic_seed)
-        root.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(root.parent / f".{root.name}.lock")):  # one writer of a phantom folder at a time
-            data_path = ensure_synthetic_brats(root, synthetic_cases, size, synthetic_seed)
-        # the folder is part of the identity too, so two phantom folders do not evict each other's entries
-        dataset_id = f"synthetic:{name}:format{FORMAT_VERSION}:{root.resolve()}"
+    ct = ct or CTOptions()
+    if dataset_version in ("synthetic", "synthetic_ich"):
+        size = validate_synthetic_args(synthetic_cases, synthetic_size or default_synthetic_size(dataset_version),
+                                       synthetic_seed)
+        data_path, dataset_id = _phantoms(data_path, dataset_version, cache_root, synthetic_cases, size,
+                                          synthetic_seed)
+    elif dataset_version == "ich" and ct.manifest:
+        dataset_id = f"manifest:{Path(ct.manifest).expanduser().resolve()}:{dataset_version}"
     elif data_path is None:
         raise ValueError(f"--data_path is required for --dataset_version {dataset_version} "
                          "(only 'synthetic' works without data)")
     else:
         dataset_id = f"{Path(data_path).expanduser().resolve()}:{dataset_version}"
-    cases = discover_cases(Path(data_path), dataset_version, require_labels=require_labels)
+    cases = discover_cases(None if data_path is None else Path(data_path), dataset_version,
+                           require_labels=require_labels, ct=ct)
+    if dataset_version in CT_VERSIONS:
+        params = _ct_params(ct, cases)
+    else:
+        params = {"clip_percentiles": [float(p) for p in clip_percentiles]}
     if max_samples is not None:
         cases = cases[:max_samples]
-    params = {"clip_percentiles": [float(p) for p in clip_percentiles]}
     cache = PreprocessedCache(cache_root)
     loaded = cache.get_or_create(cases, dataset_id, params, progress=progress)
     logger.info("%d %s cases ready (%d preprocessed, %d from cache %s)", len(loaded), dataset_version,
                 cache.stats["built"], cache.stats["reused"], cache_root)
-    return loaded
+    return LoadedDataset(info=dataset_info(dataset_version), cases=loaded,
+                         test_ids=tuple(c.case_id for c in cases if c.fixed_split == "test"))
+
+
+def load_dataset(data_path: Path | None, dataset_version: str, *, cache_root: Path = DEFAULT_CACHE_ROOT,
+                 synthetic_cases: int = 12, synthetic_size: tuple[int, int, int] | None = None,
+                 synthetic_seed: int = 0, max_samples: int | None = None, require_labels: bool = True,
+                 clip_percentiles: tuple[float, float] = (0.5, 99.5), ct: CTOptions | None = None,
+                 progress: bool = True) -> list[CachedCase]:
+    """The cached cases of :func:`open_dataset` (same arguments), sorted by case id."""
+    return open_dataset(data_path, dataset_version, cache_root=cache_root, synthetic_cases=synthetic_cases,
+                        synthetic_size=synthetic_size, synthetic_seed=synthetic_seed, max_samples=max_samples,
+                        require_labels=require_labels, clip_percentiles=clip_percentiles, ct=ct,
+                        progress=progress).cases

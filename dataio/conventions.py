@@ -7,6 +7,8 @@ Internal map (``dataio.types.LABEL_NAMES``): 0 background, 1 NCR/NET (necrotic /
 - ``brats2023`` (BraTS 2023+): 0, 1 NETC, 2 SNFH, 3 ET -> identity.
 - ``msd`` (MSD Task01_BrainTumour): 1 oedema -> 2, 2 non-enhancing tumour -> 1, 3 enhancing -> 3.
 - ``internal``: identity on {0, 1, 2, 3}.
+- ``binary`` (CT haemorrhage masks, ``ich`` / ``synthetic_ich``): 0 background, 1 lesion -> identity on {0, 1}
+  (0/255 masks are not accepted: the CT preprocessing refuses them with a message).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ _TO_INTERNAL: dict[str, dict[int, int]] = {
     "brats2023": {0: 0, 1: 1, 2: 2, 3: 3},
     "msd": {0: 0, 1: 2, 2: 1, 3: 3},
     "internal": {0: 0, 1: 1, 2: 2, 3: 3},
+    "binary": {0: 0, 1: 1},
 }
 
 CONVENTIONS: tuple[str, ...] = tuple(_TO_INTERNAL)
@@ -29,6 +32,8 @@ DATASET_CONVENTION: dict[str, str] = {
     "brats2021": "brats2021",
     "brats2023": "brats2023",
     "msd_task01": "msd",
+    "ich": "binary",
+    "synthetic_ich": "binary",
 }
 
 

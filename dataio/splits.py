@@ -10,6 +10,18 @@ Conventions:
   ``n_folds`` folds; fold k validates on part k and trains on the others. Test cases are never
   trained on in any fold.
 - Case id lists in the result are sorted.
+- Optional lesion strata (``strata``: one integer per case, e.g. 1 = the scan holds a lesion; a patient
+  takes the largest value of its scans, so a patient is positive if any of its scans is). With two or more
+  strata among the patients, each part is drawn per stratum from the same shuffled order: the test set and
+  the validation set first get one patient of every stratum that has enough patients left (holdout: more
+  than 2 before the test draw, i.e. one each for test, validation and training; 5-fold: more than
+  ``n_folds``), higher strata first, then the rest of the part in proportion to the strata; the 5-fold
+  folds deal the non-test patients round-robin over the strata (highest first), so a stratum with at least
+  ``n_folds`` patients is in every fold's validation set. So no test or validation set is all negative
+  when the data allow it. One stratum, or ``strata=None``: the unstratified split above, unchanged.
+- Optional fixed test cases (``fixed_test``, e.g. separate test folders): they are the test set; train,
+  validation and folds are drawn from the other patients only (holdout validation: 1/9 of them, at least 1,
+  i.e. 10% of a 90% remainder). A patient with cases both in ``fixed_test`` and outside it is an error.
 
 The split dict (JSON-able)::
 
@@ -45,6 +57,8 @@ def make_splits(
     use_5fold: bool,
     split_seed: int = 42,
     n_folds: int = 5,
+    strata: list[int] | None = None,
+    fixed_test: list[str] | None = None,
 ) -> dict[str, Any]:
     """Build the patient-grouped splits described in the module docstring.
 
@@ -54,11 +68,19 @@ def make_splits(
         use_5fold: ``n_folds``-fold cross-validation on the non-test patients instead of one holdout.
         split_seed: seed of the patient shuffle (independent of the training seed).
         n_folds: number of folds when ``use_5fold``.
+        strata: stratum of each case (same order as ``case_ids``), e.g. 1 if it holds a lesion, else 0;
+            ``None``: no stratification.
+        fixed_test: case ids forming the test set; ``None`` or empty: the test set is drawn.
 
     Raises:
         ValueError: duplicate case ids, length mismatch, fewer than 3 cases or patients, or fewer
-            non-test patients than folds.
+            non-test patients than folds; unknown ``fixed_test`` ids or a patient on both sides of them.
     """
+    if strata is not None or fixed_test:
+        general = _make_general_splits(case_ids, patient_ids, use_5fold=use_5fold, split_seed=split_seed,
+                                       n_folds=n_folds, strata=strata, fixed_test=fixed_test)
+        if general is not None:
+            return general
     groups = _group_by_patient(case_ids, patient_ids)
     n_pat = len(groups)
     if len(case_ids) < MIN_CASES or n_pat < MIN_CASES:
@@ -97,6 +119,116 @@ def make_splits(
     check_disjoint(splits)
     logger.info("splits (%s, seed %d): %d test, folds train/val sizes %s", splits["mode"], split_seed,
                 len(splits["test"]), [(len(f["train"]), len(f["val"])) for f in folds])
+    return splits
+
+
+def _patient_strata(groups: dict[str, list[str]], case_ids: list[str], strata: list[int] | None) -> dict[str, int]:
+    if strata is None:
+        return {p: 0 for p in groups}
+    if len(strata) != len(case_ids):
+        raise ValueError(f"strata has {len(strata)} entries but case_ids has {len(case_ids)}")
+    of_case = {str(c): int(s) for c, s in zip(case_ids, strata)}
+    return {p: max(of_case[c] for c in cases) for p, cases in groups.items()}
+
+
+def _draw(order: list[str], stratum: dict[str, int], n: int, reserve: int) -> list[str]:
+    """``n`` patients of ``order`` (kept in that order): one of every stratum with more than ``reserve``
+    patients (higher strata first, while ``n`` allows), the rest in proportion to the strata sizes."""
+    by: dict[int, list[str]] = {}
+    for p in order:
+        by.setdefault(stratum[p], []).append(p)
+    if len(by) == 1:
+        return order[:n]
+    take = {s: 0 for s in by}
+    for s in sorted(by, reverse=True):
+        if len(by[s]) > reserve and sum(take.values()) < n:
+            take[s] = 1
+    while sum(take.values()) < n:
+        open_ = [s for s in by if take[s] < len(by[s])]
+        s = max(open_, key=lambda k: (n * len(by[k]) / len(order) - take[k], k))
+        take[s] += 1
+    chosen = {p for s, pats in by.items() for p in pats[:take[s]]}
+    return [p for p in order if p in chosen]
+
+
+def _deal_folds(rest: list[str], stratum: dict[str, int], n_folds: int) -> list[list[str]]:
+    """Validation patients of each fold: contiguous KFold parts for one stratum (as unstratified), else the
+    patients dealt round-robin over the strata, highest stratum first."""
+    if len({stratum[p] for p in rest}) == 1:
+        return [[rest[i] for i in va] for _, va in KFold(n_splits=n_folds, shuffle=False).split(rest)]
+    sequence = [p for s in sorted({stratum[p] for p in rest}, reverse=True) for p in rest if stratum[p] == s]
+    return [[p for i, p in enumerate(sequence) if i % n_folds == k] for k in range(n_folds)]
+
+
+def _make_general_splits(case_ids: list[str], patient_ids: list[str] | None, *, use_5fold: bool, split_seed: int,
+                         n_folds: int, strata: list[int] | None, fixed_test: list[str] | None
+                         ) -> dict[str, Any] | None:
+    """Stratified and/or fixed-test splits (module docstring); ``None`` when neither applies (one stratum and
+    no fixed test), so that the caller makes the unstratified split, unchanged."""
+    groups = _group_by_patient(case_ids, patient_ids)
+    stratum = _patient_strata(groups, case_ids, strata)
+    if not fixed_test and len(set(stratum.values())) < 2:
+        return None
+    if use_5fold and n_folds < 2:
+        raise ValueError(f"n_folds must be >= 2, got {n_folds}")
+    if fixed_test:
+        known = set(map(str, case_ids))
+        unknown = sorted(set(map(str, fixed_test)) - known)
+        if unknown:
+            raise ValueError(f"fixed test cases not in the dataset: {unknown[:10]}")
+        test_cases = set(map(str, fixed_test))
+        test_pat = sorted(p for p, cs in groups.items() if any(c in test_cases for c in cs))
+        straddle = [p for p in test_pat if not all(c in test_cases for c in groups[p])]
+        if straddle:
+            p = straddle[0]
+            inside = sorted(c for c in groups[p] if c in test_cases)
+            outside = sorted(c for c in groups[p] if c not in test_cases)
+            raise ValueError(f"patient {p} has cases in the test folders ({inside[:5]}) and outside them "
+                             f"({outside[:5]}); a patient "
+                             "must stay in one split (check --patient_regex or move the files)")
+        pool = sorted(p for p in groups if p not in set(test_pat))
+        need = n_folds if use_5fold else 2
+        if len(pool) < need:
+            what = f"{n_folds}-fold cross-validation needs" if use_5fold else "training and validation need"
+            raise ValueError(f"besides the {len(test_cases)} fixed test cases, {what} at least {need} patients, "
+                             f"got {len(pool)}")
+        rest = [pool[i] for i in np.random.default_rng(split_seed).permutation(len(pool))]
+        n_val = min(max(1, int(round(VAL_FRACTION / (1.0 - TEST_FRACTION) * len(pool)))), len(rest) - 1)
+    else:
+        n_pat = len(groups)
+        if len(case_ids) < MIN_CASES or n_pat < MIN_CASES:
+            raise ValueError(
+                f"splits need at least {MIN_CASES} cases from {MIN_CASES} patients (train, val and test "
+                f"each need one), got {len(case_ids)} cases from {n_pat} patients")
+        patients = sorted(groups)
+        shuffled = [patients[i] for i in np.random.default_rng(split_seed).permutation(n_pat)]
+        n_test = max(1, int(round(TEST_FRACTION * n_pat)))
+        test_pat = _draw(shuffled, stratum, n_test, reserve=n_folds if use_5fold else 2)
+        rest = [p for p in shuffled if p not in set(test_pat)]
+        if use_5fold and len(rest) < n_folds:
+            raise ValueError(
+                f"{n_folds}-fold cross-validation needs at least {n_folds} non-test patients, got "
+                f"{len(rest)} ({n_pat} patients, {n_test} held out for test); use fewer folds or more cases")
+        n_val = min(max(1, int(round(VAL_FRACTION * n_pat))), len(rest) - 1)
+
+    def cases_of(pats: list[str]) -> list[str]:
+        return sorted(c for p in pats for c in groups[p])
+
+    vals = _deal_folds(rest, stratum, n_folds) if use_5fold else [_draw(rest, stratum, n_val, reserve=1)]
+    folds: list[dict[str, Any]] = []
+    for k, val in enumerate(vals):
+        chosen = set(val)
+        folds.append({"fold": k if use_5fold else None, "train": cases_of([p for p in rest if p not in chosen]),
+                      "val": cases_of(val)})
+    splits = {"split_seed": int(split_seed), "mode": "5fold" if use_5fold else "holdout",
+              "test": cases_of(test_pat), "folds": folds,
+              "stratified": len(set(stratum.values())) > 1, "fixed_test": bool(fixed_test)}
+    check_disjoint(splits)
+    logger.info("splits (%s, seed %d%s%s): %d test, folds train/val sizes %s; positive patients in test %d, "
+                "in each validation set %s", splits["mode"], split_seed,
+                ", stratified" if splits["stratified"] else "", ", fixed test" if fixed_test else "",
+                len(splits["test"]), [(len(f["train"]), len(f["val"])) for f in folds],
+                sum(stratum[p] > 0 for p in test_pat), [sum(stratum[p] > 0 for p in val) for val in vals])
     return splits
 
 

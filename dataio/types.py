@@ -6,7 +6,7 @@ Conventions (volbench-wide):
   the modalities in ``MODALITY_ORDER`` = (t1, t1ce, t2, flair), float32, z-scored inside the brain mask,
   0 outside; other datasets name their own channels (e.g. one CT channel).
 - Labels use the internal map {0 background, 1 NCR/NET, 2 ED, 3 ET} for BraTS, {0, 1} for binary
-  datasets, uint8.
+  datasets (CT: 1 = haemorrhage), uint8.
 - Spacing is in millimetres per voxel along (D, H, W).
 """
 
@@ -60,7 +60,14 @@ class CaseFiles:
         image_4d: a single 4D file holding every modality (MSD Task01); ``images`` is empty then.
         channel_order: modality names of the 4D file's channels, in file order.
         label: segmentation file, or ``None`` for unlabelled data.
-        convention: label convention name (``brats2021``, ``brats2023``, ``msd``, ``internal``).
+        convention: label convention name (``brats2021``, ``brats2023``, ``msd``, ``internal``, ``binary``).
+        empty_label: the case is labelled but has no label file: its label is all background (a CT manifest
+            row with ``ich`` = 0 and no mask); ``label`` is ``None`` then.
+        has_lesion: what the listing says about the case (CT manifest column ``ich``); preprocessing checks
+            that the label agrees (foreground iff True). ``None``: nothing stated.
+        origin: where the case was listed (e.g. ``manifest.csv line 3``), for error messages.
+        allow_pickle: the user opted in to unpickling this case's ``.pkl`` files (``--allow_pickle``).
+        fixed_split: ``"test"`` for cases of separate test folders (``--test_image_dir``); ``""`` otherwise.
     """
 
     case_id: str
@@ -70,6 +77,16 @@ class CaseFiles:
     channel_order: tuple[str, ...] = ()
     label: Path | None = None
     convention: str = "brats2021"
+    empty_label: bool = False
+    has_lesion: bool | None = None
+    origin: str = ""
+    allow_pickle: bool = False
+    fixed_split: str = ""
+
+    @property
+    def has_label(self) -> bool:
+        """True when the case is labelled (a label file, or an all-background label without a file)."""
+        return self.label is not None or self.empty_label
 
 
 @dataclass(frozen=True)
@@ -97,6 +114,8 @@ class CachedCase:
         crop: where ``image`` sits in the original image.
         convention: label convention of the source dataset (to write predictions back).
         channel_names: name of each image channel (BraTS: ``MODALITY_ORDER``).
+        foreground_voxels: number of non-zero voxels of ``label`` (recorded when the entry is written, so
+            lesion strata need not re-read labels); ``None`` for unlabelled cases and older cache entries.
     """
 
     case_id: str
@@ -109,6 +128,7 @@ class CachedCase:
     crop: CropBox
     convention: str
     channel_names: tuple[str, ...] = MODALITY_ORDER
+    foreground_voxels: int | None = None
 
     def channel_indices(self, modalities: tuple[str, ...] | list[str]) -> list[int]:
         """Indices of the named channels in ``image``; ``ValueError`` naming unknown ones."""
@@ -128,7 +148,12 @@ class CachedCase:
 
 @dataclass
 class LoadedDataset:
-    """A dataset ready for a sweep: what it offers (:class:`DatasetInfo`) and its cached cases."""
+    """A dataset ready for a sweep: what it offers (:class:`DatasetInfo`) and its cached cases.
+
+    ``test_ids``: cases that form the test split whatever the split seed (separate test folders,
+    ``--test_image_dir``); empty when the split draws the test cases itself.
+    """
 
     info: DatasetInfo
     cases: list[CachedCase]
+    test_ids: tuple[str, ...] = ()

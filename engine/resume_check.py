@@ -17,10 +17,12 @@ RESULT_FLAGS = ("data_path", "dataset_version", "synthetic_cases", "synthetic_si
                 "max_grad_norm", "patience", "patch_size", "samples_per_volume", "val_overlap", "val_every",
                 "deterministic", "tiny", "sync_bn", "momentum", "lr_step_size", "explicit_flags",
                 "min_lesion_size", "lesion_hit", "lesion_score_threshold", "lesionwise_dilation", "lesionwise_min_size",
-                "anchor_shapes", "max_rois", "roi_batch_size", "roi_size", "seg_lambda", "neg_ratio")
+                "anchor_shapes", "max_rois", "roi_batch_size", "roi_size", "seg_lambda", "neg_ratio",
+                "test_image_dir", "test_label_dir", "patient_regex", "manifest", "mask_dir", "spacing", "hu_window",
+                "target_spacing")
 # flags that may change between starts: how the work runs, not what it computes
 FREE_FLAGS = ("models", "seeds", "num_workers", "sharing_strategy", "output_dir", "resume", "keep_latest", "device",
-              "parallel", "shard", "pam_runs", "latency_runs", "skip_efficiency", "cache_dir")
+              "parallel", "shard", "pam_runs", "latency_runs", "skip_efficiency", "cache_dir", "allow_pickle")
 
 
 def resume_differences(first: dict[str, Any], now: dict[str, Any]) -> list[str]:

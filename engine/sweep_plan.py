@@ -5,17 +5,23 @@ Everything here is decided before any job trains, so a model that cannot run on 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from dataio.splits import iter_folds, load_splits, make_splits
 from dataio.types import CachedCase, DatasetInfo, LoadedDataset
 from engine.config import ExperimentConfig
 from engine.model_setup import ModelSetup, setup_model
 from engine.tasks import Task, task_for
+from engine.trainer_settings import TrainerSettings
 from models import model_info
 from utils.schema import SPLITS_JSON, checkpoint_name, job_name
+
+log = logging.getLogger("volbench.plan")
 
 
 @dataclass(frozen=True)
@@ -62,10 +68,12 @@ class SweepData:
 
 @dataclass(frozen=True)
 class ModelPlan:
-    """How one model runs in this sweep: its build/feed decisions and its task."""
+    """How one model runs in this sweep: its build/feed decisions, its task and its trainer settings (the
+    flags, with the model's own recipe for those the user left unset)."""
 
     setup: ModelSetup
     task: Task
+    trainer: TrainerSettings = field(default_factory=TrainerSettings)
 
 
 def prepare_data(config: ExperimentConfig, output_dir: Path, dataset: LoadedDataset | None = None) -> SweepData:
@@ -85,11 +93,21 @@ def prepare_data(config: ExperimentConfig, output_dir: Path, dataset: LoadedData
                              f"({'with' if config.use_5fold else 'without'} --use_5fold)")
     else:
         ids = sorted(by_id)
+        # binary data: stratified by lesion presence (a scan is positive when its label has a foreground voxel)
+        strata = [int(_foreground(by_id[i]) > 0) for i in ids] if dataset.info.label_kind == "binary" else None
+        fixed_test = [i for i in dataset.test_ids if i in by_id] or None  # separate test folders
         splits = make_splits(ids, [by_id[i].patient_id for i in ids], use_5fold=config.use_5fold,
-                             split_seed=config.split_seed)
+                             split_seed=config.split_seed, strata=strata, fixed_test=fixed_test)
     extent = tuple(max(c.image.shape[1 + a] for c in dataset.cases) for a in range(3))
     return SweepData(cases=by_id, splits=splits, extent=extent, info=dataset.info,  # type: ignore[arg-type]
                      from_flags=from_flags)
+
+
+def _foreground(case: CachedCase) -> int:
+    """Foreground voxels of a case: as recorded in its cache entry, else counted (older entries, cases handed in)."""
+    if case.foreground_voxels is not None:
+        return int(case.foreground_voxels)
+    return 0 if case.label is None else int(np.count_nonzero(case.label))
 
 
 def make_jobs(models: list[str], seeds: list[int], splits: dict[str, Any]) -> list[Job]:
@@ -103,16 +121,24 @@ def plan_models(models: list[str], config: ExperimentConfig, data: SweepData) ->
     plans = {}
     for name in models:
         info = model_info(name)
-        task = task_for(info, data.info, loss=config.loss)
+        task = task_for(info, data.info, loss=config.loss, lesions=config)
         requested = config.patch_size or (info.test_patch_size if config.tiny else None)
         setup = setup_model(name, available_modalities=data.info.channels, n_classes=task.n_outputs,
                             requested_patch=requested, data_extent=data.extent, dim=config.dim,
                             overrides=_overrides(name, config))
-        plans[name] = ModelPlan(setup=setup, task=task)
+        trainer = TrainerSettings.for_model(config, info.train_defaults, config.explicit_flags)
+        own = {k: getattr(trainer, k) for k in info.train_defaults if getattr(trainer, k) != getattr(config, k)}
+        if own:
+            log.info("%s trains with its own recipe for the flags left unset: %s", name,
+                     ", ".join(f"{k} {v}" for k, v in own.items()))
+        plans[name] = ModelPlan(setup=setup, task=task, trainer=trainer)
     return plans
 
 
 def _overrides(name: str, config: ExperimentConfig) -> dict[str, Any]:
-    """Build kwargs for ``name``: its tiny test configuration with ``--tiny``, then ``--model_kwargs``."""
-    base = dict(model_info(name).tiny_kwargs) if config.tiny else {}
+    """Build kwargs for ``name``: its tiny test configuration with ``--tiny``, then the lesion-track model flags
+    of its family (``--max_rois``, ...), then ``--model_kwargs``."""
+    info = model_info(name)
+    base = dict(info.tiny_kwargs) if config.tiny else {}
+    base.update(config.model_flag_kwargs(info.family))
     return dict(base, **config.model_kwargs.get(name, {}))
