@@ -26,7 +26,6 @@ import pandas as pd
 import torch
 import torch.nn as nn
 
-from dataio.adapters import discover_cases
 from dataio.preprocess import preprocess_case
 from dataio.splits import load_splits
 from dataio.types import MODALITY_ORDER, CachedCase, CaseFiles
@@ -111,7 +110,7 @@ def read_json(path: Path, what: str) -> Any:
 
 def dataset_case_files(options: DataOptions) -> dict[str, CaseFiles]:
     """Original files (images, label) of every case of the dataset, keyed by case id (for overlays)."""
-    return {c.case_id: c for c in discover_cases(options.dataset_root, options.dataset_version, require_labels=False)}
+    return {c.case_id: c for c in options.case_files(require_labels=False)}
 
 
 def _image_file(image_dir: Path, case: str, modality: str) -> Path | None:
@@ -274,6 +273,9 @@ def evaluate_run(run: RunSpec, cases: list[CachedCase], *, device: torch.device,
     settings = settings_from_meta(meta, run.checkpoint, device, tta=tta, amp=amp)
 
     task = task_from_meta(meta, lesions)
+    if tta and not task.supports_tta:
+        raise ValueError(f"--tta averages dense logits; {run.checkpoint} is a {task.name} model (boxes): evaluate it "
+                         "without --tta")
 
     def save(case: CachedCase, prediction: Any) -> None:
         if prediction_dir is not None and (save_ids is None or case.case_id in save_ids):

@@ -210,3 +210,52 @@ def test_folder_evaluation_adds_lesion_metrics_scored_by_probability_maps(tmp_pa
     tied = json.loads((tmp_path / "eval_summary.json").read_text())["lesion_metrics"]["ap_10"]
     assert ranked < tied  # the false positive ranked above the hit costs precision
     assert evaluate_experiment.main([*argv[:4], "--prob_dir", str(prob_dir), *argv[6:]]) == 2  # --task brats
+
+
+def test_brats_test_rows_carry_the_lesion_wise_scores_of_each_region() -> None:
+    from engine.tasks import brats_segmentation
+    from metrics.lesionwise import lesionwise_scores
+    from metrics.regions import BRATS_SPEC, region_mask
+
+    reference = np.zeros((24, 24, 24), np.uint8)
+    reference[2:8, 2:8, 2:8] = 2  # oedema
+    reference[3:6, 3:6, 3:6] = 3  # enhancing core inside it
+    reference[15:20, 15:20, 15:20] = 1  # a second tumour, necrotic only
+    prediction = np.zeros_like(reference)
+    prediction[2:8, 2:8, 2:8] = 3
+    prediction[20:23, 0:3, 0:3] = 2  # a false positive far away
+    logits = torch.nn.functional.one_hot(torch.from_numpy(prediction).long(), 4).permute(3, 0, 1, 2).float() * 9
+    case = CachedCase("b", "b", np.zeros((4, 24, 24, 24), np.float32), reference, (1.0, 1.0, 2.0), np.eye(4),
+                      (24, 24, 24), CropBox((0, 0, 0), (24, 24, 24)), "internal")
+    acc = brats_segmentation().new_accumulator(stage="test")
+    acc.update(case, logits)
+    row = acc.per_case()[0]
+    for region, members in BRATS_SPEC.regions.items():
+        want = lesionwise_scores(region_mask(prediction, members), region_mask(reference, members), (1.0, 1.0, 2.0),
+                                 dilation_iterations=3, min_lesion_size=50)
+        assert row[f"lesion_dice_{region}"] == pytest.approx(want["lesion_dice"]), region
+        assert row[f"lesion_hd95_{region}"] == pytest.approx(want["lesion_hd95"]), region
+    assert row["lesions_wt"] == 2 and row["lesion_fp_wt"] == 1 and row["lesion_dice_wt"] < row["dice_wt"]
+    assert acc.aggregate()["lesion_dice_tc"] == pytest.approx(row["lesion_dice_tc"])
+    assert brats_segmentation().new_accumulator(stage="val").lesionwise is None  # test time only
+
+
+def test_lesion_training_patches_zoom_image_and_label_together() -> None:
+    from monai.transforms import RandZoomd
+
+    from engine.tasks.detection import lesion_patches
+
+    label = _lesion_label()
+    image = (label[None] * 1.0).astype(np.float32)
+    case = CachedCase("z", "z", image, label, (1.0, 1.0, 1.0), np.eye(4), label.shape, CropBox((0, 0, 0), label.shape),
+                      "internal", channel_names=("ct",))
+    dataset = lesion_patches([case], ("ct",), (16, 16, 8), samples_per_volume=4, seed=3)
+    zoom = dataset.augment.transforms[0]
+    assert isinstance(zoom, RandZoomd) and zoom.prob == 0.2
+    assert (zoom.rand_zoom.min_zoom, zoom.rand_zoom.max_zoom) == ((0.8,), (1.2,))
+    for index in range(40):  # every sample: label values stay 0/1 and follow the image (same spatial transform)
+        sample = dataset[(index % 5, index % 4)]
+        values = set(np.unique(sample["label"].numpy()).tolist())
+        assert values <= {0, 1}
+        if 1 in values:
+            assert sample["image"][0][sample["label"] > 0].mean() > sample["image"][0][sample["label"] == 0].mean()

@@ -89,6 +89,7 @@ class Task(ABC):
     selection: Selection = Selection(metric="dice_mean")
     validation_prefixes: tuple[str, ...] = ("dice_",)
     may_skip_parameters: bool = False  # some parameters can get no gradient in a step (DDP must search for them)
+    supports_tta: bool = True  # flip test-time augmentation of dense logits (``InferenceSettings.tta``)
 
     @property
     @abstractmethod

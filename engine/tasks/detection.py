@@ -58,6 +58,7 @@ class DetectionTask(Task):
     name = "detection"
     selection = Selection(metric="map", mode="max", column="best_val_map")
     validation_prefixes = ("map", "mar", "ap_", "froc_cpm")
+    supports_tta = False  # boxes of flipped scans would need merging (weighted box fusion): not offered
 
     def __init__(self, region: str, lesions: LesionSettings | None = None) -> None:
         self.region = region

@@ -1,0 +1,99 @@
+"""The lesion track end to end: RetinaNet, DetSeg3D and a U-Net on the synthetic CT phantoms in one sweep,
+with the same lesion columns for all three, re-evaluation from the checkpoints, and boxes written as files."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import evaluate_experiment
+import integrated_experiment
+from metrics.detection import LESION_COLUMNS
+from utils.checkpoint import load_checkpoint
+from utils.schema import COMPARISON_CSV, PER_CASE_CSV, RUNS_CSV
+
+MODELS = ("retinanet", "detseg3d", "unet3d_xs")
+
+
+def ich_flags(out: Path, cache: Path, *extra: str) -> list[str]:
+    return ["--dataset_version", "synthetic_ich", "--synthetic_cases", "8", "--synthetic_size", "32", "32", "16",
+            "--cache_dir", str(cache), "--output_dir", str(out), "--tiny", "--epochs", "1", "--samples_per_volume",
+            "2", "--num_workers", "0", "--skip_efficiency", "--deterministic", *extra]
+
+
+@pytest.fixture(scope="module")
+def ich_sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("ich")
+    out = root / "sweep"
+    assert integrated_experiment.main(ich_flags(out, root / "cache", "--models", *MODELS)) == 0
+    return out
+
+
+def test_every_model_of_the_track_writes_the_lesion_columns(ich_sweep: Path) -> None:
+    runs = pd.read_csv(ich_sweep / RUNS_CSV).set_index("model")
+    assert runs["status"].tolist() == ["ok"] * 3
+    for model in MODELS:
+        for column in (*LESION_COLUMNS, "lesions", "lesions_found", "lesions_missed", "fp_components"):
+            value = runs.at[model, column]
+            assert not math.isnan(value), f"{model}: {column} is NaN although the test scans hold lesions"
+        assert runs.at[model, "lesions"] == runs.at[model, "lesions_found"] + runs.at[model, "lesions_missed"]
+    assert not math.isnan(runs.at["detseg3d", "dice_ich"]) and not math.isnan(runs.at["unet3d_xs", "dice_ich"])
+    assert math.isnan(runs.at["retinanet", "dice_ich"])  # boxes only: no mask, no Dice
+    assert not math.isnan(runs.at["retinanet", "best_val_map"])  # detectors select their epoch by validation mAP
+    per_case = pd.read_csv(ich_sweep / PER_CASE_CSV)
+    assert {"lesions_found", "fp_components", "n_pred_boxes"} <= set(per_case.columns)
+    comparison = pd.read_csv(ich_sweep / COMPARISON_CSV)
+    assert {f"{c}_mean" for c in LESION_COLUMNS} <= set(comparison.columns)
+    assert (ich_sweep / "lesion_metrics_chart.png").stat().st_size > 0
+
+
+def test_checkpoints_record_the_phantoms_and_their_task(ich_sweep: Path) -> None:
+    tasks = {"retinanet": "detection", "detseg3d": "detect_segment", "unet3d_xs": "binary_segmentation"}
+    for model, task in tasks.items():
+        meta = load_checkpoint(ich_sweep / f"{model}_seed_24_best.pth")["meta"]
+        assert meta["task"] == task and meta["data"]["dataset_version"] == "synthetic_ich"
+        assert meta["modalities"] == ["ct"] and meta["lesion_flags"]["lesion_hit"] == "iou"
+    job = json.loads((ich_sweep / "jobs" / "retinanet_seed_24" / "job.json").read_text())
+    assert job["trainer"]["optimizer"] == "sgd" and job["trainer"]["momentum"] == 0.9  # RetinaNet's own recipe
+
+
+def test_reevaluation_gives_the_sweeps_values_and_writes_boxes(ich_sweep: Path, tmp_path: Path) -> None:
+    out = tmp_path / "eval"
+    assert evaluate_experiment.main(["--results_dir", str(ich_sweep), "--output_dir", str(out),
+                                     "--save_predictions"]) == 0
+    sweep = pd.read_csv(ich_sweep / RUNS_CSV).set_index("model")
+    again = pd.read_csv(out / RUNS_CSV).set_index("model")
+    for model in MODELS:
+        for column in ("map", "froc_cpm", "lesions_found", "fp_components"):
+            assert again.at[model, column] == pytest.approx(sweep.at[model, column], rel=1e-5), (model, column)
+    test_case = pd.read_csv(out / PER_CASE_CSV)["case_id"].iloc[0]
+    for model in MODELS:
+        boxes = json.loads((out / "predictions" / f"{model}_seed_24" / f"{test_case}_boxes.json").read_text())
+        assert boxes["world_units"] == "mm" and "max exclusive" in boxes["box_convention"]
+        table = pd.read_csv(out / "predictions" / f"{model}_seed_24" / f"{test_case}_boxes.csv")
+        assert len(table) == len(boxes["boxes"]) and {"voxel_x1", "world_z2_mm", "score"} <= set(table.columns)
+    assert (out / "predictions" / "detseg3d_seed_24" / f"{test_case}.nii.gz").is_file()
+
+
+def test_mri_models_are_refused_on_ct_before_training(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    out = tmp_path / "never"
+    code = integrated_experiment.main(ich_flags(out, tmp_path / "cache", "--models", "dualbranch_01_unet_xs"))
+    assert code == 2 and not out.exists()
+    assert "needs modalities ['t1ce', 'flair']" in caplog.text and "['ct']" in caplog.text
+
+
+def test_detectors_are_refused_on_brats(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    out = tmp_path / "never"
+    code = integrated_experiment.main(["--models", "retinanet", "--synthetic_cases", "4", "--synthetic_size", "32",
+                                       "32", "32", "--cache_dir", str(tmp_path / "cache"), "--output_dir", str(out)])
+    assert code == 2 and "no task for that pair" in caplog.text
+
+
+def test_tta_is_refused_for_box_models(ich_sweep: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    code = evaluate_experiment.main(["--results_dir", str(ich_sweep), "--output_dir", str(tmp_path / "e"), "--tta",
+                                     "--models", "retinanet"])
+    assert code == 2 and "--tta" in caplog.text and "detection" in caplog.text
