@@ -78,8 +78,10 @@ if TYPE_CHECKING:  # heavy imports (torch, models) happen only after the flags a
     from engine.data_options import DataOptions
 
 log = logging.getLogger("volbench.evaluate")
+CT_FLAGS = ("test_image_dir", "test_label_dir", "patient_regex", "manifest", "mask_dir", "hu_window", "target_spacing",
+            "allow_pickle")  # and spacing, which --pred_dir uses too
 DATA_FLAGS = ("data_path", "dataset_version", "synthetic_cases", "synthetic_size", "synthetic_seed", "cache_dir",
-              "max_samples")
+              "max_samples", *CT_FLAGS)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -140,8 +142,6 @@ def _add_evaluation_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--prob_dir", type=Path, default=None, metavar="DIR",
                    help="--pred_dir --task binary: probability maps {case}[_probabilities] that score each predicted "
                         "component by its maximum (default: none, every component scores 1.0)")
-    g.add_argument("--spacing", type=float, nargs=3, default=None, metavar=("X", "Y", "Z"),
-                   help="--pred_dir: voxel spacing in mm (default: from the file headers; 1 1 1 for .npy)")
 
 
 def _add_output_arguments(p: argparse.ArgumentParser) -> None:
@@ -203,9 +203,8 @@ def check_flags(args: argparse.Namespace) -> None:
         if used:
             raise ValueError(f"{used} do not apply to --pred_dir (prediction folders are evaluated without a model)")
         return
-    folder_only = [f"--{k}" for k in ("output_csv", "spacing") if getattr(args, k) is not None]
-    if folder_only:
-        raise ValueError(f"{folder_only} apply to --pred_dir only (with a model, spacing comes from the images)")
+    if args.output_csv is not None:
+        raise ValueError("--output_csv applies to --pred_dir only (with a model the tables go to --output_dir)")
     if args.label_dir is not None and args.image_dir is None:
         raise ValueError("--label_dir needs --image_dir (or --pred_dir)")
     if args.image_dir is not None and args.split is not None:
@@ -233,11 +232,13 @@ def data_options(args: argparse.Namespace, config: dict[str, Any] | None) -> "Da
     if args.data_path is not None or args.dataset_version is not None:
         opts.data_path = args.data_path
         opts.dataset_version = args.dataset_version or ("synthetic" if args.data_path is None else "brats2018")
-    for key in ("synthetic_cases", "synthetic_seed", "cache_dir", "max_samples"):
+    for key in ("synthetic_cases", "synthetic_seed", "cache_dir", "max_samples", *CT_FLAGS, "spacing"):
         if getattr(args, key) is not None:
-            setattr(opts, key, getattr(args, key))
+            value = getattr(args, key)
+            setattr(opts, key, tuple(value) if isinstance(value, list) else value)
     if args.synthetic_size is not None:
         opts.synthetic_size = tuple(args.synthetic_size)
+    opts.validate_data()  # e.g. CT flags with a BraTS dataset, --manifest without --mask_dir
     return opts
 
 
@@ -331,7 +332,8 @@ def plan_runs(args: argparse.Namespace) -> tuple[list[Any], dict[str, Any] | Non
 
 def other_data(args: argparse.Namespace) -> bool:
     """True when the data is not the sweep's own: --image_dir, or a dataset named by the data flags."""
-    return args.image_dir is not None or args.data_path is not None or args.dataset_version is not None
+    return (args.image_dir is not None or args.data_path is not None or args.dataset_version is not None
+            or args.manifest is not None)
 
 
 def recorded_data(plan: list[Any]) -> dict[str, Any] | None:

@@ -139,44 +139,45 @@ def add_data_arguments(parser: argparse.ArgumentParser, *, recorded: bool = Fals
                    help=f"preprocessing cache folder (default: {then}$VOLBENCH_CACHE, else ~/.cache/volbench)")
     g.add_argument("--max_samples", type=int, default=None, metavar="N",
                    help=f"use only the first N cases, for quick runs (default: {then}none: every case)")
-    if not recorded:  # evaluate_experiment.py reads these from the sweep's config.json (and has its own --spacing)
-        _add_ct_data_arguments(g)
+    _add_ct_data_arguments(g, then)
     if recorded:
         parser.set_defaults(**{a.dest: None for a in g._group_actions})
     return g
 
 
-def _add_ct_data_arguments(g: argparse._ArgumentGroup) -> None:
-    """Flags of the CT versions (ich, synthetic_ich); refused with the BraTS ones."""
+def _add_ct_data_arguments(g: argparse._ArgumentGroup, then: str = "") -> None:
+    """Flags of the CT versions (ich, synthetic_ich); refused with the BraTS ones. ``then``: the evaluation
+    CLI's "the recorded value, else " before each default."""
     g.add_argument("--test_image_dir", default=None, metavar="DIR",
                    help="ich: folder of separate test images, named and stored like DIR/images; they form the test "
-                        "split, train/val/folds are drawn from the other cases (default: none, the test split is "
-                        "drawn)")
+                        f"split, train/val/folds are drawn from the other cases (default: {then}none, the test split "
+                        "is drawn)")
     g.add_argument("--test_label_dir", default=None, metavar="DIR",
-                   help="ich: labels of --test_image_dir, named like the images (default: none; needed with "
+                   help=f"ich: labels of --test_image_dir, named like the images (default: {then}none; needed with "
                         "--test_image_dir)")
     g.add_argument("--patient_regex", default=None, metavar="REGEX",
                    help="ich: patient id = the first group (or the whole match) of REGEX searched in each file name "
                         "without extension, e.g. '^(P[0-9]+)_'; a patient's scans stay in one split; a name that "
-                        "does not match is an error (default: none, one patient per file)")
+                        f"does not match is an error (default: {then}none, one patient per file)")
     g.add_argument("--manifest", default=None, metavar="FILE",
                    help="ich: CSV with columns path,ich,patient_id (path relative to the CSV's folder or absolute; "
-                        "ich 0/1 = haemorrhage or not), used instead of --data_path (default: none, the images/ and "
-                        "labels/ folders under --data_path)")
+                        f"ich 0/1 = haemorrhage or not), used instead of --data_path (default: {then}none, the images/ "
+                        "and labels/ folders under --data_path)")
     g.add_argument("--mask_dir", default=None, metavar="DIR",
                    help="ich with --manifest: folder of the masks, named like the image files (.nii.gz, .nii or "
-                        ".npy); a row with ich=0 and no mask gets an all-background label (default: none)")
+                        f".npy); a row with ich=0 and no mask gets an all-background label (default: {then}none)")
     g.add_argument("--spacing", type=float, nargs=3, default=(1.0, 1.0, 1.0), metavar=("SX", "SY", "SZ"),
                    help="ich: voxel spacing in mm of .npy and pickled files, which carry none; NIfTI files use "
-                        "their header (default: 1.0 1.0 1.0)")
+                        "their header; evaluate_experiment.py --pred_dir: the spacing of every file, headers "
+                        f"included (default: {then}1.0 1.0 1.0)")
     g.add_argument("--hu_window", type=float, nargs=2, default=(0.0, 120.0), metavar=("LOW", "HIGH"),
-                   help="CT: Hounsfield units mapped to [0, 1], clipped outside (default: 0.0 120.0)")
+                   help=f"CT: Hounsfield units mapped to [0, 1], clipped outside (default: {then}0.0 120.0)")
     g.add_argument("--target_spacing", type=float, nargs=3, default=None, metavar=("SX", "SY", "SZ"),
                    help="CT: resample every scan to this spacing in mm, image trilinear, label nearest (default: "
-                        "none, each scan keeps its own grid)")
+                        f"{then}none, each scan keeps its own grid)")
     g.add_argument("--allow_pickle", action="store_true",
                    help="ich: read .pkl/.pickle images and masks; unpickling runs arbitrary code stored in the "
-                        "file, so use it only for files you trust (default: off, pickled files are refused)")
+                        f"file, so use it only for files you trust (default: {then}off, pickled files are refused)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -268,7 +268,8 @@ def test_flag_combinations_that_would_be_ignored_are_errors(tmp_path: Path, capl
     _fails(["--checkpoint", ck, "--splits_file", str(tmp_path / "splits.json")], caplog, "--splits_file")
     _fails(["--results_dir", str(results), "--split", "val", "--splits_file", str(tmp_path / "s.json")], caplog,
            "--splits_file")
-    _fails(["--checkpoint", ck, "--spacing", "1", "1", "2"], caplog, "--spacing")
+    _fails(["--checkpoint", ck, "--output_csv", str(tmp_path / "o.csv")], caplog, "--output_csv", "--pred_dir")
+    _fails(["--checkpoint", ck, "--output_json", str(tmp_path / "o.json")], caplog, "--output_json", "--boxes_json")
     _fails(["--checkpoint", ck, "--gradcam_class", "0"], caplog, "--gradcam_layer")
     folder = ["--pred_dir", str(tmp_path), "--label_dir", str(tmp_path), "--output_csv", str(tmp_path / "o.csv")]
     for extra in (["--tta"], ["--save_probabilities"], ["--output_dir", str(tmp_path)], ["--data_path", "x"]):

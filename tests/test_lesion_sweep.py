@@ -97,3 +97,13 @@ def test_tta_is_refused_for_box_models(ich_sweep: Path, tmp_path: Path, caplog: 
     code = evaluate_experiment.main(["--results_dir", str(ich_sweep), "--output_dir", str(tmp_path / "e"), "--tta",
                                      "--models", "retinanet"])
     assert code == 2 and "--tta" in caplog.text and "detection" in caplog.text
+
+
+def test_a_checkpoint_alone_is_evaluated_on_the_ct_phantoms_it_was_trained_on(ich_sweep: Path, tmp_path: Path) -> None:
+    out = tmp_path / "one"
+    assert evaluate_experiment.main(["--checkpoint", str(ich_sweep / "detseg3d_seed_24_best.pth"), "--split", "test",
+                                     "--splits_file", str(ich_sweep / "splits.json"), "--output_dir", str(out)]) == 0
+    sweep = pd.read_csv(ich_sweep / RUNS_CSV).set_index("model")
+    again = pd.read_csv(out / RUNS_CSV).set_index("model")
+    for column in ("dice_ich", "map", "froc_cpm"):
+        assert again.at["detseg3d", column] == pytest.approx(sweep.at["detseg3d", column], rel=1e-5), column
