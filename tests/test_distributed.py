@@ -196,3 +196,23 @@ def test_sigkill_at_random_moments_then_resume_loses_and_duplicates_nothing(tmp_
     runs = pd.read_csv(out / RUNS_CSV)
     assert not runs.duplicated(["model", "seed"]).any() and len(runs) == 2
     assert not list((out / JOBS_DIR).rglob("*.tmp")), "a resumed job cleans what killed writes left behind"
+
+
+def test_lesion_models_train_under_ddp_and_score_each_case_once(tmp_path: Path) -> None:
+    # RetinaNet and DetSeg3D route their training targets through forward(), so DDP synchronises their gradients
+    out = tmp_path / "ich"
+    finish(launch(["--dataset_version", "synthetic_ich", "--synthetic_cases", "10", "--synthetic_size", "32", "32",
+                   "16", "--cache_dir", str(tmp_path / "cache"), "--output_dir", str(out), "--tiny", "--epochs", "1",
+                   "--samples_per_volume", "2", "--num_workers", "0", "--skip_efficiency", "--deterministic",
+                   "--models", "retinanet", "detseg3d"], nproc=2))
+    runs = pd.read_csv(out / RUNS_CSV)
+    assert runs["status"].tolist() == ["ok", "ok"]
+    test_ids = json.loads((out / "splits.json").read_text())["test"]
+    per_case = pd.read_csv(out / PER_CASE_CSV)
+    for model in ("retinanet", "detseg3d"):
+        assert sorted(per_case[per_case["model"] == model]["case_id"]) == sorted(test_ids)
+    assert evaluate_experiment.main(["--results_dir", str(out), "--output_dir", str(tmp_path / "eval")]) == 0
+    again = pd.read_csv(tmp_path / "eval" / RUNS_CSV).set_index("model")
+    for model, row in runs.set_index("model").iterrows():  # the gathered dataset-level metrics equal one process's
+        for column in ("map", "mar", "froc_cpm", "lesions_found", "fp_components"):
+            assert again.at[model, column] == pytest.approx(row[column], rel=1e-6, nan_ok=True), (model, column)
