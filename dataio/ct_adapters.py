@@ -39,9 +39,10 @@ FOLDER_PATTERN = ("{data_path}/images/CASE.{nii.gz,nii,npy} + {data_path}/labels
                   "{nii.gz,nii,npy}, or --manifest FILE.csv (columns path,ich,patient_id) with --mask_dir DIR")
 
 
-@dataclass(frozen=True)
+@dataclass
 class CTOptions:
     """Options of the CT layouts and preprocessing (CLI flags in brackets; spacings in mm, HU in Hounsfield units).
+    The sweep's ``DataOptions`` extends this class, so each flag is declared once.
 
     Attributes:
         test_image_dir, test_label_dir: separate test folders (``--test_image_dir``, ``--test_label_dir``).

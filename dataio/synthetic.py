@@ -13,17 +13,14 @@ Files are int16 (intensity x 1000, >= 1 inside the head) with a 1 mm diagonal af
 
 from __future__ import annotations
 
-import json
 import logging
 import re
-import shutil
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 
-from utils.atomic import atomic_write_json
-
+from .phantom_sets import PhantomLayout, ensure_phantom_set
 from .nifti_io import save_volume
 from .types import MODALITY_ORDER
 
@@ -166,30 +163,18 @@ def validate_synthetic_args(n_cases: int, size: tuple[int, ...], seed: int) -> t
     return size  # type: ignore[return-value]
 
 
-def _is_complete(root: Path, manifest: dict) -> bool:
-    path = root / MANIFEST_NAME
-    try:
-        if json.loads(path.read_text(encoding="utf-8")) != manifest:
-            return False
-    except (OSError, ValueError):
-        return False
-    inner = root / INNER_FOLDER
-    return all((inner / _case_id(i) / f"{_case_id(i)}_{s}.nii.gz").is_file()
-               for i in range(manifest["n_cases"]) for s in (*MODALITY_ORDER, "seg"))
+def _case_files(root: Path, index: int) -> list[Path]:
+    folder = root / INNER_FOLDER / _case_id(index)
+    return [folder / f"{_case_id(index)}_{s}.nii.gz" for s in (*MODALITY_ORDER, "seg")]
 
 
-def _clear_previous(root: Path) -> None:
-    """Remove the manifest and phantom case folders of an earlier (partial or different) set."""
+def _existing_entries(root: Path) -> list[Path]:
     inner = root / INNER_FOLDER
-    owned = (root / MANIFEST_NAME).exists() or (root / INCOMPLETE_MARKER).exists()
-    folders = [p for p in inner.iterdir() if p.is_dir() and _CASE_RE.match(p.name)] if inner.is_dir() else []
-    if folders and not owned:
-        raise ValueError(f"{inner} holds case folders that volbench did not write (no {MANIFEST_NAME}); "
-                         "refusing to overwrite them with synthetic phantoms: choose another --data_path")
-    (root / INCOMPLETE_MARKER).touch()
-    (root / MANIFEST_NAME).unlink(missing_ok=True)
-    for folder in folders:
-        shutil.rmtree(folder)
+    return [p for p in inner.iterdir() if p.is_dir() and _CASE_RE.match(p.name)] if inner.is_dir() else []
+
+
+LAYOUT = PhantomLayout(kind="synthetic phantoms", manifest_name=MANIFEST_NAME, incomplete_marker=INCOMPLETE_MARKER,
+                       case_files=_case_files, existing_entries=_existing_entries)
 
 
 def ensure_synthetic_brats(root: Path, n_cases: int = 12, size: tuple[int, int, int] = (64, 64, 64),
@@ -204,18 +189,11 @@ def ensure_synthetic_brats(root: Path, n_cases: int = 12, size: tuple[int, int, 
         ``root``, to pass to ``discover_cases(root, "synthetic")``.
     """
     size = validate_synthetic_args(n_cases, size, seed)
-    root = Path(root).expanduser()
     manifest = {"format_version": FORMAT_VERSION, "n_cases": int(n_cases), "size": list(size), "seed": int(seed)}
-    if _is_complete(root, manifest):
-        logger.debug("synthetic phantoms up to date in %s", root)
-        return root
-    root.mkdir(parents=True, exist_ok=True)
-    _clear_previous(root)
-    logger.info("writing %d synthetic phantoms of %s voxels (seed %d) to %s", n_cases, size, seed, root)
-    for index in range(int(n_cases)):
+
+    def write_case(folder: Path, index: int) -> None:
         rng = np.random.default_rng([int(seed), index])
         images, label = make_phantom(size, rng, small=index % 4 == 3)
-        _write_case(root / INNER_FOLDER / _case_id(index), _case_id(index), images, label)
-    atomic_write_json(root / MANIFEST_NAME, manifest)
-    (root / INCOMPLETE_MARKER).unlink(missing_ok=True)
-    return root
+        _write_case(folder / INNER_FOLDER / _case_id(index), _case_id(index), images, label)
+
+    return ensure_phantom_set(root, LAYOUT, manifest, write_case)

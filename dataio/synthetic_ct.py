@@ -27,7 +27,6 @@ Deterministic: case ``i`` uses ``numpy.random.default_rng([seed, i])``.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from pathlib import Path
@@ -35,9 +34,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from utils.atomic import atomic_write_json
-
 from .nifti_io import save_volume
+from .phantom_sets import PhantomLayout, ensure_phantom_set
 from .synthetic import _coords, _ellipsoid_distance, _smooth_noise, validate_synthetic_args
 
 logger = logging.getLogger(__name__)
@@ -169,28 +167,18 @@ def phantom_affine(size: tuple[int, int, int], spacing: tuple[float, float, floa
     return affine
 
 
-def _is_complete(root: Path, manifest: dict) -> bool:
-    try:
-        if json.loads((root / CT_MANIFEST_NAME).read_text(encoding="utf-8")) != manifest:
-            return False
-    except (OSError, ValueError):
-        return False
-    return all((root / sub / f"{_case_id(i)}.nii.gz").is_file()
-               for i in range(manifest["n_cases"]) for sub in ("images", "labels"))
+def _case_files(root: Path, index: int) -> list[Path]:
+    return [root / sub / f"{_case_id(index)}.nii.gz" for sub in ("images", "labels")]
 
 
-def _clear_previous(root: Path) -> None:
-    """Remove the phantom files of an earlier (partial or different) set; refuse foreign files."""
-    owned = (root / CT_MANIFEST_NAME).exists() or (root / CT_INCOMPLETE_MARKER).exists()
-    files = [p for sub in ("images", "labels") if (root / sub).is_dir() for p in (root / sub).iterdir()]
-    if files and not owned:
-        raise ValueError(f"{root} holds images/ or labels/ files that volbench did not write (no {CT_MANIFEST_NAME}); "
-                         "refusing to overwrite them with synthetic CT phantoms: choose another --data_path")
-    (root / CT_INCOMPLETE_MARKER).touch()
-    (root / CT_MANIFEST_NAME).unlink(missing_ok=True)
-    for path in files:
-        if path.is_file() and _CASE_RE.match(path.name):
-            path.unlink()
+def _existing_entries(root: Path) -> list[Path]:
+    return [p for sub in ("images", "labels") if (root / sub).is_dir() for p in (root / sub).iterdir()]
+
+
+LAYOUT = PhantomLayout(kind="synthetic CT phantoms", manifest_name=CT_MANIFEST_NAME,
+                       incomplete_marker=CT_INCOMPLETE_MARKER, case_files=_case_files,
+                       existing_entries=_existing_entries,
+                       removable=lambda path: path.is_file() and bool(_CASE_RE.match(path.name)))
 
 
 def ensure_synthetic_ct(root: Path, n_cases: int = 12, size: tuple[int, int, int] = SYNTHETIC_CT_SIZE,
@@ -204,19 +192,12 @@ def ensure_synthetic_ct(root: Path, n_cases: int = 12, size: tuple[int, int, int
         ``root``, the ``--data_path`` of the ``ich`` folder layout.
     """
     size = validate_synthetic_args(n_cases, size, seed)
-    root = Path(root).expanduser()
     manifest = {"format_version": CT_FORMAT_VERSION, "n_cases": int(n_cases), "size": list(size), "seed": int(seed)}
-    if _is_complete(root, manifest):
-        logger.debug("synthetic CT phantoms up to date in %s", root)
-        return root
-    root.mkdir(parents=True, exist_ok=True)
-    _clear_previous(root)
-    logger.info("writing %d synthetic CT phantoms of %s voxels (seed %d) to %s", n_cases, size, seed, root)
-    for index in range(int(n_cases)):
+
+    def write_case(folder: Path, index: int) -> None:
         image, label, _, spacing = make_ct_phantom(size, np.random.default_rng([int(seed), index]), index)
         affine = phantom_affine(size, spacing)
-        save_volume(root / "images" / f"{_case_id(index)}.nii.gz", image, affine)
-        save_volume(root / "labels" / f"{_case_id(index)}.nii.gz", label, affine)
-    atomic_write_json(root / CT_MANIFEST_NAME, manifest)
-    (root / CT_INCOMPLETE_MARKER).unlink(missing_ok=True)
-    return root
+        save_volume(folder / "images" / f"{_case_id(index)}.nii.gz", image, affine)
+        save_volume(folder / "labels" / f"{_case_id(index)}.nii.gz", label, affine)
+
+    return ensure_phantom_set(root, LAYOUT, manifest, write_case)

@@ -6,6 +6,7 @@ back from a results folder's ``config.json``), so both read exactly the same cac
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,12 +27,12 @@ _TUPLE_FIELDS = ("synthetic_size", "spacing", "hu_window", "target_spacing")
 
 
 @dataclass
-class DataOptions:
+class DataOptions(CTOptions):
     """Dataset choice: a layout under ``data_path``, or the synthetic phantoms (sizes in voxels).
 
-    CT fields (``ich``, ``synthetic_ich``; spacings in mm, windows in HU): separate test folders, patient
-    regex, CSV manifest + mask folder, spacing of ``.npy`` / pickled files, HU window, resampling target and
-    the pickle opt-in (see :class:`dataio.ct_adapters.CTOptions`).
+    The CT fields (``ich``, ``synthetic_ich``; spacings in mm, windows in HU) come from
+    :class:`dataio.ct_adapters.CTOptions`: separate test folders, patient regex, CSV manifest + mask folder,
+    spacing of ``.npy`` / pickled files, HU window, resampling target and the pickle opt-in.
     """
 
     data_path: str | None = None
@@ -41,15 +42,6 @@ class DataOptions:
     synthetic_seed: int = 0
     cache_dir: str | None = None
     max_samples: int | None = None
-    test_image_dir: str | None = None
-    test_label_dir: str | None = None
-    patient_regex: str | None = None
-    manifest: str | None = None
-    mask_dir: str | None = None
-    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
-    hu_window: tuple[float, float] = (0.0, 120.0)
-    target_spacing: tuple[float, float, float] | None = None
-    allow_pickle: bool = False
 
     @property
     def cache_root(self) -> Path:
@@ -67,13 +59,9 @@ class DataOptions:
         return where(self.cache_root, self.synthetic_cases, tuple(self.synthetic_size), self.synthetic_seed)
 
     def ct_options(self) -> CTOptions:
-        """The CT layout and preprocessing options (ignored by the BraTS versions)."""
-        return CTOptions(test_image_dir=self.test_image_dir, test_label_dir=self.test_label_dir,
-                         patient_regex=self.patient_regex, manifest=self.manifest, mask_dir=self.mask_dir,
-                         spacing=tuple(self.spacing), hu_window=tuple(self.hu_window),  # type: ignore[arg-type]
-                         target_spacing=None if self.target_spacing is None
-                         else tuple(self.target_spacing),  # type: ignore[arg-type]
-                         allow_pickle=bool(self.allow_pickle))
+        """The CT layout and preprocessing options (ignored by the BraTS versions), tuples where lists were read."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(CTOptions)}
+        return CTOptions(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
     def dataset_info(self) -> DatasetInfo:
         """Channels and label kind of the chosen dataset."""

@@ -11,6 +11,7 @@ from monai.apps.detection.metrics.coco import COCOMetric
 from monai.apps.detection.metrics.matching import matching_batch
 from monai.data.box_utils import box_iou as monai_box_iou
 
+from lesion_helpers import random_cases
 from metrics.detection import (LESION_CASE_COLUMNS, LESION_COLUMNS, MAP_IOU_THRESHOLDS, CaseBoxes,
                                coco_metrics, detection_metrics, lesion_counts)
 
@@ -132,21 +133,6 @@ def _brute_ap_recall(cases, t, max_det=100):
     return ap, (rc[-1] if len(rc) else 0.0)
 
 
-def _random_cases(rng):
-    cases = []
-    for i in range(int(rng.integers(1, 5))):
-        lo = rng.uniform(0, 60, (int(rng.integers(0, 5)), 3))
-        gts = np.concatenate([lo, lo + rng.uniform(3, 12, lo.shape)], axis=1)
-        jitter = gts[rng.random(len(gts)) < 0.8]
-        jitter = jitter + rng.normal(0, 1.0, jitter.shape)
-        jitter[:, 3:] = np.maximum(jitter[:, 3:], jitter[:, :3] + 0.5)
-        lo = rng.uniform(0, 60, (int(rng.integers(0, 4)), 3))
-        fps = np.concatenate([lo, lo + rng.uniform(2, 10, lo.shape)], axis=1)
-        preds = np.concatenate([jitter, fps]).reshape(-1, 6)
-        cases.append(CaseBoxes(f"r{i}", preds, rng.random(len(preds)), gts.reshape(-1, 6)))
-    return cases
-
-
 def _monai_reference(cases):
     """MONAI as documented: one metric for the three APs and mAP, one with iou_list (0.1,) for mAR."""
     args = lambda thresholds: dict(  # noqa: E731
@@ -166,7 +152,7 @@ def test_random_sets_agree_with_brute_force_and_monai():
     rng = np.random.default_rng(2024)
     checked = 0
     for _ in range(20):
-        cases = _random_cases(rng)
+        cases = random_cases(rng, max_cases=4, hit_share=0.8, jitter=1.0)
         if sum(len(c.gt_boxes) for c in cases) == 0:
             assert math.isnan(coco_metrics(cases)["map"])
             continue

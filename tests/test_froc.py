@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_curve
 
+from lesion_helpers import random_cases
 from metrics.detection import CaseBoxes, detection_metrics
 from metrics.froc import FROC_FP_RATES, FROC_KEYS, froc_at, froc_candidates, froc_curve, froc_metrics
 from metrics.lesions import hits
@@ -145,27 +146,12 @@ def _luna(cases, rule):
     return [sens_grid[np.argmin(np.abs(grid - r))] for r in FROC_FP_RATES]
 
 
-def _random_cases(rng):
-    cases = []
-    for i in range(int(rng.integers(1, 6))):
-        lo = rng.uniform(0, 60, (int(rng.integers(0, 5)), 3))
-        gts = np.concatenate([lo, lo + rng.uniform(3, 12, lo.shape)], axis=1)
-        near = gts[rng.random(len(gts)) < 0.7]
-        near = near + rng.normal(0, 2.0, near.shape)
-        near[:, 3:] = np.maximum(near[:, 3:], near[:, :3] + 0.5)
-        lo = rng.uniform(0, 60, (int(rng.integers(0, 5)), 3))
-        fps = np.concatenate([lo, lo + rng.uniform(2, 10, lo.shape)], axis=1)
-        preds = np.concatenate([near, fps]).reshape(-1, 6)
-        cases.append(CaseBoxes(f"r{i}", preds, rng.random(len(preds)), gts.reshape(-1, 6)))
-    return cases
-
-
 @pytest.mark.parametrize("rule", ["iou", "centre"])
 def test_random_sets_agree_with_literal_luna(rule):
     rng = np.random.default_rng(16)
     compared = 0
     for _ in range(20):
-        cases = _random_cases(rng)
+        cases = random_cases(rng, max_cases=5, hit_share=0.7, jitter=2.0)
         is_lesion, _, n_lesions = froc_candidates(cases, rule=rule)
         if n_lesions == 0 or is_lesion.all() or not is_lesion.any():
             continue   # LUNA's own edge cases (tested by hand above)
