@@ -99,6 +99,22 @@ class EpochRowWriter(TrainerHooks):
         log.info("%s: epoch %d/%d  %s  (%.1fs)", self.label, row["epoch"], self.epochs, values, row["epoch_time_s"])
 
 
+class BestValidationWriter(TrainerHooks):
+    """Writes the per-case validation rows of the job's best epoch so far into its folder (table ``val_cases``):
+    with ``--use_5fold`` every non-test case then has an out-of-fold prediction of every model."""
+
+    def __init__(self, folder: JobFolder, keys: dict[str, Any]) -> None:
+        self.folder, self.keys = folder, keys
+        self.last: list[dict[str, Any]] = []
+
+    def on_validation(self, state: Any, evaluation: EvaluationResult) -> None:
+        self.last = evaluation.per_case
+
+    def on_epoch_end(self, state: Any, row: dict[str, Any]) -> None:
+        if state.best_epoch == row["epoch"] and self.last:
+            self.folder.write_table("val_cases", [dict(self.keys, epoch=row["epoch"], **r) for r in self.last])
+
+
 def train_model(job: Job, plan: ModelPlan, data: SweepData, config: ExperimentConfig, context: RunContext, *,
                 hooks: Sequence[TrainerHooks] = ()) -> tuple[nn.Module, FitResult, Path]:
     """Seed, build, train and validate one job (resuming its ``latest`` state if there is one);
@@ -165,7 +181,8 @@ def run_job(job: Job, plan: ModelPlan, data: SweepData, config: ExperimentConfig
                               trainer=dataclasses.asdict(plan.trainer)))
     keys = dict(model=job.model, seed=job.seed, fold=job.fold)
     row: dict[str, Any] = dict(keys, status="ok", error="")
-    job_hooks = [EpochRowWriter(folder, keys, job.label, config.epochs)] if writes else []
+    job_hooks = [EpochRowWriter(folder, keys, job.label, config.epochs), BestValidationWriter(folder, keys)] \
+        if writes else []
     try:
         model, fit_result, checkpoint = train_model(job, plan, data, config, context, hooks=[*job_hooks, *hooks])
         test = evaluate_model(model, plan, data.subset(data.splits["test"]), config, device=context.device,

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from golden_sweeps import GOLDEN_DIR, SWEEPS, TABLES, VOLATILE, run_sweep
+from utils.schema import RUNS_CSV, VAL_PER_CASE_CSV
 
 KEYS = ("model", "seed", "fold", "epoch", "case_id", "stage", "reference", "prediction")
 
@@ -54,3 +55,16 @@ def test_golden_sweep_reproduces_recorded_results(sweep: str, tmp_path: Path) ->
             continue
         assert (out / table).is_file(), f"{sweep}: {table} was not written"
         assert_same_table(pd.read_csv(golden), pd.read_csv(out / table), f"{sweep}/{table}")
+    if sweep == "fivefold":
+        assert_out_of_fold_coverage(out)
+
+
+def assert_out_of_fold_coverage(out: Path) -> None:
+    """Every non-test case has exactly one validation row per model and seed (its fold's best epoch)."""
+    splits = json.loads((out / "splits.json").read_text())
+    non_test = sorted(c for fold in splits["folds"] for c in fold["val"])
+    val = pd.read_csv(out / VAL_PER_CASE_CSV)
+    for (model, seed), rows in val.groupby(["model", "seed"]):
+        assert sorted(rows["case_id"]) == non_test, (model, seed)
+        best = pd.read_csv(out / RUNS_CSV).set_index(["model", "seed", "fold"])["best_epoch"]
+        assert all(rows["epoch"] == [best[(model, seed, f)] for f in rows["fold"]])

@@ -18,6 +18,7 @@ COMPARISON_CSV = "model_comparison.csv"
 STAGE_PAM_CSV = "stage_wise_pam_results.csv"
 ATTENTION_CSV = "modality_attention.csv"
 CONFUSION_CSV = "confusion_matrices.csv"
+VAL_PER_CASE_CSV = "val_per_case_results.csv"  # each job's validation cases at its best epoch (out-of-fold)
 CONFIG_JSON = "config.json"
 ENVIRONMENT_JSON = "environment.json"
 SPLITS_JSON = "splits.json"
@@ -39,6 +40,7 @@ TABLES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "per_case": ("per_case.csv", PER_CASE_CSV, ("model", "seed", "fold", "case_id")),
     "attention": ("attention.csv", ATTENTION_CSV, ("model", "seed", "fold", "case_id")),
     "confusion": ("confusion.csv", CONFUSION_CSV, ("model", "seed", "fold", "reference")),
+    "val_cases": ("val_per_case.csv", VAL_PER_CASE_CSV, ("model", "seed", "fold", "epoch", "case_id")),
 }
 
 RUN_KEYS = ("model", "seed", "fold")
