@@ -126,3 +126,14 @@ def test_learning_curves_name_the_dice_they_plot(tmp_path: Path) -> None:
         tmp_path / EPOCHS_CSV, index=False)
     fig = learning_curves.learning_figure(*learning_curves._prepare(tmp_path, None))
     assert any("mean of ICH" in ax.get_title() for ax in fig.axes)
+
+
+def test_learning_curves_add_a_map_panel_on_the_lesion_track(tmp_path: Path) -> None:
+    rows = [dict(model="retinanet", seed=1, fold=np.nan, epoch=e, train_loss=1.0 / e, val_map=0.1 * e) for e in (1, 2)]
+    rows += [dict(model="unet3d_xs", seed=1, fold=np.nan, epoch=e, train_loss=1.0 / e, val_dice_ich=0.2 * e)
+             for e in (1, 2)]
+    pd.DataFrame(rows).to_csv(tmp_path / EPOCHS_CSV, index=False)
+    fig = learning_curves.learning_figure(*learning_curves._prepare(tmp_path, None))
+    assert len(fig.axes) == 3 and "mAP" in fig.axes[2].get_title()
+    (line,) = fig.axes[2].get_lines()  # only the detector has validation mAP
+    assert line.get_label() == "retinanet" and list(line.get_ydata()) == pytest.approx([0.1, 0.2])

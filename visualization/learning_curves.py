@@ -1,4 +1,5 @@
-"""Learning curves: mean train/val loss and validation Dice per epoch, with a +-std band over runs."""
+"""Learning curves: mean train/val loss and validation Dice per epoch (and validation mAP on the lesion track),
+with a +-std band over runs."""
 
 from __future__ import annotations
 
@@ -92,8 +93,10 @@ def learning_figure(frame: pd.DataFrame, found: list[str]) -> Figure | None:
     None when there is nothing to plot."""
     models = sorted(frame["model"].unique())
     colors = model_colors(models)
-    fig = Figure(figsize=(13, 5), layout="constrained")
-    ax_loss, ax_dice = fig.subplots(1, 2)
+    lesion = "val_map" in frame.columns and frame["val_map"].notna().any()  # the lesion track: a mAP panel too
+    fig = Figure(figsize=(19 if lesion else 13, 5), layout="constrained")
+    axes = fig.subplots(1, 3 if lesion else 2)
+    ax_loss, ax_dice = axes[0], axes[1]
     drew_loss = drew_dice = False
     for model in models:
         rows = frame[frame["model"] == model]
@@ -105,6 +108,10 @@ def learning_figure(frame: pd.DataFrame, found: list[str]) -> Figure | None:
                 labelled |= drew
                 drew_loss |= drew
         drew_dice |= _band(ax_dice, _epoch_stats(rows, "val_dice_mean"), colors[model], model)
+    if lesion:
+        drew_map = any([_band(axes[2], _epoch_stats(frame[frame["model"] == m], "val_map"), colors[m], m)
+                        for m in models])
+        _finish_axis(axes[2], drew_map, "Validation mAP (IoU 0.1:0.5:0.05)", "validation mAP", len(models))
     _finish_axis(ax_loss, drew_loss, "Loss (solid: train, dashed: val)", "loss", len(models))
     _finish_axis(ax_dice, drew_dice, dice_title(found), "validation Dice", len(models))
     if not (drew_loss or drew_dice):
