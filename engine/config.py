@@ -20,6 +20,7 @@ from engine.cli_parser import CliParser, add_list_models_argument
 from engine.data_options import DataOptions
 from engine.lesion_options import LesionOptions, add_lesion_arguments
 from engine.parallel_options import PARALLEL_MODES, add_parallel_arguments, parse_shard
+from engine.stats_options import StatsOptions, add_stats_arguments
 from engine.trainer_settings import TrainerSettings
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
@@ -27,7 +28,7 @@ SCHEDULERS = ("cosine", "plateau", "step", "poly", "none")
 
 
 @dataclass
-class ExperimentConfig(DataOptions, LesionOptions, TrainerSettings):
+class ExperimentConfig(DataOptions, LesionOptions, TrainerSettings, StatsOptions):
     """Resolved settings of one sweep (the data flags come from :class:`DataOptions`, the lesion track's from
     :class:`LesionOptions`, the trainer's from :class:`TrainerSettings`).
 
@@ -114,6 +115,7 @@ class ExperimentConfig(DataOptions, LesionOptions, TrainerSettings):
         if self.pretrained_checkpoint and not Path(self.pretrained_checkpoint).is_file():
             raise ValueError(f"--pretrained_checkpoint {self.pretrained_checkpoint} does not exist")
         self.validate_data()  # the data flags (engine.data_options): CT flags, layouts, --data_path
+        self.validate_stats()  # --baseline, --stats_seed, --bootstrap_resamples (engine.stats_options)
 
 
 def add_data_arguments(parser: argparse.ArgumentParser, *, recorded: bool = False) -> argparse._ArgumentGroup:
@@ -184,8 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
     """Argument parser of ``integrated_experiment.py``: flags grouped as data, models, training,
     evaluation, efficiency, output and parallel runs; every help names its default and unit."""
     p = CliParser(prog="integrated_experiment.py",
-                  description="Train and compare segmentation models over seeds and folds; write CSVs and charts. "
-                              "Sizes are voxels (D H W), times seconds, memory MB (2^20 bytes).")
+                  description="Train and compare segmentation and lesion-detection models over seeds and folds; write "
+                              "CSVs and charts. Sizes are voxels (D H W), times seconds, memory MB (2^20 bytes).")
     _add_data_and_split_arguments(p)
     _add_model_arguments(p)
     _add_training_arguments(p)
@@ -194,6 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_efficiency_arguments(p)
     _add_output_arguments(p)
     add_parallel_arguments(p)
+    add_stats_arguments(p)
     return p
 
 
