@@ -17,6 +17,14 @@ mode that writes there; e.g. after a killed sweep, or while shards of a sweep st
 
   A folder made before per-job results (no jobs/) is left as it is, with a message.
 
+Several sweeps in one comparison (the union of their runs: the same tables, statistics and charts, written into
+OUT; folders whose recorded data flags or test cases differ are refused, and so is a run found in two folders)::
+
+    python evaluate_experiment.py --compare DIR1 DIR2 ... --output_dir OUT [--baseline NAME] [--stats_seed S]
+        [--bootstrap_resamples N]
+
+  The statistics flags default to the first folder's recorded values. See engine/sweep_compare.py.
+
 Single checkpoint files (data from the flags, else the data flags recorded in the checkpoint when it
 was trained; all cases, or --split of --splits_file)::
 
@@ -73,6 +81,7 @@ from dataio.conventions import CONVENTIONS
 from engine.cli_parser import CliParser, add_list_models_argument
 from engine.config import add_data_arguments
 from engine.lesion_options import add_lesion_matching_arguments, lesion_options_for_evaluation
+from engine.stats_options import STATS_FIELDS, add_stats_arguments
 
 if TYPE_CHECKING:  # heavy imports (torch, models) happen only after the flags are checked
     from engine.data_options import DataOptions
@@ -98,6 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="prediction folder to compare with --label_dir, no model (default: none)")
     src.add_argument("--boxes_json", type=Path, metavar="FILE",
                      help="score detections given as boxes in this JSON file, no model (default: none)")
+    src.add_argument("--compare", type=Path, nargs="+", metavar="DIR",
+                     help="sweep folders to compare as one: their runs' tables, statistics and charts go to "
+                          "--output_dir (default: none)")
     src_group.add_argument("--aggregate", action="store_true",
                            help="with --results_dir: rebuild the sweep's tables and charts in DIR from DIR/jobs/ "
                                 "and exit (default: off)")
@@ -110,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluation_arguments(p)
     add_lesion_matching_arguments(p.add_argument_group("lesions"), recorded=True)
     _add_output_arguments(p)
+    add_stats_arguments(p, recorded=True)
     return p
 
 
@@ -173,6 +186,13 @@ def _add_output_arguments(p: argparse.ArgumentParser) -> None:
 
 def check_flags(args: argparse.Namespace) -> None:
     """Flag combinations that make no sense raise ``ValueError`` naming the flag."""
+    if args.compare is not None:
+        check_compare_flags(args)
+        return
+    stats = [f"--{k}" for k in STATS_FIELDS if getattr(args, k) is not None]
+    if stats:
+        raise ValueError(f"{stats} apply to --compare only (a sweep's own statistics use the values recorded in its "
+                         "config.json, given to integrated_experiment.py)")
     if args.aggregate:
         if args.results_dir is None:
             raise ValueError("--aggregate needs --results_dir (the sweep folder whose tables are rebuilt)")
@@ -222,6 +242,28 @@ def check_flags(args: argparse.Namespace) -> None:
             and Path(args.output_dir).resolve() == Path(args.results_dir).resolve()):
         raise ValueError(f"--output_dir {args.output_dir} is the --results_dir: the evaluation would overwrite "
                          f"the sweep's own tables; choose another folder")
+
+
+def check_compare_flags(args: argparse.Namespace) -> None:
+    """--compare takes --output_dir (required) and the statistics flags only."""
+    if args.output_dir is None:
+        raise ValueError("--compare needs --output_dir (where the comparison's tables and charts are written)")
+    defaults = vars(build_parser().parse_args(["--compare", "x"]))
+    allowed = ("compare", "output_dir", *STATS_FIELDS)
+    used = [f"--{k}" for k, v in vars(args).items() if k not in allowed and v != defaults[k]]
+    if used:
+        raise ValueError(f"{used} do not apply to --compare (it reduces the finished runs of the folders)")
+
+
+def run_compare(args: argparse.Namespace) -> Path:
+    """Tables, statistics and charts of the union of the --compare folders' runs, in --output_dir."""
+    from engine.sweep_compare import compare_sweeps
+    from visualization import draw_all
+
+    overrides = {k: getattr(args, k) for k in STATS_FIELDS}
+    for path in compare_sweeps(args.compare, args.output_dir, **overrides) + draw_all(args.output_dir):
+        log.info("written: %s", path)
+    return Path(args.output_dir)
 
 
 def data_options(args: argparse.Namespace, config: dict[str, Any] | None) -> "DataOptions":
@@ -460,6 +502,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_flags(args)
         if args.aggregate:
             out = run_aggregate(args.results_dir)
+        elif args.compare is not None:
+            out = run_compare(args)
         elif args.pred_dir is not None:
             out = run_folder_mode(args)
         elif args.boxes_json is not None:

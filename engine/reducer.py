@@ -6,10 +6,18 @@ from them (finished jobs only, in the sweep's job order); it runs at the end of 
 :class:`IncrementalReducer` brings the tables up to date after each job by appending that job's rows and
 recomputing only its model's comparison row, so an N-job sweep spends O(N) on result writing.
 Both hold the results folder's file lock while they write, so processes sharing a folder lose no row.
+
+The full reduce also writes the comparison statistics (``engine.comparison_stats``): the extended
+``model_comparison.csv`` (bootstrap CIs, counts, out-of-fold means, variance shares, Pareto fronts),
+``statistical_tests.csv`` and ``ranking.csv``, with the ``--baseline``/``--stats_seed``/``--bootstrap_resamples``
+recorded in the folder's ``config.json`` (defaults when absent). The per-job incremental path writes the basic
+comparison row only (mean, std, counts, rank, efficiency); the statistics appear with the full reduce at the end
+of the sweep (or ``evaluate_experiment.py --results_dir DIR --aggregate``).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -20,10 +28,12 @@ import pandas as pd
 from filelock import FileLock
 
 from utils.atomic import atomic_write_csv
-from utils.schema import (COMPARISON_CSV, EFFICIENCY_COLUMNS, JOBS_DIR, LOCK_FILE, METRIC_PREFIXES, RUN_LEADING,
-                          RUN_TRAILING, STAGE_PAM_CSV, TABLES)
+from utils.schema import (COMPARISON_CSV, CONFIG_JSON, EFFICIENCY_COLUMNS, JOBS_DIR, LOCK_FILE, METRIC_PREFIXES,
+                          RANKING_CSV, RUN_LEADING, RUN_TRAILING, STAGE_PAM_CSV, STATISTICAL_TESTS_CSV, TABLES)
 
+from .comparison_stats import extend_comparison, is_extended_column, ranking_table, statistical_tests
 from .efficiency_store import stage_pam_table
+from .stats_options import StatsOptions, stats_options_from_config
 
 from .job_results import JobFolder, job_folders, read_result_csv
 
@@ -112,8 +122,11 @@ def _job_tables(folder: JobFolder) -> dict[str, pd.DataFrame]:
     return {t: f for t, f in frames.items() if f is not None and not f.empty}
 
 
-def write_tables(output_dir: Path, tables: dict[str, pd.DataFrame]) -> list[Path]:
-    """Write every sweep-level table of ``tables`` (and the comparison) atomically; returns the files."""
+def write_tables(output_dir: Path, tables: dict[str, pd.DataFrame], options: StatsOptions | None = None,
+                 models: list[str] | None = None) -> list[Path]:
+    """Write every sweep-level table of ``tables``, the comparison and the statistics (:func:`write_statistics`)
+    atomically; returns the files. ``options``/``models`` (the statistics flags, the sweep's model order): read
+    from ``output_dir/config.json`` when None (:func:`recorded_stats`)."""
     written = []
     for table, frame in tables.items():
         path = Path(output_dir) / (STAGE_PAM_CSV if table == "stage_pam" else TABLES[table][1])
@@ -121,8 +134,51 @@ def write_tables(output_dir: Path, tables: dict[str, pd.DataFrame]) -> list[Path
         written.append(path)
     if "runs" in tables:
         path = Path(output_dir) / COMPARISON_CSV
-        atomic_write_csv(path, build_comparison(tables["runs"]))
+        basic = build_comparison(tables["runs"])
+        atomic_write_csv(path, basic)  # stays as it is if a statistic below fails
         written.append(path)
+        if options is None or models is None:
+            recorded, order = recorded_stats(output_dir)
+            options, models = options or recorded, models if models is not None else order
+        try:
+            written += write_statistics(output_dir, tables, basic, options, models)
+        except Exception:  # the statistics are derived: a failure there must not lose the sweep's tables
+            log.exception("the comparison statistics of %s failed; %s holds the basic comparison", output_dir,
+                          COMPARISON_CSV)
+    return list(dict.fromkeys(written))
+
+
+def recorded_stats(output_dir: Path) -> tuple[StatsOptions, list[str]]:
+    """The statistics flags and the model order (``resolved_models``) recorded in ``output_dir/config.json``
+    (:func:`engine.stats_options.stats_options_from_config`); defaults and no order without a readable record."""
+    path = Path(output_dir) / CONFIG_JSON
+    try:
+        config = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        return stats_options_from_config(config), [str(m) for m in config.get("resolved_models") or []]
+    except (OSError, ValueError, TypeError) as exc:
+        log.warning("%s: cannot read the statistics flags (%s); the defaults are used", path, exc)
+        return StatsOptions(), []
+
+
+def write_statistics(output_dir: Path, tables: dict[str, pd.DataFrame], basic: pd.DataFrame, options: StatsOptions,
+                     models: list[str]) -> list[Path]:
+    """Write the extended ``model_comparison.csv``, ``statistical_tests.csv`` and ``ranking.csv``
+    (``engine.comparison_stats``) from the tables of ok runs; a statistics file that cannot be computed (no
+    per-case rows) is removed, so none is left from an earlier reduce."""
+    output_dir = Path(output_dir)
+    runs = tables["runs"]
+    per_case, val_cases = tables.get("per_case"), tables.get("val_cases")
+    comparison = extend_comparison(basic, runs, metric_columns(runs), per_case, val_cases, options)
+    atomic_write_csv(output_dir / COMPARISON_CSV, comparison)
+    written = [output_dir / COMPARISON_CSV]
+    tests = statistical_tests(per_case, runs, options, models) if per_case is not None else None
+    ranking = ranking_table(per_case, runs, options)
+    for name, frame in ((STATISTICAL_TESTS_CSV, tests), (RANKING_CSV, ranking)):
+        if frame is None:
+            (output_dir / name).unlink(missing_ok=True)
+            continue
+        atomic_write_csv(output_dir / name, frame)
+        written.append(output_dir / name)
     return written
 
 
@@ -144,7 +200,11 @@ class IncrementalReducer:
     """Keeps the sweep tables of ``output_dir`` current after each finished job at a cost that does not grow
     with the number of finished jobs: the job's rows are appended, and its model's comparison row is
     recomputed from that model's run rows (read from disk once per model, then kept; rows that other
-    processes add meanwhile reach the comparison with the next full :func:`reduce_results`)."""
+    processes add meanwhile reach the comparison with the next full :func:`reduce_results`).
+
+    It writes the basic comparison only (mean, std, n_runs, n_ok, rank, efficiency; every model's extended
+    statistics columns are dropped, since the CIs, tests and Pareto fronts depend on all runs): the extended
+    ``model_comparison.csv``, ``statistical_tests.csv`` and ``ranking.csv`` come from the full reduce."""
 
     def __init__(self, output_dir: Path) -> None:
         self.output_dir = Path(output_dir)
@@ -200,6 +260,7 @@ class IncrementalReducer:
         self._model_runs[model][folder.path.name] = run
         own = comparison_row(model, pd.DataFrame(list(self._model_runs[model].values())))
         path = self.output_dir / COMPARISON_CSV
-        others = [r for r in read_result_csv(path).to_dict("records") if str(r["model"]) != model] \
+        others = [{k: v for k, v in r.items() if not is_extended_column(k)}  # basic until the full reduce
+                  for r in read_result_csv(path).to_dict("records") if str(r["model"]) != model] \
             if path.is_file() else []
         atomic_write_csv(path, rank_comparison([*others, own]))

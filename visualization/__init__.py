@@ -17,6 +17,8 @@ from visualization.interactive import draw_interactive_3d
 from visualization.learning_curves import draw_learning_curves
 from visualization.lesion_charts import draw_lesion_metrics
 from visualization.modality import draw_modality_contribution
+from visualization.ranking_chart import draw_ranking_chart
+from visualization.significance import draw_significance_heatmap
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +32,8 @@ CHARTS: tuple[DrawFn, ...] = (
     draw_modality_contribution,
     draw_dice_boxplots,
     draw_lesion_metrics,
+    draw_significance_heatmap,
+    draw_ranking_chart,
 )
 
 
@@ -57,4 +61,6 @@ __all__ = [
     "draw_model_comparison",
     "draw_modality_contribution",
     "draw_parameter_efficiency",
+    "draw_ranking_chart",
+    "draw_significance_heatmap",
 ]

@@ -1,4 +1,6 @@
-"""Parameter efficiency: test Dice (mean over the regions) against parameters, FLOPs and training activation memory."""
+"""Parameter efficiency: test Dice (mean over the regions) against parameters, FLOPs, training activation memory and
+latency, with the accuracy-efficiency Pareto front of ``model_comparison.csv`` (``pareto_flops``, ``pareto_pam``,
+``pareto_latency``) drawn on the FLOPs, PAM and latency panels."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogFormatter
 
 from visualization._common import (
+    COMPARISON_CSV,
     detect_regions,
     dice_mean_column,
     load_ok_results,
@@ -23,10 +26,12 @@ from visualization._common import (
 logger = logging.getLogger(__name__)
 
 OUTPUT = "parameter_efficiency.png"
+# panel column -> the Pareto column of model_comparison.csv for that cost axis (parameters have none)
+FRONT_COLUMNS = {"gflops": "pareto_flops", "pam_train_mb": "pareto_pam", "latency_ms": "pareto_latency"}
 
 
 def efficiency_table(frame: pd.DataFrame, regions: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Per-model mean/std of dice_mean, params_m, gflops and pam_train_mb from ok result rows.
+    """Per-model mean/std of dice_mean, params_m, gflops, pam_train_mb and latency_ms from ok result rows.
 
     GFLOPs come from ``flops_torch``, falling back to ``flops_thop`` where that is missing.
     """
@@ -35,7 +40,8 @@ def efficiency_table(frame: pd.DataFrame, regions: list[str]) -> tuple[pd.DataFr
     data["params_m"] = _column(data, "params") / 1e6
     data["gflops"] = _column(data, "flops_torch").fillna(_column(data, "flops_thop")) / 1e9
     data["pam_train_mb"] = _column(data, "pam_train_mb")
-    return per_model_stats(data, ["dice_mean", "params_m", "gflops", "pam_train_mb"])
+    data["latency_ms"] = _column(data, "latency_ms")
+    return per_model_stats(data, ["dice_mean", "params_m", "gflops", "pam_train_mb", "latency_ms"])
 
 
 def _column(frame: pd.DataFrame, name: str) -> pd.Series:
@@ -81,8 +87,21 @@ def _label(ax: object, model: str, x: float, y: float, side: float, right_half: 
                 ha="right" if left else "left", va="bottom", fontsize="x-small")
 
 
-def _scatter(ax: object, means: pd.DataFrame, stds: pd.DataFrame, x_col: str, colors: dict) -> tuple[bool, bool]:
-    """Mean Dice against ``x_col``, y error bars, one labelled point per model.
+def _draw_front(ax: object, points: list[tuple[float, float]]) -> None:
+    """The Pareto front: a dashed line through its points (in x order) and a black ring around each."""
+    if not points:
+        return
+    xs, ys = zip(*sorted(points))
+    ax.plot(xs, ys, linestyle="--", color="black", linewidth=1.0, alpha=0.7, zorder=1, label="Pareto front")
+    ax.plot(xs, ys, linestyle="none", marker="o", markersize=11, markerfacecolor="none", markeredgecolor="black",
+            markeredgewidth=1.5, zorder=3)
+    ax.legend(loc="lower right", fontsize="x-small")
+
+
+def _scatter(ax: object, means: pd.DataFrame, stds: pd.DataFrame, x_col: str, colors: dict,
+             front: set[str] | None = None) -> tuple[bool, bool]:
+    """Mean Dice against ``x_col``, y error bars, one labelled point per model; the models of ``front`` (the
+    Pareto front of this axis) ringed and joined by a dashed line.
 
     Returns (any point drawn, any points spread apart because their x was equal).
     """
@@ -93,11 +112,15 @@ def _scatter(ax: object, means: pd.DataFrame, stds: pd.DataFrame, x_col: str, co
     xs, sides = dodged_positions(points[x_col].to_numpy(), log)
     lo, hi = float(np.min(xs)), float(np.max(xs))
     middle = np.sqrt(lo * hi) if log else (lo + hi) / 2
+    on_front = []
     for (model, row), x, side in zip(points.iterrows(), xs, sides):
         err = stds.at[model, "dice_mean"]
         ax.errorbar(x, row["dice_mean"], yerr=0.0 if pd.isna(err) else err,
                     fmt="o", color=colors[model], capsize=3, markersize=6)
         _label(ax, model, x, row["dice_mean"], side, x > middle)
+        if front and model in front:
+            on_front.append((float(x), float(row["dice_mean"])))
+    _draw_front(ax, on_front)
     if log:
         ax.set_xscale("log")
         ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _pos: f"{value:g}"))
@@ -111,37 +134,61 @@ def _region_text(regions: list[str]) -> str:
     return ", ".join(r.upper() for r in regions) if regions else "the regions"
 
 
-def efficiency_figure(frame: pd.DataFrame, regions: list[str] | None = None) -> Figure | None:
+def efficiency_figure(frame: pd.DataFrame, regions: list[str] | None = None,
+                      fronts: dict[str, set[str]] | None = None) -> Figure | None:
     """The figure of ``parameter_efficiency.png``: test Dice (the mean over the dataset's regions, per run;
-    points = mean over ok runs, error bars = std over runs) against parameters (millions), forward GFLOPs
-    and training PAM (MB). Log x only when a panel's values span a decade; points of equal x are spread
-    apart sideways (the caption says so). None when no model has a Dice value.
+    points = mean over ok runs, error bars = std over runs) against parameters (millions), forward GFLOPs,
+    training PAM (MB) and batch-1 latency (ms). Log x only when a panel's values span a decade; points of equal
+    x are spread apart sideways (the caption says so). ``fronts``: panel column (``gflops``, ``pam_train_mb``,
+    ``latency_ms``) -> the models on that axis's Pareto front (:func:`pareto_models`), ringed and joined by a
+    dashed line. None when no model has a Dice value.
     """
     found = detect_regions(frame.columns, regions)
     means, stds = efficiency_table(frame, found)
     if means["dice_mean"].isna().all():
         return None
     colors = model_colors(list(means.index))
-    fig = Figure(figsize=(16, 5.8), layout="constrained")
+    fig = Figure(figsize=(14, 10.5), layout="constrained")
     panels = (("params_m", "parameters (M)"), ("gflops", "forward GFLOPs (batch 1)"),
-              ("pam_train_mb", "PAM train (MB)"))
+              ("pam_train_mb", "PAM train (MB)"), ("latency_ms", "latency (ms, batch 1)"))
     dodged = False
-    for ax, (column, label) in zip(fig.subplots(1, 3), panels):
-        drew, spread = _scatter(ax, means, stds, column, colors)
+    for ax, (column, label) in zip(fig.subplots(2, 2).ravel(), panels):
+        drew, spread = _scatter(ax, means, stds, column, colors, (fronts or {}).get(column))
         dodged |= spread
         if not drew:
             no_data(ax, f"no {column} values")
         ax.set_xlabel(f"{label}, log scale" if ax.get_xscale() == "log" else label)
         ax.set_ylabel(f"test Dice, mean of {_region_text(found)}")
     fig.suptitle("Parameter efficiency: test Dice per run averaged over "
-                 f"{_region_text(found)}; point = mean over ok runs (seeds/folds), bar = std over runs")
+                 f"{_region_text(found)}; point = mean over ok runs (seeds/folds), bar = std over runs\n"
+                 "Pareto front (ringed, dashed): no other model is at least as accurate and cheaper on that axis")
     if dodged:
         fig.supxlabel("models of equal x are drawn side by side around their true value", fontsize="small")
     return fig
 
 
+def pareto_models(results_dir: Path) -> dict[str, set[str]]:
+    """Panel column -> models whose Pareto column (:data:`FRONT_COLUMNS`) is true in ``model_comparison.csv``;
+    empty when the file or the columns are missing (a comparison written before the statistics)."""
+    path = Path(results_dir) / COMPARISON_CSV
+    if not path.is_file():
+        return {}
+    try:
+        table = pd.read_csv(path)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, OSError) as exc:
+        logger.warning("no Pareto front drawn: cannot read %s (%s)", path, exc)
+        return {}
+    fronts = {}
+    for panel, column in FRONT_COLUMNS.items():
+        if column in table and "model" in table:
+            flags = table[column].astype(str).str.strip().str.lower() == "true"
+            fronts[panel] = set(table.loc[flags, "model"].astype(str))
+    return fronts
+
+
 def draw_parameter_efficiency(results_dir: Path, regions: list[str] | None = None) -> Path | None:
-    """Draw ``parameter_efficiency.png`` (:func:`efficiency_figure`) from the ok rows of the results CSV.
+    """Draw ``parameter_efficiency.png`` (:func:`efficiency_figure`) from the ok rows of the results CSV and the
+    Pareto columns of ``model_comparison.csv``.
 
     Returns the written path, or None when there are no ok rows or no Dice values.
     """
@@ -149,7 +196,7 @@ def draw_parameter_efficiency(results_dir: Path, regions: list[str] | None = Non
     frame = load_ok_results(results_dir)
     if frame is None:
         return None
-    fig = efficiency_figure(frame, regions)
+    fig = efficiency_figure(frame, regions, pareto_models(results_dir))
     if fig is None:
         logger.info("skipping parameter efficiency: no Dice values in ok rows")
         return None
