@@ -36,7 +36,7 @@ from engine.parallel import resolve_mode, select_jobs, wrap_for_ddp
 from engine.reducer import IncrementalReducer, reduce_results
 from engine.sweep_files import check_output_dir, check_resume, default_output_dir, sweep_record, write_sweep_files
 from engine.sweep_plan import Job, ModelPlan, SweepData, make_jobs, plan_models, prepare_data
-from engine.trainer import DivergedError, FitResult, TrainerHooks, TrainerSettings, fit
+from engine.trainer import DivergedError, FitResult, TrainerHooks, fit
 from metrics.efficiency import measure_efficiency, stage_wise_pam
 from models import resolve_model_names
 from utils.checkpoint import load_checkpoint
