@@ -443,7 +443,7 @@ def run_model_mode(args: argparse.Namespace) -> Path:
         split = args.split or ("test" if args.results_dir is not None and not other_data(args) else None)
         context = dict(mode="results_dir" if args.results_dir else "checkpoint", split=split, tta=args.tta,
                        results_dir=str(args.results_dir) if args.results_dir else None, data=data_context)
-        write_evaluation(output_dir, results, context)
+        write_evaluation(output_dir, results, context, results_dir=args.results_dir)
         _draw(output_dir, args, plan, results, run_cases, files, shown, device)
     finally:
         discard_temporary(policy)

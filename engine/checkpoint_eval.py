@@ -323,10 +323,12 @@ def summary_of(results: list[RunResult], context: dict[str, Any]) -> dict[str, A
     return dict(context, runs=runs, models=models, empty_mask_rules=dict(EMPTY_MASK_RULES))
 
 
-def write_evaluation(output_dir: Path, results: list[RunResult], context: dict[str, Any]) -> list[Path]:
+def write_evaluation(output_dir: Path, results: list[RunResult], context: dict[str, Any],
+                     results_dir: Path | None = None) -> list[Path]:
     """Write ``per_case_results.csv``, ``integrated_experiment_results.csv`` (one row per evaluated run,
-    the sweep's schema so every chart works), ``model_comparison.csv`` and ``evaluation_summary.json``
-    into ``output_dir``; returns the files written."""
+    the sweep's schema so every chart works), ``model_comparison.csv`` (with the comparison statistics),
+    ``statistical_tests.csv``, ``ranking.csv`` and ``evaluation_summary.json`` into ``output_dir``; returns the
+    files written. ``results_dir``: the sweep whose recorded statistics flags apply."""
     from engine.reducer import build_comparison
     from utils.atomic import atomic_write_csv, atomic_write_json
 
@@ -339,7 +341,26 @@ def write_evaluation(output_dir: Path, results: list[RunResult], context: dict[s
         written.append(output_dir / PER_CASE_CSV)
     runs = pd.DataFrame([res.row for res in results])
     atomic_write_csv(output_dir / RUNS_CSV, runs)
-    atomic_write_csv(output_dir / COMPARISON_CSV, build_comparison(runs))
+    basic = build_comparison(runs)
+    atomic_write_csv(output_dir / COMPARISON_CSV, basic)
     atomic_write_json(output_dir / EVALUATION_SUMMARY_JSON, summary_of(results, context))
     written += [output_dir / RUNS_CSV, output_dir / COMPARISON_CSV, output_dir / EVALUATION_SUMMARY_JSON]
-    return written
+    return written + _statistics(output_dir, runs, pd.DataFrame(per_case) if per_case else None, basic, results_dir)
+
+
+def _statistics(output_dir: Path, runs: pd.DataFrame, per_case: pd.DataFrame | None, basic: pd.DataFrame,
+                results_dir: Path | None) -> list[Path]:
+    """The sweep's comparison statistics over the evaluated runs (flags recorded by ``results_dir``, else the
+    defaults; model order as evaluated); a failure is logged and leaves the basic comparison."""
+    from engine.reducer import recorded_stats, write_statistics
+    from engine.stats_options import StatsOptions
+
+    options, order = recorded_stats(results_dir) if results_dir is not None else (StatsOptions(), [])
+    models = [m for m in order if m in set(runs["model"])] or list(dict.fromkeys(runs["model"].astype(str)))
+    tables = {"runs": runs} if per_case is None else {"runs": runs, "per_case": per_case}
+    try:
+        return write_statistics(output_dir, tables, basic, options, models)
+    except Exception:  # derived tables: the evaluation's own rows are already written
+        logger.exception("the comparison statistics of %s failed; %s holds the basic comparison", output_dir,
+                         COMPARISON_CSV)
+        return []

@@ -77,6 +77,10 @@ def test_reevaluation_gives_the_sweeps_values_and_writes_boxes(ich_sweep: Path, 
         table = pd.read_csv(out / "predictions" / f"{model}_seed_24" / f"{test_case}_boxes.csv")
         assert len(table) == len(boxes["boxes"]) and {"voxel_x1", "world_z2_mm", "score"} <= set(table.columns)
     assert (out / "predictions" / "detseg3d_seed_24" / f"{test_case}.nii.gz").is_file()
+    comparison = pd.read_csv(out / COMPARISON_CSV)  # re-evaluation writes the sweep's comparison statistics too
+    assert {"map_ci_low", "map_ci_high", "pareto_latency"} <= set(comparison.columns)
+    tests = pd.read_csv(out / "statistical_tests.csv")
+    assert set(tests["model_a"]) | set(tests["model_b"]) >= {"detseg3d", "unet3d_xs"}
 
 
 def test_mri_models_are_refused_on_ct_before_training(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
