@@ -66,10 +66,13 @@ def _diag_affine(spacing: tuple[float, float, float]) -> np.ndarray:
     return np.diag([float(s) for s in spacing] + [1.0])
 
 
-def _from_pickle(path: Path, keys: tuple[str, ...], what: str) -> np.ndarray:
+def _from_pickle(path: Path, keys: tuple[str, ...], what: str, *, allow_pickle: bool) -> np.ndarray:
+    """The array of a pickled file; refused (``ValueError``) unless the user opted in with ``--allow_pickle``."""
+    if not allow_pickle:
+        raise ValueError(pickle_refusal(path))
     try:
         with open(path, "rb") as fh:
-            obj = pickle.load(fh)  # noqa: S301 -- only reached with --allow_pickle (the user trusts the file)
+            obj = pickle.load(fh)  # noqa: S301 -- the user opted in with --allow_pickle (checked just above)
     except Exception as exc:  # unpickling can raise anything
         raise ValueError(f"cannot unpickle {path}: {type(exc).__name__}: {exc}") from exc
     if isinstance(obj, np.ndarray):
@@ -108,14 +111,12 @@ def read_ct(path: str | os.PathLike[str], *, mask: bool, npy_spacing: tuple[floa
             numeric, or not 3D.
     """
     path = Path(path)
-    if is_pickle(path) and not allow_pickle:
-        raise ValueError(pickle_refusal(path))
     if has_header(path):
         data, affine, spacing = load_label(path) if mask else load_volume(path)
         has_affine = True
     else:
-        raw = _from_pickle(path, _MASK_KEYS if mask else _IMAGE_KEYS, "mask" if mask else "image") \
-            if is_pickle(path) else _from_npy(path)
+        raw = _from_pickle(path, _MASK_KEYS if mask else _IMAGE_KEYS, "mask" if mask else "image",
+                           allow_pickle=allow_pickle) if is_pickle(path) else _from_npy(path)
         if raw.dtype.kind not in "biuf":
             raise ValueError(f"{path}: array dtype {raw.dtype} is not numeric")
         data = raw if mask else raw.astype(np.float32, copy=False)
