@@ -6,8 +6,8 @@ preprocessing: BraTS MRI ``{"clip_percentiles"}`` (:func:`dataio.preprocess.prep
 ``{"kind": "ct", "hu_window", "target_spacing", "crop"[, "npy_spacing"]}``
 (:func:`dataio.ct_preprocess.preprocess_ct_case`), so changing the HU window or the spacing rebuilds.
 An entry is written into a temporary folder (``meta.json`` last) that is then renamed into place, so a
-killed process never leaves an entry that is later trusted. An entry is reused only if its ``meta.json`` is valid and every source
-file still has the recorded size and mtime; otherwise it is rebuilt.
+killed process never leaves an entry that is later trusted. An entry is reused only if its ``meta.json``
+is valid and every source file still has the recorded size and mtime; otherwise it is rebuilt.
 """
 
 from __future__ import annotations

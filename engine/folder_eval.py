@@ -157,9 +157,11 @@ def _check_same_axes(pair: CasePair) -> None:
 
 
 def evaluate_pair(pair: CasePair, accumulator: SegmentationMetricAccumulator, *, task: str, convention: str,
-                  spacing: Sequence[float] | None = None) -> dict[str, Any] | None:
+                  spacing: Sequence[float] | None = None, lesions: LesionAccumulator | None = None,
+                  prob_files: dict[str, Path] | None = None) -> dict[str, Any] | None:
     """Metrics of one pair, added to ``accumulator``; HD95 uses the label file's spacing (the prediction's
-    when the label is ``.npy``; ``spacing`` when given)."""
+    when the label is ``.npy``; ``spacing`` when given). With ``lesions`` the pair's boxes go there too
+    (:func:`_add_lesions`), from the same arrays."""
     pred, pred_spacing = read_label_file(pair.prediction, spacing)
     ref, ref_spacing = read_label_file(pair.label, spacing)
     if pred.shape != ref.shape:
@@ -173,6 +175,8 @@ def evaluate_pair(pair: CasePair, accumulator: SegmentationMetricAccumulator, *,
         _check_same_axes(pair)
     elif pred_nifti and spacing is None:  # .npy label: the prediction's header is the only spacing there is
         ref_spacing = pred_spacing
+    if lesions is not None:
+        _add_lesions(lesions, pair.case_id, pred, ref, prob_files)
     return accumulator.update(_to_task_labels(pred, task, convention, pair.prediction),
                               _to_task_labels(ref, task, convention, pair.label), ref_spacing, pair.case_id)
 
@@ -209,14 +213,13 @@ def load_label_float(path: Path) -> np.ndarray:
     return np.asarray(nib.load(str(path)).get_fdata(dtype=np.float32))
 
 
-def _add_lesions(lesions: LesionAccumulator, pair: CasePair, prob_files: dict[str, Path] | None) -> None:
-    """Boxes of the pair's predicted and reference masks (binary) into ``lesions``."""
-    pred, _ = read_label_file(pair.prediction)
-    ref, _ = read_label_file(pair.label)
-    probability = _probability_map(prob_files, pair.case_id, pred.shape) if prob_files is not None else None
+def _add_lesions(lesions: LesionAccumulator, case_id: str, pred: np.ndarray, ref: np.ndarray,
+                 prob_files: dict[str, Path] | None) -> None:
+    """Boxes of a case's predicted and reference masks (non-zero = foreground) into ``lesions``."""
+    probability = _probability_map(prob_files, case_id, pred.shape) if prob_files is not None else None
     min_size = lesions.settings.min_size
     boxes, scores = scored_boxes(np.asarray(pred) != 0, probability, min_size=min_size)
-    lesions.add_boxes(pair.case_id, boxes, scores, boxes_from_mask(np.asarray(ref) != 0, min_size=min_size))
+    lesions.add_boxes(case_id, boxes, scores, boxes_from_mask(np.asarray(ref) != 0, min_size=min_size))
 
 
 def evaluate_folder(pred_dir: Path, label_dir: Path, *, task: str = "brats", label_convention: str = "brats2021",
@@ -240,9 +243,8 @@ def evaluate_folder(pred_dir: Path, label_dir: Path, *, task: str = "brats", lab
     lesion_acc = LesionAccumulator(lesions or LesionSettings()) if task == "binary" else None
     prob_files = _index(Path(prob_dir), "--prob_dir") if prob_dir is not None else None
     for pair in pairs:
-        evaluate_pair(pair, accumulator, task=task, convention=label_convention, spacing=spacing)
-        if lesion_acc is not None:
-            _add_lesions(lesion_acc, pair, prob_files)
+        evaluate_pair(pair, accumulator, task=task, convention=label_convention, spacing=spacing, lesions=lesion_acc,
+                      prob_files=prob_files)
     rows = accumulator.per_case()
     extra: dict[str, Any] = {}
     if lesion_acc is not None:
