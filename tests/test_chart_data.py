@@ -119,12 +119,12 @@ def test_learning_curves_name_the_dice_they_plot(tmp_path: Path) -> None:
                                 val_dice_wt=0.5, val_dice_tc=0.4, val_dice_et=0.3, val_dice_mean=0.4)
                            for e in (1, 2)])
     epochs.to_csv(tmp_path / EPOCHS_CSV, index=False)
-    fig = learning_curves.learning_figure(*learning_curves._prepare(tmp_path, None))
+    fig = learning_curves.learning_figure(*learning_curves.epoch_frame(tmp_path, None))
     titles = [ax.get_title() for ax in fig.axes]
     assert any("mean of WT, TC, ET" in t for t in titles), titles
     epochs.drop(columns=["val_dice_tc", "val_dice_et"]).rename(columns={"val_dice_wt": "val_dice_ich"}).to_csv(
         tmp_path / EPOCHS_CSV, index=False)
-    fig = learning_curves.learning_figure(*learning_curves._prepare(tmp_path, None))
+    fig = learning_curves.learning_figure(*learning_curves.epoch_frame(tmp_path, None))
     assert any("mean of ICH" in ax.get_title() for ax in fig.axes)
 
 
@@ -133,7 +133,7 @@ def test_learning_curves_add_a_map_panel_on_the_lesion_track(tmp_path: Path) -> 
     rows += [dict(model="unet3d_xs", seed=1, fold=np.nan, epoch=e, train_loss=1.0 / e, val_dice_ich=0.2 * e)
              for e in (1, 2)]
     pd.DataFrame(rows).to_csv(tmp_path / EPOCHS_CSV, index=False)
-    fig = learning_curves.learning_figure(*learning_curves._prepare(tmp_path, None))
+    fig = learning_curves.learning_figure(*learning_curves.epoch_frame(tmp_path, None))
     assert len(fig.axes) == 3 and "mAP" in fig.axes[2].get_title()
     (line,) = fig.axes[2].get_lines()  # only the detector has validation mAP
     assert line.get_label() == "retinanet" and list(line.get_ydata()) == pytest.approx([0.1, 0.2])

@@ -2,7 +2,8 @@
 intervals, counts, out-of-fold pooling and variance shares in model_comparison.csv, the Pareto columns, the paired
 tests against SciPy with Holm and the rank-biserial, the ranking with ties and NaN; the charts read back; the
 statistics flags; then one tiny 2-model x 2-seed sweep: the files and columns after the sweep and after
---aggregate, and --compare of that sweep with a renamed copy (and its refusal of other data or test cases)."""
+--aggregate, its report.html in a real Chromium, and --compare of that sweep with a renamed copy (and its refusal
+of other data or test cases)."""
 
 from __future__ import annotations
 
@@ -26,10 +27,12 @@ from engine.job_results import JobFolder, job_folders
 from engine.reducer import IncrementalReducer, build_comparison, metric_columns
 from engine.stats_options import StatsOptions, stats_options_from_config
 from metrics.statistics import bootstrap_ci, holm, paired_bootstrap_diff_ci, variance_shares
+from browser_check import open_in_chromium
 from sweep_helpers import tiny_flags
 from utils.schema import (COMPARISON_CSV, CONFIG_JSON, JOBS_DIR, RANKING_CSV, SPLITS_JSON, STATISTICAL_TESTS_CSV,
                           TABLES)
 from visualization import efficiency_plots, ranking_chart, significance
+from visualization.report import CHART_CLASS
 
 OPTIONS = StatsOptions(stats_seed=3, bootstrap_resamples=200)
 
@@ -273,7 +276,7 @@ def _check_files(out: Path, models: set[str]) -> None:
     ranking = pd.read_csv(out / RANKING_CSV)
     assert set(ranking["model"]) == models and {"final_rank", "mean_rank", "p_rank_1", "p_keep_rank"} <= set(
         ranking.columns)
-    for chart in ("significance_heatmap.png", "ranking_chart.png", "parameter_efficiency.png"):
+    for chart in ("significance_heatmap.png", "ranking_chart.png", "parameter_efficiency.png", "report.html"):
         assert (out / chart).is_file(), chart
 
 
@@ -287,6 +290,14 @@ def test_sweep_writes_the_statistics_and_aggregate_rebuilds_them(sweep: Path) ->
     assert evaluate_experiment.main(["--results_dir", str(sweep), "--aggregate"]) == 0
     _check_files(sweep, models)
     assert {n: (sweep / n).read_text() for n in before} == before  # the same seed gives the same numbers
+
+
+def test_sweep_report_draws_its_charts_in_chromium(sweep: Path, tmp_path: Path) -> None:
+    seen = open_in_chromium(sweep / "report.html", tmp_path / "sweep_report.png", CHART_CLASS)
+    assert seen.errors == [] and seen.requests == []
+    # --skip_efficiency: no cost axis, so neither the efficiency scatter nor the 3D view; the rest are drawn
+    assert {c["key"] for c in seen.charts} == {"learning_curves", "region_dice", "ranking", "significance"}
+    assert all(c["laid_out"] and c["traces"] > 0 and c["svg_layers"] > 0 for c in seen.charts), seen.charts
 
 
 def _renamed_copy(sweep: Path, target: Path, suffix: str) -> Path:

@@ -49,6 +49,9 @@ def test_every_model_of_the_track_writes_the_lesion_columns(ich_sweep: Path) -> 
     comparison = pd.read_csv(ich_sweep / COMPARISON_CSV)
     assert {f"{c}_mean" for c in LESION_COLUMNS} <= set(comparison.columns)
     assert (ich_sweep / "lesion_metrics_chart.png").stat().st_size > 0
+    page = (ich_sweep / "report.html").read_text(encoding="utf-8")
+    for chart in ("lesion_metrics", "froc", "region_dice", "learning_curves"):  # the lesion track's report charts
+        assert f'data-chart="{chart}"' in page, chart
 
 
 def test_checkpoints_record_the_phantoms_and_their_task(ich_sweep: Path) -> None:

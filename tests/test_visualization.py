@@ -150,7 +150,7 @@ def test_no_temp_files_left(brats_dir: Path) -> None:
 @pytest.mark.parametrize("dir_fixture", ["brats_dir", "binary_dir"])
 def test_draw_all_returns_every_file(dir_fixture: str, request: pytest.FixtureRequest) -> None:
     root = request.getfixturevalue(dir_fixture)
-    assert sorted(p.name for p in _WRITTEN[root]) == sorted([*PNGS, HTML])
+    assert sorted(p.name for p in _WRITTEN[root]) == sorted([*PNGS, HTML, "report.html"])
     assert all(p.parent == root for p in _WRITTEN[root])
 
 

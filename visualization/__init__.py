@@ -1,6 +1,6 @@
 """Result charts drawn from the CSV files of a results directory only (never the runner or torch).
 
-``draw_all(results_dir)`` draws every chart whose inputs exist; each ``draw_*`` function returns the
+``draw_all(results_dir)`` draws every chart whose inputs exist, then ``report.html`` (one self-contained page); each ``draw_*`` function returns the
 file it wrote, or None (with a logged reason) when its input is missing or has no ok rows.
 """
 
@@ -18,6 +18,7 @@ from visualization.learning_curves import draw_learning_curves
 from visualization.lesion_charts import draw_lesion_metrics
 from visualization.modality import draw_modality_contribution
 from visualization.ranking_chart import draw_ranking_chart
+from visualization.report import draw_report
 from visualization.significance import draw_significance_heatmap
 
 logger = logging.getLogger(__name__)
@@ -34,6 +35,7 @@ CHARTS: tuple[DrawFn, ...] = (
     draw_lesion_metrics,
     draw_significance_heatmap,
     draw_ranking_chart,
+    draw_report,  # last: the one page that gathers the tables and the interactive charts
 )
 
 
@@ -62,5 +64,6 @@ __all__ = [
     "draw_modality_contribution",
     "draw_parameter_efficiency",
     "draw_ranking_chart",
+    "draw_report",
     "draw_significance_heatmap",
 ]

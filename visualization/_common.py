@@ -207,3 +207,9 @@ def save_figure(fig: Figure, path: Path) -> Path:
             fig.savefig(fh, format="png", dpi=DPI, bbox_inches="tight")
     logger.info("wrote %s", path)
     return path
+
+
+def plotly_color(rgba: Sequence[float], alpha: float | None = None) -> str:
+    """A matplotlib RGBA tuple (0-1 floats) as a CSS colour for plotly: ``rgb(r,g,b)`` or ``rgba(r,g,b,a)``."""
+    r, g, b = (int(round(255 * c)) for c in rgba[:3])
+    return f"rgb({r},{g},{b})" if alpha is None else f"rgba({r},{g},{b},{alpha:g})"

@@ -17,6 +17,7 @@ from visualization._common import (
     load_ok_results,
     model_colors,
     per_model_stats,
+    plotly_color,
 )
 
 logger = logging.getLogger(__name__)
@@ -46,17 +47,10 @@ def _model_table(frame: pd.DataFrame, regions: list[str]) -> pd.DataFrame:
     return means
 
 
-def draw_interactive_3d(results_dir: Path, regions: list[str] | None = None) -> Path | None:
-    """Write ``interactive_3d_analysis.html``: x = params (M), y = latency (ms), z = mean Dice.
-
-    One point per model (means over its ok runs), hover text with the model's mean metrics.
-    The plotly library is embedded (the machines are offline). Returns the path, or None when
-    there are no ok rows or no model has all three coordinates.
-    """
-    results_dir = Path(results_dir)
-    frame = load_ok_results(results_dir)
-    if frame is None:
-        return None
+def interactive_3d_figure(frame: pd.DataFrame, regions: list[str] | None = None) -> "go.Figure | None":
+    """The plotly figure of ``interactive_3d_analysis.html`` from ok result rows: x = params (M),
+    y = latency (ms), z = mean Dice, one point per model (means over its ok runs) with its mean metrics on
+    hover. None when no model has all three coordinates."""
     regions = detect_regions(frame.columns, regions)
     table = _model_table(frame, regions)
     axes = ["params_m", "latency_ms", "dice_mean"]
@@ -70,15 +64,14 @@ def draw_interactive_3d(results_dir: Path, regions: list[str] | None = None) -> 
     if complete.empty:
         logger.info("skipping interactive 3D: no model has params, latency and Dice")
         return None
-    import plotly.graph_objects as go  # lazy: only needed for this chart
+    import plotly.graph_objects as go  # lazy: only needed for the interactive charts
 
     colors = model_colors(list(complete.index))
     fig = go.Figure()
     for model, row in complete.iterrows():
-        rgb = ",".join(str(int(255 * c)) for c in colors[model][:3])
         fig.add_trace(go.Scatter3d(
             x=[row["params_m"]], y=[row["latency_ms"]], z=[row["dice_mean"]],
-            mode="markers+text", text=[model], name=model, marker={"size": 7, "color": f"rgb({rgb})"},
+            mode="markers+text", text=[model], name=model, marker={"size": 7, "color": plotly_color(colors[model])},
             hovertext=[_hover_text(model, row.drop("n_runs"), int(row["n_runs"]))],
             hoverinfo="text",
         ))
@@ -88,6 +81,20 @@ def draw_interactive_3d(results_dir: Path, regions: list[str] | None = None) -> 
                "zaxis_title": f"test Dice, mean of {', '.join(r.upper() for r in regions) or 'regions'}"},
         margin={"l": 0, "r": 0, "t": 40, "b": 0},
     )
+    return fig
+
+
+def draw_interactive_3d(results_dir: Path, regions: list[str] | None = None) -> Path | None:
+    """Write ``interactive_3d_analysis.html`` (:func:`interactive_3d_figure`), with the plotly library embedded
+    (the machines are offline). Returns the path, or None when there are no ok rows or no model has params,
+    latency and Dice."""
+    results_dir = Path(results_dir)
+    frame = load_ok_results(results_dir)
+    if frame is None:
+        return None
+    fig = interactive_3d_figure(frame, regions)
+    if fig is None:
+        return None
     path = results_dir / OUTPUT
     atomic_write_text(path, fig.to_html(include_plotlyjs=True, full_html=True))
     logger.info("wrote %s", path)

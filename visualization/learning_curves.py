@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 OUTPUT = "learning_curves.png"
 
 
-def _epoch_stats(frame: pd.DataFrame, column: str) -> pd.DataFrame:
+def epoch_stats(frame: pd.DataFrame, column: str) -> pd.DataFrame:
     """Mean and std over runs of ``column`` per (model, epoch); columns: model, epoch, mean, std."""
     stats = frame.groupby(["model", "epoch"], sort=True)[column].agg(["mean", "std"]).reset_index()
     stats["std"] = stats["std"].fillna(0.0)
@@ -46,7 +46,7 @@ def _band(ax: object, stats: pd.DataFrame, color: object, label: str, style: str
     return True
 
 
-def _prepare(results_dir: Path, regions: list[str] | None) -> tuple[pd.DataFrame, list[str]] | None:
+def epoch_frame(results_dir: Path, regions: list[str] | None) -> tuple[pd.DataFrame, list[str]] | None:
     """ok-run epoch rows with numeric columns and a ``val_dice_mean`` column, and the regions it averages."""
     frame = read_csv(results_dir, EPOCHS_CSV)
     if frame is None:
@@ -78,7 +78,7 @@ def draw_learning_curves(results_dir: Path, regions: list[str] | None = None) ->
     across runs (zero for a single run). Returns the written path, or None when there is no input.
     """
     results_dir = Path(results_dir)
-    prepared = _prepare(results_dir, regions)
+    prepared = epoch_frame(results_dir, regions)
     if prepared is None or prepared[0].empty:
         return None
     fig = learning_figure(*prepared)
@@ -104,12 +104,12 @@ def learning_figure(frame: pd.DataFrame, found: list[str]) -> Figure | None:
         for column, style in (("train_loss", "-"), ("val_loss", "--")):
             if column in rows.columns:
                 label = "_nolegend_" if labelled else model
-                drew = _band(ax_loss, _epoch_stats(rows, column), colors[model], label, style)
+                drew = _band(ax_loss, epoch_stats(rows, column), colors[model], label, style)
                 labelled |= drew
                 drew_loss |= drew
-        drew_dice |= _band(ax_dice, _epoch_stats(rows, "val_dice_mean"), colors[model], model)
+        drew_dice |= _band(ax_dice, epoch_stats(rows, "val_dice_mean"), colors[model], model)
     if lesion:
-        drew_map = any([_band(axes[2], _epoch_stats(frame[frame["model"] == m], "val_map"), colors[m], m)
+        drew_map = any([_band(axes[2], epoch_stats(frame[frame["model"] == m], "val_map"), colors[m], m)
                         for m in models])
         _finish_axis(axes[2], drew_map, "Validation mAP (IoU 0.1:0.5:0.05)", "validation mAP", len(models))
     _finish_axis(ax_loss, drew_loss, "Loss (solid: train, dashed: val)", "loss", len(models))
