@@ -36,6 +36,7 @@ from engine.parallel import resolve_mode, select_jobs, wrap_for_ddp
 from engine.reducer import IncrementalReducer, reduce_results
 from engine.sweep_files import check_output_dir, check_resume, default_output_dir, sweep_record, write_sweep_files
 from engine.sweep_plan import Job, ModelPlan, SweepData, make_jobs, plan_models, prepare_data
+from engine.tracking import JobTracking
 from engine.trainer import DivergedError, FitResult, TrainerHooks, fit
 from metrics.efficiency import measure_efficiency, stage_wise_pam
 from models import resolve_model_names
@@ -181,12 +182,16 @@ def run_job(job: Job, plan: ModelPlan, data: SweepData, config: ExperimentConfig
                               trainer=dataclasses.asdict(plan.trainer)))
     keys = dict(model=job.model, seed=job.seed, fold=job.fold)
     row: dict[str, Any] = dict(keys, status="ok", error="")
-    job_hooks = [EpochRowWriter(folder, keys, job.label, config.epochs), BestValidationWriter(folder, keys)] \
-        if writes else []
+    tracking = JobTracking(config, folder.path, Path(context.output_dir), job.label,
+                           dict(keys, **dataclasses.asdict(plan.trainer))) if writes else None
+    job_hooks = [EpochRowWriter(folder, keys, job.label, config.epochs), BestValidationWriter(folder, keys),
+                 tracking] if writes else []
     try:
         model, fit_result, checkpoint = train_model(job, plan, data, config, context, hooks=[*job_hooks, *hooks])
         test = evaluate_model(model, plan, data.subset(data.splits["test"]), config, device=context.device,
                               shard=context.job_shard)
+        if tracking is not None:
+            tracking.log_test(test.aggregate)
         if writes:
             folder.write_table("epochs", [dict(keys, **r) for r in fit_result.epoch_rows])
             for table, rows in test.all_tables().items():
@@ -202,6 +207,8 @@ def run_job(job: Job, plan: ModelPlan, data: SweepData, config: ExperimentConfig
         if context.device.type == "cuda":
             torch.cuda.empty_cache()
     row.update(efficiency)
+    if tracking is not None:
+        tracking.close(row["status"])
     if writes:
         folder.write_table("runs", [row])  # last: the job is finished
         if not config.keep_latest:

@@ -21,6 +21,7 @@ from engine.data_options import DataOptions
 from engine.lesion_options import LesionOptions, add_lesion_arguments
 from engine.parallel_options import PARALLEL_MODES, add_parallel_arguments, parse_shard
 from engine.stats_options import StatsOptions, add_stats_arguments
+from engine.tracking_options import TrackingOptions, add_tracking_arguments, tracker_list
 from engine.trainer_settings import TrainerSettings
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
@@ -28,7 +29,7 @@ SCHEDULERS = ("cosine", "plateau", "step", "poly", "none")
 
 
 @dataclass
-class ExperimentConfig(DataOptions, LesionOptions, TrainerSettings, StatsOptions):
+class ExperimentConfig(DataOptions, LesionOptions, TrainerSettings, StatsOptions, TrackingOptions):
     """Resolved settings of one sweep (the data flags come from :class:`DataOptions`, the lesion track's from
     :class:`LesionOptions`, the trainer's from :class:`TrainerSettings`).
 
@@ -116,6 +117,7 @@ class ExperimentConfig(DataOptions, LesionOptions, TrainerSettings, StatsOptions
             raise ValueError(f"--pretrained_checkpoint {self.pretrained_checkpoint} does not exist")
         self.validate_data()  # the data flags (engine.data_options): CT flags, layouts, --data_path
         self.validate_stats()  # --baseline, --stats_seed, --bootstrap_resamples (engine.stats_options)
+        self.validate_tracking()  # --tracker and its packages, --wandb_project (engine.tracking_options)
 
 
 def add_data_arguments(parser: argparse.ArgumentParser, *, recorded: bool = False) -> argparse._ArgumentGroup:
@@ -197,6 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_output_arguments(p)
     add_parallel_arguments(p)
     add_stats_arguments(p)
+    add_tracking_arguments(p)
     return p
 
 
@@ -336,6 +339,7 @@ def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
         hu_window=tuple(args.hu_window),
         target_spacing=tuple(args.target_spacing) if args.target_spacing else None,
         patch_size=tuple(args.patch_size) if args.patch_size else None,
+        tracker=tracker_list(args.tracker),
     )
     config = ExperimentConfig(**values)
     config.validate()

@@ -23,7 +23,8 @@ RESULT_FLAGS = ("data_path", "dataset_version", "synthetic_cases", "synthetic_si
 # flags that may change between starts: how the work runs, not what it computes
 FREE_FLAGS = ("models", "seeds", "num_workers", "sharing_strategy", "output_dir", "resume", "keep_latest", "device",
               "parallel", "shard", "pam_runs", "latency_runs", "skip_efficiency", "cache_dir", "allow_pickle",
-              "baseline", "stats_seed", "bootstrap_resamples")  # the last three: statistics only (reducer recomputes)
+              "baseline", "stats_seed", "bootstrap_resamples",  # statistics only (the reducer recomputes them)
+              "tracker", "mlflow_uri", "wandb_project")  # trackers mirror the CSV rows
 
 
 def resume_differences(first: dict[str, Any], now: dict[str, Any]) -> list[str]:
