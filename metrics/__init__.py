@@ -1,6 +1,6 @@
 """volbench metrics: overlap (Dice, precision, recall, confusion), surface (HD95), per-case aggregation.
 
-Importing this package loads numpy only; HD95 imports torch and MONAI when first called.
+Importing this package loads numpy only; HD95 uses scipy (its exact, cropped distance code matches MONAI's values).
 ``metrics.efficiency`` (params, FLOPs, memory, latency) is imported on its own.
 """
 

@@ -8,7 +8,7 @@ Follows the BraTS 2023 evaluation code (github.com/rachitsaluja/BraTS-2023-Metri
 3. Each lesion is dilated again the same way; every predicted component touching the dilated lesion
    belongs to its match (a component touching two lesions serves both), and the union of those
    components is compared with the undilated lesion:
-   Dice = 2|P & L| / (|P| + |L|), HD95 in mm with the voxel spacing (``metrics.surface.hd95``: MONAI's
+   Dice = 2|P & L| / (|P| + |L|), HD95 in mm with the voxel spacing (``metrics.surface.hd95``, equal to MONAI's
    ``compute_hausdorff_distance(percentile=95)``; BraTS uses DeepMind's surface-distance package, so
    values differ slightly). A lesion no prediction touches scores Dice 0 and HD95 ``hd95_penalty``.
 4. Lesions of ``min_lesion_size`` voxels or FEWER are dropped from the scores (BraTS: volume in mm^3 <= 50,

@@ -19,9 +19,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .overlap import confusion_matrix, dice, precision_recall
-from .regions import BRATS_SPEC, MetricSpec, region_mask
-from .surface import hd95
+from .overlap import confusion_matrix, dice_from_counts, precision_recall_from_counts, region_counts
+from .regions import BRATS_SPEC, MetricSpec
+from .surface import region_hd95
 
 logger = logging.getLogger(__name__)
 
@@ -61,19 +61,21 @@ def case_metrics(pred_labels: Any, ref_labels: Any, spacing: float | Sequence[fl
     ref = _to_numpy_labels(ref_labels, "ref_labels")
     if pred.shape != ref.shape:
         raise ValueError(f"pred_labels and ref_labels must have the same shape, got {pred.shape} and {ref.shape}")
+    groups = {**{f"region:{n}": m for n, m in spec.regions.items()},
+              **{f"class:{n}": (label,) for n, label in spec.classes.items()}}
+    counts = region_counts(pred, ref, groups)  # one pass over the joint non-zero box (metrics.overlap)
+    hd = region_hd95(pred, ref, spec.regions, spacing, image_shape=image_shape) if include_hd95 else {}
     out: dict[str, float] = {}
     region_dice: list[float] = []
-    for name, members in spec.regions.items():
-        p, r = region_mask(pred, members), region_mask(ref, members)
-        out[f"dice_{name}"] = dice(p, r)
-        region_dice.append(out[f"dice_{name}"])
-        if include_hd95:
-            out[f"hd95_{name}"] = hd95(p, r, spacing, image_shape=image_shape)
-        out[f"precision_{name}"], out[f"recall_{name}"] = precision_recall(p, r)
-    for name, label in spec.classes.items():
-        p, r = pred == label, ref == label
-        out[f"dice_{name}"] = dice(p, r)
-        out[f"precision_{name}"], out[f"recall_{name}"] = precision_recall(p, r)
+    for kind, names in (("region", spec.regions), ("class", spec.classes)):
+        for name in names:
+            tp_fp_fn = counts[f"{kind}:{name}"]
+            out[f"dice_{name}"] = dice_from_counts(*tp_fp_fn)
+            if kind == "region":
+                region_dice.append(out[f"dice_{name}"])
+                if include_hd95:
+                    out[f"hd95_{name}"] = hd[name]
+            out[f"precision_{name}"], out[f"recall_{name}"] = precision_recall_from_counts(*tp_fp_fn)
     out["dice_mean"] = _nanmean(region_dice)
     return out
 

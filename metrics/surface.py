@@ -1,8 +1,12 @@
 """Surface distance: HD95 in millimetres, with the empty-mask rule volbench applies to every model.
 
 HD95 = max of the two directed 95th percentiles of the distances between the mask surfaces
-(surface = mask minus its erosion; distances in mm with the voxel spacing honoured), computed by
-MONAI's ``compute_hausdorff_distance(percentile=95)`` (``torch.quantile``, linear interpolation).
+(surface = mask minus its erosion by the 6-neighbour cross, the array border counting as background;
+distances in mm between voxel centres with the voxel spacing honoured), as MONAI's
+``compute_hausdorff_distance(percentile=95)`` defines it (``torch.quantile``, linear interpolation,
+float32). ``metrics.surface_distance`` computes it exactly and faster (HD95 of a 240x240x155 case 27x
+faster for a typical prediction, 9x for a poor one; ``benchmarks/bench_metrics.py``); the tests compare it
+with MONAI.
 
 ``EMPTY_MASK_RULES`` states every empty-mask rule of the overlap and surface metrics in one place,
 so the README and reports can quote it.
@@ -12,10 +16,12 @@ from __future__ import annotations
 
 import logging
 import math
-import warnings
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+
+from .crop import foreground_box, hull, joint_label_crop, label_mask
+from .surface_distance import percentile_hausdorff
 
 logger = logging.getLogger(__name__)
 
@@ -65,24 +71,41 @@ def hd95(pred: Any, ref: Any, spacing: float | Sequence[float] = 1.0, *,
 
     Raises:
         ValueError: on differing shapes or a spacing that is not one positive value per axis.
+
+    Computed by ``metrics.surface_distance.percentile_hausdorff`` (hand-written for speed; equal to
+    MONAI's ``compute_hausdorff_distance(percentile=95)`` in float32, which the tests check).
     """
     p = np.asarray(pred).astype(bool, copy=False)
     r = np.asarray(ref).astype(bool, copy=False)
     if p.shape != r.shape:
         raise ValueError(f"pred and ref masks must have the same shape, got {p.shape} and {r.shape}")
     sp = _check_spacing(spacing, p.ndim)
-    p_any, r_any = bool(p.any()), bool(r.any())
-    if not p_any and not r_any:
+    box_p, box_r = foreground_box(p), foreground_box(r)
+    if box_p is None and box_r is None:
         return float("nan")
-    if p_any != r_any:
+    if box_p is None or box_r is None:
         return worst_case_distance(tuple(image_shape) if image_shape is not None else p.shape, sp)
-    import torch  # lazy: keeps ``import metrics`` numpy-only
-    from monai.metrics import compute_hausdorff_distance
+    box = hull(box_p, box_r)
+    return percentile_hausdorff(p[box], r[box], sp, 95.0)
 
-    y_pred = torch.from_numpy(np.ascontiguousarray(p))[None, None]
-    y = torch.from_numpy(np.ascontiguousarray(r))[None, None]
-    with warnings.catch_warnings():  # MONAI 1.6 warns about its own internal use of a deprecated argument
-        warnings.filterwarnings("ignore", message=".*always_return_as_numpy.*", category=FutureWarning)
-        out = compute_hausdorff_distance(y_pred, y, include_background=True, percentile=95,
-                                         spacing=[float(s) for s in sp])
-    return float(out.reshape(-1)[0])
+
+def region_hd95(pred_labels: Any, ref_labels: Any, regions: Mapping[str, Sequence[int]],
+                spacing: float | Sequence[float] = 1.0, *,
+                image_shape: Sequence[int] | None = None) -> dict[str, float]:
+    """``hd95`` (mm) of each named region (a group of labels) of two integer label maps.
+
+    Both maps are cropped once to their joint non-zero box (speed; the values are those of ``hd95`` on
+    the full region masks, the worst case still being the diagonal of ``image_shape`` or of the maps).
+
+    Raises:
+        ValueError: on differing shapes or a bad spacing (as ``hd95``).
+    """
+    pred, ref = np.asarray(pred_labels), np.asarray(ref_labels)
+    if pred.shape != ref.shape:
+        raise ValueError(f"pred and ref label maps must have the same shape, got {pred.shape} and {ref.shape}")
+    sp = _check_spacing(spacing, pred.ndim)
+    shape = tuple(image_shape) if image_shape is not None else pred.shape
+    members = {name: np.asarray(tuple(m), dtype=np.int64) for name, m in regions.items()}
+    p_crop, r_crop = joint_label_crop(pred, ref, [int(x) for m in members.values() for x in m])
+    return {name: hd95(label_mask(p_crop, m), label_mask(r_crop, m), sp, image_shape=shape)
+            for name, m in members.items()}

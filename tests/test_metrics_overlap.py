@@ -153,3 +153,102 @@ def test_accumulator_nanmean_counts_duplicates(caplog):
     np.testing.assert_array_equal(acc.confusion_matrix, [[2 + 4 + 2, 0], [1, 1 + 2]])
     acc.reset()
     assert acc.per_case() == [] and acc.confusion_matrix.sum() == 0 and acc.aggregate() == {"n_cases": 0}
+
+
+# ---------------------------------------------------------------- one-pass region counts, crops, label masks
+def _nan_equal(a: float, b: float) -> bool:
+    return a == b or (math.isnan(a) and math.isnan(b))
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.int64, np.uint16])
+def test_region_dice_equals_dice_of_region_masks_and_monai(dtype):
+    from metrics.overlap import region_counts, region_dice
+
+    rng = np.random.default_rng(5)
+    ref = np.zeros((20, 22, 18), dtype)
+    ref[4:15, 5:17, 3:14] = rng.integers(1, 4, (11, 12, 11))
+    pred = np.where(rng.random(ref.shape) < 0.1, rng.integers(0, 4, ref.shape), ref).astype(dtype)
+    got, counts = region_dice(pred, ref, BRATS_SPEC.regions), region_counts(pred, ref, BRATS_SPEC.regions)
+    metric = DiceMetric(include_background=True, reduction="none")
+    for name, members in BRATS_SPEC.regions.items():
+        p, r = region_mask(pred, members), region_mask(ref, members)
+        assert got[name] == dice(p, r)
+        tp = int((p & r).sum())
+        assert counts[name] == (tp, int(p.sum()) - tp, int(r.sum()) - tp)
+        monai = metric(torch.from_numpy(p)[None, None].float(), torch.from_numpy(r)[None, None].float())
+        assert np.float32(got[name]) == np.float32(monai.item())   # exactly, in MONAI's float32
+
+
+@pytest.mark.parametrize("regions", [{"neg": (-1,), "pos": (2,)}, {"big": (300,), "small": (1,)},
+                                     {"with_bg": (0, 1)}, {"bool": (1,)}])
+def test_region_counts_unusual_labels_fall_back_to_masks(regions):
+    from metrics.overlap import region_counts
+
+    rng = np.random.default_rng(2)
+    values = [-1, 0, 1, 2, 300] if "neg" in regions or "big" in regions else [0, 1]
+    pred, ref = rng.choice(values, (6, 7, 5)), rng.choice(values, (6, 7, 5))
+    if "bool" in regions:
+        pred, ref = pred.astype(bool), ref.astype(bool)
+    got = region_counts(pred, ref, regions)
+    for name, members in regions.items():
+        p, r = np.isin(pred, members), np.isin(ref, members)
+        tp = int((p & r).sum())
+        assert got[name] == (tp, int(p.sum()) - tp, int(r.sum()) - tp)
+
+
+def test_region_dice_empty_maps_and_errors():
+    from metrics.overlap import region_dice
+
+    empty = np.zeros((5, 4, 3), np.uint8)
+    assert all(math.isnan(v) for v in region_dice(empty, empty, BRATS_SPEC.regions).values())
+    some = empty.copy()
+    some[4, 3, 2] = 3                                   # in a corner: the crop must keep it
+    got = region_dice(some, empty, BRATS_SPEC.regions)
+    assert got == {"wt": 0.0, "tc": 0.0, "et": 0.0}
+    assert _nan_equal(region_dice(some, some, {"ncr": (1,)})["ncr"], float("nan"))
+    with pytest.raises(ValueError, match="same shape"):
+        region_dice(empty, empty[:, :, :2], BRATS_SPEC.regions)
+    with pytest.raises(ValueError, match="integer label map"):
+        region_dice(empty.astype(float), empty, BRATS_SPEC.regions)
+
+
+def test_foreground_box_and_label_mask():
+    from metrics.crop import foreground_box, label_mask
+
+    a = np.zeros((7, 8, 9), np.int64)
+    assert foreground_box(a) is None and foreground_box(np.zeros((0, 3))) is None
+    a[1, 2, 3], a[5, 0, 8] = -4, 2                      # negative labels count as foreground
+    b = np.zeros((7, 8, 9), bool)
+    b[6, 7, 0] = True
+    assert foreground_box(a) == (slice(1, 6), slice(0, 3), slice(3, 9))
+    assert foreground_box(a, b) == (slice(1, 7), slice(0, 8), slice(0, 9))
+    assert foreground_box(np.array([0, 0, 1.5, 0])) == (slice(2, 3),)
+    labels = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    for dtype in (np.uint8, np.int64, np.int8, np.uint16):
+        x = labels.astype(dtype)
+        for members in ([1, 2, 3], [3], [0, 7], [1, 9], [200], [1, 2, 3, 4, 5]):
+            np.testing.assert_array_equal(label_mask(x[::2, 1::3], members), np.isin(x[::2, 1::3], members))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_case_metrics_equal_the_per_mask_definitions(seed: int) -> None:
+    """case_metrics (one bincount + cropped HD95) gives exactly the values of the per-region mask functions."""
+    from metrics.overlap import dice, precision_recall
+    from metrics.regions import BRATS_SPEC, region_mask
+    from metrics.segmentation import case_metrics
+    from metrics.surface import hd95
+
+    rng = np.random.default_rng(seed)
+    ref = np.zeros((20, 18, 16), np.uint8)
+    ref[4:14, 3:12, 2:10] = rng.integers(0, 4, (10, 9, 8))
+    pred = np.where(rng.random(ref.shape) < 0.2, rng.integers(0, 4, ref.shape), ref).astype(np.uint8)
+    if seed == 2:
+        pred[pred == 3] = 0  # an empty ET prediction against a non-empty reference
+    got = case_metrics(pred, ref, (1.0, 1.5, 2.0), image_shape=(30, 30, 30))
+    for name, members in BRATS_SPEC.regions.items():
+        p, r = region_mask(pred, members), region_mask(ref, members)
+        assert got[f"dice_{name}"] == dice(p, r)
+        assert got[f"hd95_{name}"] == hd95(p, r, (1.0, 1.5, 2.0), image_shape=(30, 30, 30))
+        assert (got[f"precision_{name}"], got[f"recall_{name}"]) == pytest.approx(precision_recall(p, r), nan_ok=True)
+    for name, label in BRATS_SPEC.classes.items():
+        assert got[f"dice_{name}"] == dice(pred == label, ref == label)
