@@ -23,6 +23,8 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import pandas as pd
 
+from metrics.detection import LESION_COLUMNS
+from metrics.lesion_bootstrap import ScanSet, scan_bootstrap_ci, scans_from_rows
 from metrics.ranking import bootstrap_rank_stability, pareto_front, rank_then_aggregate
 from metrics.statistics import bootstrap_ci, holm, paired_bootstrap_diff_ci, paired_wilcoxon, variance_shares
 from utils.schema import BRATS_CLASS_NAMES, BRATS_REGION_NAMES
@@ -36,7 +38,8 @@ EXTENDED_SUFFIXES = ("_ci_low", "_ci_high", "_n_runs", "_n_cases", "_oof_mean", 
 # Pareto columns of model_comparison.csv: column -> cost axis (accuracy: ACCURACY_COLUMN, higher is better)
 PARETO_AXES = {"pareto_pam": "pam_train_mb", "pareto_latency": "latency_ms", "pareto_flops": "flops_torch"}
 ACCURACY_COLUMN = "dice_mean_mean"
-# dataset-level metrics: one value per run, no per-case value (their CI is over runs, see extend_comparison)
+# dataset-level metrics: one value per run, no per-case value (their CI is over scans when the boxes table has the
+# runs' boxes, else over runs; see lesion_scan_intervals)
 DATASET_LEVEL_PREFIXES = ("ap_", "map", "mar", "froc_")
 # per-case columns that statistical_tests.csv tests
 TESTED_PREFIXES = ("dice_", "hd95_", "lesion_dice_", "lesion_hd95_")
@@ -58,10 +61,16 @@ def higher_is_better(metric: str) -> bool:
 
 def _run_keys(frame: pd.DataFrame) -> pd.Series:
     """One string per row, ``model|seed|fold`` (fold empty for holdout; 1, 1.0 and "1" alike)."""
-    seed = pd.to_numeric(frame["seed"], errors="coerce").astype("Int64").astype(str)
-    fold = (pd.to_numeric(frame["fold"], errors="coerce").astype("Int64").astype(str) if "fold" in frame
-            else pd.Series("<NA>", index=frame.index))
+    seed = _key_part(frame["seed"])
+    fold = _key_part(frame["fold"]) if "fold" in frame else pd.Series("", index=frame.index)
     return frame["model"].astype(str) + "|" + seed + "|" + fold
+
+
+def _key_part(values: pd.Series) -> pd.Series:
+    """Integers as strings, missing values as "" (pandas 3 turns ``Int64`` NA into NaN under ``astype(str)``,
+    which would make every holdout key NaN)."""
+    numbers = pd.to_numeric(values, errors="coerce").astype("Int64")
+    return numbers.astype(object).where(numbers.notna(), "").astype(str)
 
 
 def ok_runs(runs: pd.DataFrame) -> pd.DataFrame:
@@ -131,10 +140,9 @@ def metric_summary(metric: str, runs: pd.DataFrame, per_case: pd.DataFrame | Non
     """The extended columns of one model and metric (``runs``, ``per_case``, ``val_cases``: that model's ok rows).
 
     - ``<m>_ci_low``, ``<m>_ci_high``: 95% percentile bootstrap CI of the mean over ok runs
-      (``metrics.statistics.bootstrap_ci``; NaN below 2 runs with a value). Dataset-level metrics (``ap_*``,
-      ``map``, ``mar``, ``froc_*``) use this run-level bootstrap too: a scan-level bootstrap
-      (``metrics.statistics.bootstrap_scans_ci``) needs each scan's boxes, which the sweep tables do not hold
-      (only per-case counts), so it is left for later.
+      (``metrics.statistics.bootstrap_ci``; NaN below 2 runs with a value). :func:`extend_comparison` replaces
+      them for the dataset-level lesion metrics (``ap_*``, ``map``, ``mar``, ``froc_*``) by the scan bootstrap of
+      :func:`lesion_scan_intervals` wherever the boxes table allows it.
     - ``<m>_n_runs``: ok runs with a value; ``<m>_n_cases``: non-NaN per-case values (cases x runs) of the test
       per-case table, NaN when that table has no such column (e.g. AP).
     - ``<m>_oof_mean``: pooled out-of-fold mean, the mean of every validation row (each job's validation cases at
@@ -159,6 +167,65 @@ def metric_summary(metric: str, runs: pd.DataFrame, per_case: pd.DataFrame | Non
             f"{metric}_n_cases": int(cases.notna().sum()) if has_cases else np.nan,
             f"{metric}_oof_mean": float(oof.mean()) if oof.notna().any() else np.nan,
             f"{metric}_seed_share": shares["seed"], f"{metric}_fold_share": shares["fold"]}
+
+
+def lesion_scan_intervals(model: str, runs: pd.DataFrame, boxes: pd.DataFrame | None, metrics: Sequence[str],
+                          options: StatsOptions) -> dict[str, float]:
+    """Scan-bootstrap ``<m>_ci_low``/``<m>_ci_high`` of the dataset-level lesion metrics of ``metrics`` (the
+    ``LESION_COLUMNS`` among them) for one model (``runs``, ``boxes``: that model's ok rows).
+
+    - Resamples the test scans, not the runs: each resample draws the model's scans with replacement
+      (``np.random.default_rng(options.stats_seed)``, ``options.bootstrap_resamples`` resamples, the draws of
+      ``metrics.statistics.bootstrap_scans_ci``), every ok run's metric is recomputed on the same drawn scans from
+      its boxes (``metrics.lesion_bootstrap``, equal to ``detection_metrics`` on those scans) and the statistic is
+      the mean over the runs; the interval is the 2.5 / 97.5 percentiles over the resamples (NaN resamples, i.e.
+      no lesion drawn, dropped; NaN below 2 scans).
+    - Scans: those of the first run's boxes in their order; when the runs hold different scans only the scans
+      every run holds are used (a warning says so).
+    - ``{}`` (the intervals over runs stay) when there is no such metric, no boxes table, or an ok run of the
+      model has no boxes rows (logged). A run whose recomputed full-set value differs from its runs-table value by
+      more than 1e-6 is logged as a warning (the boxes table does not describe that run).
+    """
+    wanted = [m for m in metrics if m in LESION_COLUMNS]
+    if not wanted or boxes is None or runs.empty:
+        return {}
+    run_keys, box_keys = _run_keys(runs), _run_keys(boxes)
+    missing = sorted(set(run_keys) - set(box_keys))
+    if missing:
+        log.info("%s: ok runs %s have no boxes table; its AP/FROC intervals stay over runs", model, ", ".join(missing))
+        return {}
+    loaded = [(key, *scans_from_rows(boxes[box_keys == key])) for key in run_keys]
+    common = [c.case_id for c in loaded[0][1]]
+    for _, scans, _ in loaded[1:]:
+        held = {c.case_id for c in scans}
+        common = [c for c in common if c in held]
+    if any(len(scans) != len(common) for _, scans, _ in loaded):
+        log.warning("%s: its runs hold different test scans; the scan bootstrap uses the %d scans all of them hold",
+                    model, len(common))
+    sets = []
+    for key, scans, settings in loaded:
+        by_id = {c.case_id: c for c in scans}
+        sets.append(ScanSet([by_id[c] for c in common], **settings))
+        if len(scans) == len(common):
+            _check_recomputed(model, key, sets[-1], runs[run_keys == key].iloc[0], wanted)
+    ci = scan_bootstrap_ci(sets, n_resamples=options.bootstrap_resamples, seed=options.stats_seed)
+    out: dict[str, float] = {}
+    for metric in wanted:
+        out[f"{metric}_ci_low"], out[f"{metric}_ci_high"] = ci[metric]
+    return out
+
+
+def _check_recomputed(model: str, key: str, scans: ScanSet, run: pd.Series, metrics: Sequence[str]) -> None:
+    """Warn when a metric recomputed from the run's boxes differs from the run's recorded value (> 1e-6)."""
+    again = scans.metrics_dict()
+    differ = [m for m in metrics if m in run and not _close(again[m], pd.to_numeric(run[m], errors="coerce"))]
+    if differ:
+        log.warning("%s: run %s: %s recomputed from its boxes differ from the runs table; its scan intervals may "
+                    "not describe it", model, key, ", ".join(differ))
+
+
+def _close(a: float, b: float) -> bool:
+    return (np.isnan(a) and np.isnan(b)) or bool(abs(a - b) <= 1e-6)
 
 
 def _note_incomplete_grid(model: str, runs: pd.DataFrame) -> None:
@@ -201,14 +268,17 @@ def add_pareto(table: pd.DataFrame) -> pd.DataFrame:
 
 def extend_comparison(basic: pd.DataFrame, runs: pd.DataFrame, metrics: Sequence[str],
                       per_case: pd.DataFrame | None = None, val_cases: pd.DataFrame | None = None,
-                      options: StatsOptions | None = None) -> pd.DataFrame:
+                      options: StatsOptions | None = None, boxes: pd.DataFrame | None = None) -> pd.DataFrame:
     """The full ``model_comparison.csv``: ``basic`` (the reducer's rows: mean, std, n_runs, rank, efficiency) with,
     per metric of ``metrics``, the columns of :func:`metric_summary` after its ``<m>_std``, and the Pareto columns
-    of :func:`add_pareto` last. Values of the basic columns are unchanged."""
+    of :func:`add_pareto` last. ``boxes``: the sweep's boxes table (``utils.schema.TABLES["boxes"]``); with it the
+    dataset-level lesion metrics get the scan-bootstrap intervals of :func:`lesion_scan_intervals`, without it
+    (older sweeps, BraTS) their intervals stay over runs. Values of the basic columns are unchanged."""
     options = options or StatsOptions()
     ok = ok_runs(runs).copy()
     ok["model"] = ok["model"].astype(str)
     cases, val = ok_rows(per_case, runs), ok_rows(val_cases, runs)
+    box_rows = ok_rows(boxes, runs) if any(m in LESION_COLUMNS for m in metrics) else None
     extra = []
     with _quiet_grid_warnings():
         for model in basic["model"].astype(str):
@@ -218,6 +288,7 @@ def extend_comparison(basic: pd.DataFrame, runs: pd.DataFrame, metrics: Sequence
             row: dict[str, Any] = {}
             for metric in metrics:
                 row.update(metric_summary(metric, own, _of_model(cases, model), _of_model(val, model), options))
+            row.update(lesion_scan_intervals(model, own, _of_model(box_rows, model), metrics, options))
             extra.append(row)
     added = pd.DataFrame(extra, index=range(len(basic)))
     table = pd.concat([basic.reset_index(drop=True), added], axis=1)

@@ -168,7 +168,8 @@ def write_statistics(output_dir: Path, tables: dict[str, pd.DataFrame], basic: p
     output_dir = Path(output_dir)
     runs = tables["runs"]
     per_case, val_cases = tables.get("per_case"), tables.get("val_cases")
-    comparison = extend_comparison(basic, runs, metric_columns(runs), per_case, val_cases, options)
+    comparison = extend_comparison(basic, runs, metric_columns(runs), per_case, val_cases, options,
+                                   boxes=tables.get("boxes"))  # AP/FROC intervals by bootstrapping scans
     atomic_write_csv(output_dir / COMPARISON_CSV, comparison)
     written = [output_dir / COMPARISON_CSV]
     tests = statistical_tests(per_case, runs, options, models) if per_case is not None else None

@@ -11,6 +11,8 @@ Conventions:
 - Cases without lesions still add their predictions as false positives; a set without any lesion
   gives NaN for every AP / AR / FROC value (never MONAI's -1 placeholder).
 - FROC: ``metrics.froc`` (LUNA16 rules); per-case counts: ``lesion_counts`` (same hit rule as FROC).
+- Resampled scan sets (the scan bootstrap of ``model_comparison.csv``): ``metrics.lesion_bootstrap`` computes
+  the same values from each case's matching, computed once.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from .lesions import HitRule, box_iou, hits
 logger = logging.getLogger(__name__)
 
 __all__ = ["LESION_COLUMNS", "LESION_CASE_COLUMNS", "MAP_IOU_THRESHOLDS", "CaseBoxes", "HitRule",
-           "coco_metrics", "detection_metrics", "hits", "lesion_counts"]
+           "coco_metrics", "detection_metrics", "hits", "lesion_counts", "matching_results"]
 
 LESION_COLUMNS: tuple[str, ...] = (
     "ap_10", "ap_30", "ap_50", "map", "mar", "froc_fp0.125", "froc_fp0.25", "froc_fp0.5", "froc_fp1",
@@ -66,7 +68,9 @@ class CaseBoxes:
         return b
 
 
-def _matching(cases: Sequence[CaseBoxes], max_detections: int) -> list[dict]:
+def matching_results(cases: Sequence[CaseBoxes], max_detections: int) -> list[dict]:
+    """MONAI's ``matching_batch`` of ``cases`` (one dict per case, class 0 only; absent when the case has neither
+    predictions nor lesions) at the 9 ``MAP_IOU_THRESHOLDS``, boxes compared by ``metrics.lesions.box_iou``."""
     from monai.apps.detection.metrics.matching import matching_batch
 
     return matching_batch(
@@ -99,7 +103,7 @@ def coco_metrics(cases: Sequence[CaseBoxes], *, max_detections: int = 100) -> di
         return {k: float("nan") for k in (*_AP_KEYS, "map", "mar")}
     from monai.apps.detection.metrics.coco import COCOMetric
 
-    results = _matching(cases, max_detections)
+    results = matching_results(cases, max_detections)
     overall = COCOMetric(classes=["lesion"], iou_list=(0.1,), iou_range=(0.1, 0.5, 0.05),
                          max_detection=(max_detections,), per_class=False, verbose=False)
     if len(overall.iou_thresholds) != len(MAP_IOU_THRESHOLDS):  # guard against a MONAI change

@@ -24,7 +24,7 @@ curve exactly as the script does.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
@@ -67,8 +67,40 @@ def froc_candidates(cases: Sequence[CaseBoxes], *, rule: HitRule = "iou",
     return np.concatenate(is_lesion), np.concatenate(scores), n_lesions
 
 
-def _curve_from_candidates(is_lesion: np.ndarray, scores: np.ndarray, n_lesions: int,
-                           n_scans: int) -> tuple[np.ndarray, np.ndarray]:
+def _sklearn_roc(is_lesion: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``sklearn.metrics.roc_curve`` (FP rate, TP rate); the reference ``froc_metrics`` draws its curve with."""
+    from sklearn.metrics import roc_curve  # lazy: sklearn is only needed here
+
+    fpr, tpr, _ = roc_curve(is_lesion.astype(np.int64), scores)
+    return fpr, tpr
+
+
+def fast_roc(is_lesion: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(FP rate, TP rate) exactly as ``sklearn.metrics.roc_curve(..., drop_intermediate=True)`` computes them.
+
+    Hand-written for speed only: the scan bootstrap (``metrics.lesion_bootstrap``) draws thousands of curves, and
+    sklearn's input validation costs more than the curve. Same steps as sklearn 1.x: scores sorted descending
+    (stable), one point per distinct score (counts at the last candidate of each tie), collinear middle points
+    dropped (second differences of both counts zero), (0, 0) prepended, counts divided by their totals. Counts
+    are exact integers in float64, so the points equal sklearn's bit for bit (tests/test_froc.py). Both classes
+    must be present (``_curve_from_candidates`` handles the rest).
+    """
+    order = np.argsort(scores, kind="mergesort")[::-1]
+    sorted_scores = scores[order]
+    truth = is_lesion[order].astype(np.float64)
+    ends = np.r_[np.flatnonzero(np.diff(sorted_scores)), truth.size - 1]
+    tps = np.cumsum(truth)[ends]
+    fps = 1 + ends.astype(np.float64) - tps
+    if fps.size > 2:
+        keep = np.flatnonzero(np.r_[True, np.logical_or(np.diff(fps, 2), np.diff(tps, 2)), True])
+        fps, tps = fps[keep], tps[keep]
+    tps, fps = np.r_[0.0, tps], np.r_[0.0, fps]
+    return fps / fps[-1], tps / tps[-1]
+
+
+def _curve_from_candidates(is_lesion: np.ndarray, scores: np.ndarray, n_lesions: int, n_scans: int, *,
+                           roc: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]] = _sklearn_roc
+                           ) -> tuple[np.ndarray, np.ndarray]:
     """LUNA16's ``computeFROC``: (FPs per scan, sensitivity) points, FPs per scan non-decreasing."""
     n_found = int(is_lesion.sum())
     n_fp = int(is_lesion.size - n_found)
@@ -76,9 +108,7 @@ def _curve_from_candidates(is_lesion: np.ndarray, scores: np.ndarray, n_lesions:
         return np.array([0.0, n_fp / n_scans]), np.zeros(2)
     if n_fp == 0:  # LUNA: "this system has no false positives" -> FPs per scan 0 at every point
         return np.zeros(2), np.array([0.0, n_found / n_lesions])
-    from sklearn.metrics import roc_curve  # lazy: sklearn is only needed here
-
-    fpr, tpr, _ = roc_curve(is_lesion.astype(np.int64), scores)
+    fpr, tpr = roc(is_lesion, scores)
     return fpr * n_fp / n_scans, tpr * n_found / n_lesions
 
 
@@ -115,3 +145,22 @@ def froc_metrics(cases: Sequence[CaseBoxes], *, rule: HitRule = "iou",
     out = {f"froc_fp{r:g}": float(v) for r, v in zip(FROC_FP_RATES, values)}
     out["froc_cpm"] = float(np.mean(values))
     return out
+
+
+_RATE_POINTS = _LUNA_GRID[[int(np.argmin(np.abs(_LUNA_GRID - r))) for r in FROC_FP_RATES]]  # froc_at's grid points
+
+
+def froc_values(is_lesion: np.ndarray, scores: np.ndarray, n_lesions: int, n_scans: int) -> np.ndarray:
+    """``froc_metrics`` from a pooled candidate list: (8,) float64, the 7 sensitivities then ``froc_cpm``.
+
+    ``is_lesion``/``scores``/``n_lesions``: ``froc_candidates`` of the scans (the concatenation of each scan's own
+    candidates, a scan drawn twice counted twice); ``n_scans``: how many scans (lesion-free ones too). All NaN
+    without a lesion. Hand-written for speed (the scan bootstrap calls it thousands of times): ``fast_roc``
+    instead of sklearn and ``np.interp`` at the 7 grid points ``froc_at`` picks instead of the whole
+    10001-point grid (pointwise, so the same values); equal to ``froc_metrics`` to 1e-12 (tests/test_froc.py).
+    """
+    if n_lesions == 0:
+        return np.full(len(FROC_KEYS), np.nan)
+    fps, sens = _curve_from_candidates(is_lesion, scores, n_lesions, n_scans, roc=fast_roc)
+    values = np.interp(_RATE_POINTS, fps, sens)
+    return np.r_[values, np.mean(values)]

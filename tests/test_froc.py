@@ -11,7 +11,8 @@ from sklearn.metrics import roc_curve
 
 from lesion_helpers import random_cases
 from metrics.detection import CaseBoxes, detection_metrics
-from metrics.froc import FROC_FP_RATES, FROC_KEYS, froc_at, froc_candidates, froc_curve, froc_metrics
+from metrics.froc import (FROC_FP_RATES, FROC_KEYS, fast_roc, froc_at, froc_candidates, froc_curve, froc_metrics,
+                          froc_values)
 from metrics.lesions import hits
 
 CUBE = [0, 0, 0, 10, 10, 10]
@@ -158,3 +159,33 @@ def test_random_sets_agree_with_literal_luna(rule):
         np.testing.assert_allclose(_values(froc_metrics(cases, rule=rule)), _luna(cases, rule), atol=1e-12)
         compared += 1
     assert compared >= 10
+
+
+def test_fast_roc_equals_sklearn_bit_for_bit_with_ties():
+    rng = np.random.default_rng(5)
+    for size in (2, 3, 5, 40, 300):
+        for levels in (3, 10, 0):  # few distinct scores (many ties), some, all distinct
+            is_lesion = rng.random(size) < 0.4
+            is_lesion[:2] = [True, False]  # both classes present (the only inputs fast_roc takes)
+            scores = rng.integers(0, levels, size) / levels if levels else rng.random(size)
+            fpr, tpr, _ = roc_curve(is_lesion.astype(int), scores)
+            ours = fast_roc(is_lesion, scores)
+            np.testing.assert_array_equal(ours[0], fpr)
+            np.testing.assert_array_equal(ours[1], tpr)
+
+
+@pytest.mark.parametrize("rule", ["iou", "centre"])
+def test_froc_values_of_pooled_candidates_equal_froc_metrics(rule):
+    """Per-scan candidates concatenated (a scan drawn twice counted twice) give froc_metrics of the scan list."""
+    rng = np.random.default_rng(8)
+    for _ in range(25):
+        cases = random_cases(rng, max_cases=5, hit_share=0.6, jitter=2.0)
+        cases.append(case([FAR], [0.5], [], "fp_only"))
+        cases.append(case([], [], [], "empty"))
+        drawn = [cases[i] for i in rng.integers(0, len(cases), len(cases))]
+        own = [froc_candidates([c], rule=rule) for c in drawn]
+        got = froc_values(np.concatenate([o[0] for o in own]), np.concatenate([o[1] for o in own]),
+                          sum(o[2] for o in own), len(drawn))
+        want = froc_metrics(drawn, rule=rule)
+        np.testing.assert_allclose(got, [want[k] for k in FROC_KEYS], atol=1e-12, rtol=0)
+    assert np.isnan(froc_values(np.zeros(0, bool), np.zeros(0), 0, 3)).all()

@@ -14,7 +14,7 @@ import evaluate_experiment
 import integrated_experiment
 from metrics.detection import LESION_COLUMNS
 from utils.checkpoint import load_checkpoint
-from utils.schema import COMPARISON_CSV, PER_CASE_CSV, RUNS_CSV
+from utils.schema import COMPARISON_CSV, JOBS_DIR, PER_CASE_CSV, RUNS_CSV, SPLITS_JSON, TABLES
 
 MODELS = ("retinanet", "detseg3d", "unet3d_xs")
 
@@ -52,6 +52,38 @@ def test_every_model_of_the_track_writes_the_lesion_columns(ich_sweep: Path) -> 
     page = (ich_sweep / "report.html").read_text(encoding="utf-8")
     for chart in ("lesion_metrics", "froc", "region_dice", "learning_curves"):  # the lesion track's report charts
         assert f'data-chart="{chart}"' in page, chart
+
+
+def test_each_job_writes_its_test_boxes_and_they_reproduce_its_metrics(ich_sweep: Path) -> None:
+    """The boxes table (the test evaluation's scans, one "case" row each) gives back every run's AP/FROC values,
+    and the comparison statistics bootstrap those scans."""
+    from engine.comparison_stats import extend_comparison
+    from engine.reducer import build_comparison, collect_tables, metric_columns
+    from engine.stats_options import StatsOptions
+    from metrics.lesion_bootstrap import ScanSet, scans_from_rows
+
+    test_ids = sorted(map(str, json.loads((ich_sweep / SPLITS_JSON).read_text())["test"]))
+    runs = pd.read_csv(ich_sweep / RUNS_CSV).set_index("model")
+    # the detectors' accumulators are lesion accumulators; unet3d_xs writes boxes once SegmentationAccumulator
+    # passes on its lesion accumulator's tables
+    with_boxes = [m for m in MODELS if m != "unet3d_xs" or (ich_sweep / JOBS_DIR / "unet3d_xs_seed_24" /
+                                                             TABLES["boxes"][0]).is_file()]
+    sweep_boxes = pd.read_csv(ich_sweep / TABLES["boxes"][1])
+    assert set(sweep_boxes["model"]) == set(with_boxes) and {"retinanet", "detseg3d"} <= set(with_boxes)
+    for model in with_boxes:
+        frame = pd.read_csv(ich_sweep / JOBS_DIR / f"{model}_seed_24" / TABLES["boxes"][0])
+        assert sorted(frame.loc[frame["kind"] == "case", "case_id"].astype(str)) == test_ids  # test scans only
+        scans, settings = scans_from_rows(frame)
+        again = ScanSet(scans, **settings).metrics_dict()
+        for column in LESION_COLUMNS:
+            assert again[column] == pytest.approx(runs.at[model, column], abs=1e-9, nan_ok=True), (model, column)
+    tables = collect_tables(ich_sweep)
+    options = StatsOptions(bootstrap_resamples=200)
+    table = extend_comparison(build_comparison(tables["runs"]), tables["runs"], metric_columns(tables["runs"]),
+                              options=options, boxes=tables["boxes"]).set_index("model")
+    for model in with_boxes:  # one run each: no interval over runs, but one over the test scans
+        low, high = table.at[model, "froc_cpm_ci_low"], table.at[model, "froc_cpm_ci_high"]
+        assert (math.isnan(low) and len(test_ids) < 2) or low <= runs.at[model, "froc_cpm"] <= high
 
 
 def test_checkpoints_record_the_phantoms_and_their_task(ich_sweep: Path) -> None:

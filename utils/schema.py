@@ -21,6 +21,7 @@ CONFUSION_CSV = "confusion_matrices.csv"
 VAL_PER_CASE_CSV = "val_per_case_results.csv"  # each job's validation cases at its best epoch (out-of-fold)
 STATISTICAL_TESTS_CSV = "statistical_tests.csv"  # paired tests on the per-case test results (engine/comparison_stats)
 RANKING_CSV = "ranking.csv"  # rank-then-aggregate over the test cases and its bootstrap stability
+LESION_BOXES_CSV = "lesion_boxes.csv"  # lesion track: each test case's predicted and reference boxes per run
 CONFIG_JSON = "config.json"
 ENVIRONMENT_JSON = "environment.json"
 SPLITS_JSON = "splits.json"
@@ -43,6 +44,9 @@ TABLES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "attention": ("attention.csv", ATTENTION_CSV, ("model", "seed", "fold", "case_id")),
     "confusion": ("confusion.csv", CONFUSION_CSV, ("model", "seed", "fold", "reference")),
     "val_cases": ("val_per_case.csv", VAL_PER_CASE_CSV, ("model", "seed", "fold", "epoch", "case_id")),
+    # lesion track: every test case's boxes, one row per "case" (with the matching settings), "gt" and "pred" box
+    # (score, x1..z2 in voxels, max exclusive; metrics.lesion_bootstrap.box_rows), for the scan bootstrap of AP/FROC
+    "boxes": ("boxes.csv", LESION_BOXES_CSV, ("model", "seed", "fold", "case_id", "kind")),
 }
 
 RUN_KEYS = ("model", "seed", "fold")

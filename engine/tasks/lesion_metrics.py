@@ -9,7 +9,8 @@ probability. Ground-truth lesions are the 26-connected components of the referen
 Per case: ``lesions``, ``lesions_found``, ``lesions_missed``, ``fp_components`` (predictions scored at
 least ``score_threshold``, matched by the FROC hit rule) and ``n_pred_boxes``; the run's value of each
 count is its sum over the cases. Per dataset: AP/mAP/mAR and FROC over every case (``metrics.detection``),
-NaN when the cases hold no lesion. Models that output a mask also get Dice, HD95 (mm), precision and
+NaN when the cases hold no lesion. Table ``boxes`` (:meth:`LesionAccumulator.tables`): each case's boxes, for the
+scan bootstrap of those dataset-level metrics in the comparison statistics. Models that output a mask also get Dice, HD95 (mm), precision and
 recall of the mask per case (``mask_spec``).
 """
 
@@ -22,6 +23,7 @@ import numpy as np
 
 from dataio.types import CachedCase
 from metrics.detection import LESION_CASE_COLUMNS, LESION_COLUMNS, CaseBoxes, detection_metrics, lesion_counts
+from metrics.lesion_bootstrap import box_rows
 from metrics.lesions import boxes_from_mask, scored_boxes
 from metrics.regions import MetricSpec
 from metrics.segmentation import SegmentationMetricAccumulator
@@ -117,7 +119,14 @@ class LesionAccumulator:
         return out
 
     def tables(self) -> dict[str, list[dict[str, Any]]]:
-        return {}
+        """``boxes``: every case's scored predicted boxes and ground-truth boxes, one row each, plus one "case"
+        row per case (so lesion-free cases without predictions still count as scans), in case order
+        (``metrics.lesion_bootstrap.box_rows``); the comparison statistics bootstrap AP/FROC over these scans.
+        Written by the test evaluation of a job (``experiment_runner.run_job`` writes ``test.all_tables()``;
+        validation tables are not written)."""
+        s = self.settings
+        return {"boxes": box_rows(self.cases.values(), rule=s.hit_rule, iou_threshold=s.iou_threshold,
+                                  max_detections=s.max_detections)}
 
     def mean_loss(self) -> float | None:
         return None
@@ -137,7 +146,6 @@ class LesionAccumulator:
         key = lambda item: position.get(item[0], len(position))  # noqa: E731
         self.cases = dict(sorted(self.cases.items(), key=key))
         self.rows = dict(sorted(self.rows.items(), key=key))
-
 
 
 LESION_RUN_COLUMNS: tuple[str, ...] = (*LESION_COLUMNS, *SUMMED_COLUMNS)

@@ -78,10 +78,14 @@ class SegmentationAccumulator:
         return out  # type: ignore[return-value]
 
     def tables(self) -> dict[str, list[dict[str, Any]]]:
-        """``confusion``: long-format rows (reference, prediction, voxels) of the summed matrix."""
+        """``confusion``: long-format rows (reference, prediction, voxels) of the summed matrix; on the lesion
+        track also ``boxes`` (every test case's scored and reference boxes, :class:`LesionAccumulator`)."""
         matrix = self.metrics.confusion_matrix
-        return {"confusion": [dict(reference=r, prediction=p, voxels=int(matrix[r, p]))
-                              for r in range(matrix.shape[0]) for p in range(matrix.shape[1])]}
+        tables = {"confusion": [dict(reference=r, prediction=p, voxels=int(matrix[r, p]))
+                                for r in range(matrix.shape[0]) for p in range(matrix.shape[1])]}
+        if self.lesions is not None:
+            tables.update(self.lesions.tables())
+        return tables
 
     def mean_loss(self) -> float | None:
         return float(np.mean(list(self.losses.values()))) if self.losses else None
