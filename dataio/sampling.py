@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from dataio.augment import apply_augmentation, build_augmentation
+from dataio.augment import apply_augmentation, augment_into, build_augmentation
 from dataio.types import CachedCase
 
 logger = logging.getLogger(__name__)
@@ -105,21 +105,36 @@ def crop_patch(
     Returns:
         float32 image patch (C', *patch_size) and label patch (*patch_size, label dtype) or ``None``.
     """
+    n_channels = image.shape[0] if channels is None else len(channels)
+    out = np.zeros((n_channels, *patch_size), dtype=np.float32)
+    lab = None if label is None else np.zeros(tuple(patch_size), dtype=label.dtype)
+    crop_into(image, label, center, patch_size, channels, out, lab)
+    return out, lab
+
+
+def crop_into(
+    image: np.ndarray,
+    label: np.ndarray | None,
+    center: Sequence[int],
+    patch_size: Sequence[int],
+    channels: Sequence[int] | None,
+    out_image: np.ndarray,
+    out_label: np.ndarray | None,
+) -> None:
+    """Write the crop of :func:`crop_patch` into zero-initialised ``out_image`` (C', *patch_size) and
+    ``out_label`` (*patch_size), which may be any strided views (e.g. of an augmented patch's buffer).
+
+    Each channel is copied straight from ``image`` (basic slicing: a memmap reads only the crop).
+    """
     spatial = image.shape[1:]
     if len(spatial) != len(patch_size) or len(center) != len(patch_size):
         raise ValueError(f"image spatial shape {spatial}, centre {tuple(center)} and patch_size "
                          f"{tuple(patch_size)} must have the same length")
     src, dst = _crop_windows(spatial, center, patch_size)
-    view = image[(slice(None),) + src]  # basic slicing: a memmap view, nothing read yet
-    if channels is not None:
-        view = view[list(channels)]
-    out = np.zeros((view.shape[0], *patch_size), dtype=np.float32)
-    out[(slice(None),) + dst] = np.asarray(view, dtype=np.float32)
-    lab = None
-    if label is not None:
-        lab = np.zeros(tuple(patch_size), dtype=label.dtype)
-        lab[dst] = np.asarray(label[src])
-    return out, lab
+    for j, c in enumerate(range(image.shape[0]) if channels is None else channels):
+        out_image[j][dst] = image[(int(c),) + src]
+    if label is not None and out_label is not None:
+        out_label[dst] = label[src]
 
 
 def foreground_coords(label: np.ndarray, max_per_class: int = MAX_FG_COORDS, seed: int = 0) -> dict[int, np.ndarray]:
@@ -222,8 +237,17 @@ class PatchDataset(_CaseSampler):
     def __getitem__(self, index: int | tuple[int, int]) -> dict:
         _, case, rng, fg = self._resolve(index)
         center = sample_patch_center(case.label.shape, self.patch_size, rng, fg)
-        img, lab = crop_patch(case.image, case.label, center, self.patch_size, self.channel_idx)
-        return _finish(img, lab, case.case_id, self.augment, rng)
+        if self.augment is None:
+            img, lab = crop_patch(case.image, case.label, center, self.patch_size, self.channel_idx)
+            return _finish(img, lab, case.case_id, None, rng)
+
+        def fill(out_image: np.ndarray, out_label: np.ndarray) -> None:
+            crop_into(case.image, case.label, center, self.patch_size, self.channel_idx, out_image, out_label)
+
+        # the crop is written straight to its flipped/rotated place (same values as crop, then augment)
+        image, label = augment_into(self.augment, (len(self.channel_idx), *self.patch_size), fill,
+                                    int(rng.integers(2**32)), np.int64)
+        return {"image": image, "label": label, "case_id": case.case_id}
 
 
 class SliceDataset(_CaseSampler):
