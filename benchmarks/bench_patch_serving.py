@@ -18,7 +18,6 @@ import math
 import os
 import platform
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -27,6 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks._workdir import run_in_workdir  # noqa: E402
 from dataio.adapters import discover_cases  # noqa: E402
 from dataio.cache import PreprocessedCache  # noqa: E402
 from dataio.preprocess import preprocess_case  # noqa: E402
@@ -99,12 +99,7 @@ def run(args: argparse.Namespace, workdir: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    if args.workdir is not None:
-        run(args, args.workdir)
-        return
-    with tempfile.TemporaryDirectory(prefix="volbench_bench_") as tmp:
-        run(args, Path(tmp))
+    run_in_workdir(run, parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -37,7 +37,6 @@ import math
 import os
 import platform
 import sys
-import tempfile
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -49,6 +48,7 @@ import torch.nn as nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks._workdir import run_in_workdir  # noqa: E402
 from dataio.adapters import discover_cases  # noqa: E402
 from dataio.cache import PreprocessedCache  # noqa: E402
 from dataio.sampling import PatchDataset  # noqa: E402
@@ -267,12 +267,7 @@ def table(rows: list[dict[str, Any]], reference: np.ndarray, tol: float) -> None
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    if args.workdir is not None:
-        run(args, args.workdir)
-        return
-    with tempfile.TemporaryDirectory(prefix="volbench_bench_") as tmp:
-        run(args, Path(tmp))
+    run_in_workdir(run, parse_args(argv))
 
 
 if __name__ == "__main__":
