@@ -12,6 +12,7 @@ from __future__ import annotations
 import html
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -80,11 +81,26 @@ def _chart_html(key: str, fig: Any) -> str:
     return f'<div class="{CHART_CLASS}" data-chart="{key}">{body}</div>'
 
 
-def build_charts(results_dir: Path, regions: list[str]) -> list[tuple[str, str, Any]]:
+@dataclass
+class ReportInputs:
+    """The files of a results folder the report reads, each read once (None / {} when missing)."""
+
+    comparison: pd.DataFrame | None
+    tests: pd.DataFrame | None
+    ranking: pd.DataFrame | None
+    config: dict[str, Any]
+    environment: dict[str, Any]
+
+    @classmethod
+    def read(cls, results_dir: Path) -> "ReportInputs":
+        return cls(_read_csv(results_dir / COMPARISON_CSV), _read_csv(results_dir / STATISTICAL_TESTS_CSV),
+                   _read_csv(results_dir / RANKING_CSV), _read_json(results_dir / CONFIG_JSON),
+                   _read_json(results_dir / ENVIRONMENT_JSON))
+
+
+def build_charts(results_dir: Path, regions: list[str], inputs: ReportInputs) -> list[tuple[str, str, Any]]:
     """(key, title, figure) of every chart whose inputs exist, in page order."""
-    comparison = _read_csv(results_dir / COMPARISON_CSV)
-    ranking = _read_csv(results_dir / RANKING_CSV)
-    tests = _read_csv(results_dir / STATISTICAL_TESTS_CSV)
+    comparison, ranking, tests = inputs.comparison, inputs.ranking, inputs.tests
     epochs = epoch_frame(results_dir, regions or None) if (results_dir / EPOCHS_CSV).is_file() else None
     ok_runs = load_ok_results(results_dir)
     candidates = [
@@ -121,12 +137,11 @@ def _summary_line(runs: pd.DataFrame, config: dict[str, Any], environment: dict[
     return " · ".join(html.escape(str(p)) for p in parts)
 
 
-def build_sections(results_dir: Path, runs: pd.DataFrame, regions: list[str]) -> list[tuple[str, str, str]]:
+def build_sections(results_dir: Path, runs: pd.DataFrame, regions: list[str],
+                   inputs: ReportInputs) -> list[tuple[str, str, str]]:
     """(anchor, title, HTML) of every section, in page order."""
-    config, environment = _read_json(results_dir / CONFIG_JSON), _read_json(results_dir / ENVIRONMENT_JSON)
-    comparison = _read_csv(results_dir / COMPARISON_CSV)
-    tests = _read_csv(results_dir / STATISTICAL_TESTS_CSV)
-    ranking = _read_csv(results_dir / RANKING_CSV)
+    config, environment = inputs.config, inputs.environment
+    comparison, tests, ranking = inputs.comparison, inputs.tests, inputs.ranking
     sections = [
         _table_section("comparison", "Model comparison",
                        tables.comparison_view(comparison, regions) if comparison is not None else None,
@@ -143,7 +158,7 @@ def build_sections(results_dir: Path, runs: pd.DataFrame, regions: list[str]) ->
                        "averaged; stability under bootstrap resampling of the cases."),
     ]
     sections += [_section(f"chart-{key}", title, _chart_html(key, fig)) for key, title, fig in
-                 build_charts(results_dir, regions)]
+                 build_charts(results_dir, regions, inputs)]
     sections.append(_table_section("runs", "Runs", tables.runs_view(runs), "Every run, failed ones included."))
     settings = "".join(f"<details><summary>{html.escape(name)}</summary>{tables.key_value_table(value)}</details>"
                        for name, value in (("Configuration (config.json)", config),
@@ -175,9 +190,9 @@ def draw_report(results_dir: Path, regions: list[str] | None = None) -> Path | N
         return None
     ok = keep_ok_runs(results_dir, runs)
     found = detect_regions((ok if not ok.empty else runs).columns, regions)
-    config, environment = _read_json(results_dir / CONFIG_JSON), _read_json(results_dir / ENVIRONMENT_JSON)
-    page = render_page(f"volbench report: {results_dir.name}", _summary_line(runs, config, environment),
-                       build_sections(results_dir, runs, found))
+    inputs = ReportInputs.read(results_dir)
+    page = render_page(f"volbench report: {results_dir.name}", _summary_line(runs, inputs.config, inputs.environment),
+                       build_sections(results_dir, runs, found, inputs))
     path = results_dir / OUTPUT
     atomic_write_text(path, page)
     logger.info("wrote %s", path)
