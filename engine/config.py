@@ -59,6 +59,7 @@ class ExperimentConfig(DataOptions, LesionOptions, TrainerSettings, StatsOptions
     val_overlap: float = 0.1
     device: str = "auto"
     deterministic: bool = False
+    cpu_conv_split: bool = True
     pam_runs: int = 5
     latency_runs: int = 10
     skip_efficiency: bool = False
@@ -278,6 +279,9 @@ def _add_training_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--deterministic", action="store_true",
                    help="deterministic kernels: the same results on a rerun of the same machine, slower "
                         "(default: off)")
+    g.add_argument("--no_cpu_conv_split", action="store_true",
+                   help="run batch-1 CPU 3D convolutions on PyTorch's own path instead of oneDNN by a depth split "
+                        "(default: the split, 2-4x faster, off under --deterministic; see utils/cpu_conv.py)")
 
 
 def _add_evaluation_arguments(p: argparse.ArgumentParser) -> None:
@@ -333,6 +337,7 @@ def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
         dataset_version=version,
         loss="standard" if args.use_standard_loss else "nnunet",
         amp=not args.no_amp,
+        cpu_conv_split=not args.no_cpu_conv_split,
         max_grad_norm=args.max_grad_norm if args.max_grad_norm and args.max_grad_norm > 0 else None,
         synthetic_size=tuple(args.synthetic_size) if args.synthetic_size else default_synthetic_size(version),
         spacing=tuple(args.spacing),

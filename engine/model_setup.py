@@ -6,13 +6,26 @@ with a clear message up front.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 import torch.nn as nn
 
 from models import ModelInfo, create_model, model_info
+from utils.cpu_conv import apply_depth_split_convs
+
+log = logging.getLogger(__name__)
+
+CPU_CONV_FIELD = "cpu_conv_split"  # the config field (flag ``--no_cpu_conv_split`` sets it False) read below
+
+
+def cpu_conv_wanted(config: Any) -> bool:
+    """Whether models of this sweep get the batch-1 CPU convolution workaround (:mod:`utils.cpu_conv`): on
+    unless ``config.deterministic`` or ``config.cpu_conv_split`` is False (a missing field counts as True)."""
+    return bool(getattr(config, CPU_CONV_FIELD, True)) and not bool(getattr(config, "deterministic", False))
 
 
 @dataclass(frozen=True)
@@ -25,10 +38,23 @@ class ModelSetup:
     spatial_dims: int
     patch_size: tuple[int, ...]
     model_kwargs: dict[str, Any] = field(default_factory=dict)
+    cpu_conv: bool | None = None  # depth-split batch-1 CPU convs; None: on unless deterministic algorithms are on
 
     def build(self) -> nn.Module:
-        """A freshly initialised model (seed the RNG first for reproducible weights)."""
-        return create_model(self.name, **self.model_kwargs)
+        """A freshly initialised model (seed the RNG first for reproducible weights).
+
+        Its 3D convolutions take :func:`utils.cpu_conv.apply_depth_split_convs` (oneDNN instead of
+        ``slow_conv3d`` for batch-1 CPU inputs; same parameters and ``state_dict``; decided per call, so a
+        model moved to CUDA runs as before) when :attr:`cpu_conv` is True, or when it is None and
+        ``torch.are_deterministic_algorithms_enabled()`` is False at build time. The split never runs while
+        deterministic algorithms are enabled, whatever was decided here.
+        """
+        model = create_model(self.name, **self.model_kwargs)
+        wanted = self.cpu_conv if self.cpu_conv is not None else not torch.are_deterministic_algorithms_enabled()
+        if wanted:
+            swapped = apply_depth_split_convs(model)
+            log.debug("%s: %d convolutions take the depth split at batch 1 on the CPU", self.name, swapped)
+        return model
 
     @property
     def roi_size(self) -> tuple[int, ...]:
@@ -60,9 +86,11 @@ def resolve_patch_size(info: ModelInfo, requested: tuple[int, ...] | None,
 
 def setup_model(name: str, *, available_modalities: tuple[str, ...], n_classes: int,
                 requested_patch: tuple[int, ...] | None, data_extent: tuple[int, int, int],
-                dim: str | None = None, overrides: dict[str, Any] | None = None) -> ModelSetup:
+                dim: str | None = None, overrides: dict[str, Any] | None = None,
+                cpu_conv: bool | None = None) -> ModelSetup:
     """Validate that ``name`` can run on this data and decide how it is built.
 
+    ``cpu_conv``: see :attr:`ModelSetup.cpu_conv` (pass :func:`cpu_conv_wanted` of the sweep's config).
     Input channels: the model's named modalities; a model with ``any_channels`` whose modalities the
     dataset lacks takes every channel of ``available_modalities`` instead (e.g. one CT channel).
 
@@ -86,4 +114,4 @@ def setup_model(name: str, *, available_modalities: tuple[str, ...], n_classes: 
     if info.needs_fixed_input:  # e.g. UNETR: the network is built for exactly the window size
         kwargs["img_size"] = tuple(patch)
     return ModelSetup(name=name, info=info, modalities=modalities, spatial_dims=info.spatial_dims,
-                      patch_size=patch, model_kwargs=kwargs)
+                      patch_size=patch, model_kwargs=kwargs, cpu_conv=cpu_conv)

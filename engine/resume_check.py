@@ -15,7 +15,7 @@ RESULT_FLAGS = ("data_path", "dataset_version", "synthetic_cases", "synthetic_si
                 "epochs", "global_batch", "dim", "use_pretrained", "pretrained_checkpoint", "loss", "use_5fold",
                 "split_seed", "splits_file", "lr", "weight_decay", "optimizer", "scheduler", "amp", "grad_accum",
                 "max_grad_norm", "patience", "patch_size", "samples_per_volume", "val_overlap", "val_every",
-                "deterministic", "tiny", "sync_bn", "momentum", "lr_step_size", "explicit_flags",
+                "deterministic", "cpu_conv_split", "tiny", "sync_bn", "momentum", "lr_step_size", "explicit_flags",
                 "min_lesion_size", "lesion_hit", "lesion_score_threshold", "lesionwise_dilation", "lesionwise_min_size",
                 "anchor_shapes", "max_rois", "roi_batch_size", "roi_size", "seg_lambda", "neg_ratio",
                 "test_image_dir", "test_label_dir", "patient_regex", "manifest", "mask_dir", "spacing", "hu_window",

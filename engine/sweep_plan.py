@@ -15,7 +15,7 @@ import numpy as np
 from dataio.splits import iter_folds, load_splits, make_splits
 from dataio.types import CachedCase, DatasetInfo, LoadedDataset
 from engine.config import ExperimentConfig
-from engine.model_setup import ModelSetup, setup_model
+from engine.model_setup import ModelSetup, cpu_conv_wanted, setup_model
 from engine.tasks import Task, task_for
 from engine.trainer_settings import TrainerSettings
 from models import model_info
@@ -125,7 +125,7 @@ def plan_models(models: list[str], config: ExperimentConfig, data: SweepData) ->
         requested = config.patch_size or (info.test_patch_size if config.tiny else None)
         setup = setup_model(name, available_modalities=data.info.channels, n_classes=task.n_outputs,
                             requested_patch=requested, data_extent=data.extent, dim=config.dim,
-                            overrides=_overrides(name, config))
+                            overrides=_overrides(name, config), cpu_conv=cpu_conv_wanted(config))
         trainer = TrainerSettings.for_model(config, info.train_defaults, config.explicit_flags)
         own = {k: getattr(trainer, k) for k in info.train_defaults if getattr(trainer, k) != getattr(config, k)}
         if own:

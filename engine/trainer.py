@@ -12,6 +12,7 @@ Hooks (:class:`TrainerHooks`, all optional): ``on_train_start``, ``on_train_step
 from __future__ import annotations
 
 import logging
+import math
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -95,13 +96,14 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, task: Task, opt: Optim
             losses = task.train_step(model, batch, device)
         parts = list(losses.values())
         loss = parts[0] if len(parts) == 1 else torch.stack([p.float() for p in parts]).sum()
-        if not _finite_everywhere(loss):
-            raise DivergedError(f"non-finite training loss ({loss.item()}) at batch {step}")
+        total = float(loss.detach())  # the step's one host sync (on CUDA): the finite check and the epoch mean
+        if not _finite_everywhere(total, loss.device):
+            raise DivergedError(f"non-finite training loss ({total}) at batch {step}")
         scaled = loss / settings.grad_accum
         (opt.scaler.scale(scaled) if opt.scaler else scaled).backward()
         if step % settings.grad_accum == 0 or step == len(loader):
             _optimiser_step(model, opt, settings)
-        values = {"loss": float(loss.detach())}
+        values = {"loss": total}
         if len(parts) > 1 or "loss" not in losses:
             values.update({f"loss_{k}": float(v.detach()) for k, v in losses.items()})
         for key, value in values.items():
@@ -118,14 +120,15 @@ def _bare(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
-def _finite_everywhere(loss: torch.Tensor) -> bool:
-    """Whether the loss is finite on this rank and (under DDP) on every other, so all ranks stop together."""
-    finite = torch.isfinite(loss.detach()).all()
+def _finite_everywhere(loss: float, device: torch.device) -> bool:
+    """Whether the loss value is finite on this rank and (under DDP) on every other, so all ranks stop together
+    (``device``: where the process group's collectives run, the loss tensor's device)."""
+    finite = math.isfinite(loss)
     if is_distributed():
-        flag = finite.to(torch.int32).reshape(1)
+        flag = torch.tensor([int(finite)], dtype=torch.int32, device=device)
         torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
         return bool(flag.item())
-    return bool(finite)
+    return finite
 
 
 def _optimiser_step(model: nn.Module, opt: Optimisation, settings: TrainerSettings) -> None:

@@ -8,6 +8,9 @@ on CUDA); inference is a ``no_grad`` forward in eval mode. Every function leaves
   before the step; weights, optimizer state, the input and pre-allocated gradient buffers are excluded.
 * CPU: train = bytes of distinct tensors saved for backward during the forward pass; infer = peak bytes
   of live activation storages during the forward (:mod:`metrics.efficiency_trackers`).
+
+Both are the network's own figures: measured with PyTorch's own convolutions (:func:`utils.cpu_conv.native_convs`),
+so the batch-1 CPU depth split (which saves its stacked input halves as well) does not enter them.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
+
+from utils.cpu_conv import native_convs
 
 from .efficiency_common import (MB, check_shape, excluded_pointers, first_tensor, make_input, model_dtype,
                                 on_device, preserved_state, resolve_device)
@@ -77,7 +82,7 @@ def measure_pam(model: nn.Module, input_shape: Sequence[int], *, device: str | t
     net = on_device(model, dev)
     measure = _cuda_pam_bytes if dev.type == "cuda" else _cpu_pam_bytes
     values = []
-    with preserved_state(net, devices=[dev]):
+    with preserved_state(net, devices=[dev]), native_convs():
         net.train(mode == "train")
         x = make_input(input_shape, dev, model_dtype(net))
         for _ in range(runs):
@@ -86,6 +91,37 @@ def measure_pam(model: nn.Module, input_shape: Sequence[int], *, device: str | t
                 p.grad = None
     std = statistics.stdev(values) if len(values) > 1 else 0.0
     return statistics.fmean(values), std
+
+
+def cuda_plain_step_peak_mb(model: nn.Module, input_shape: Sequence[int], *, with_optimizer: bool = False) -> float:
+    """Reference for the CUDA train PAM: ``max_memory_allocated`` of a plain training step minus what was
+    allocated before it, in MB.
+
+    The step is what a training loop does: forward, ``out.float().mean()``, backward into gradient buffers that
+    exist from an earlier step (``zero_grad(set_to_none=False)``), and with ``with_optimizer`` an AdamW step
+    (whose state exists from that earlier step too). The model is on CUDA; its state is left unchanged.
+    """
+    params = list(model.parameters())
+    dev = params[0].device
+    with preserved_state(model, devices=[dev]):
+        model.train()
+        x = make_input(input_shape, dev, model_dtype(model))
+        opt = torch.optim.AdamW(params, lr=0.0) if with_optimizer else None
+
+        def step() -> None:
+            first_tensor(model(x)).float().mean().backward()
+            if opt is not None:
+                opt.step()
+            model.zero_grad(set_to_none=False)
+        step()  # gradient buffers and optimizer state now exist, as after a first step
+        torch.cuda.synchronize(dev)
+        torch.cuda.reset_peak_memory_stats(dev)
+        before = torch.cuda.memory_allocated(dev)
+        step()
+        torch.cuda.synchronize(dev)
+        peak = torch.cuda.max_memory_allocated(dev) - before
+        del opt
+    return max(0, peak) / MB
 
 
 def resolve_stages(model: nn.Module) -> dict[str, nn.Module]:
@@ -119,7 +155,7 @@ def stage_wise_pam(model: nn.Module, input_shape: Sequence[int], *, device: str 
     dev = resolve_device(device)
     net = on_device(model, dev)
     stages = resolve_stages(net)
-    with preserved_state(net, devices=[dev]):
+    with preserved_state(net, devices=[dev]), native_convs():
         x = make_input(input_shape, dev, model_dtype(net))
         excluded = excluded_pointers(net, x)
         net.train(True)

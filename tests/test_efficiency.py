@@ -3,6 +3,7 @@ tensors, stage-wise PAM, latency, and that no measurement changes the model."""
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 
@@ -10,8 +11,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from metrics.efficiency import (EFFICIENCY_KEYS, MB, count_flops, count_parameters, count_parameters_of,
-                                measure_efficiency, measure_latency, measure_pam, stage_wise_pam)
+from metrics.efficiency import (CV_LIMIT, EFFICIENCY_KEYS, MB, count_flops, count_parameters, count_parameters_of,
+                                latency_flag, measure_efficiency, measure_latency, measure_pam, stage_wise_pam)
 from models import create_model
 
 CPU = "cpu"
@@ -211,7 +212,53 @@ def test_measure_efficiency_leaves_model_unchanged() -> None:
 
 def test_latency_keys_positive() -> None:
     result = measure_latency(nn.Conv3d(1, 2, 3), (1, 1, 8, 8, 8), device=CPU, warmup=1, runs=3)
-    assert set(result) == {"latency_ms", "latency_ms_std", "latency_ms_median"}
+    assert set(result) == {"latency_ms", "latency_ms_std", "latency_ms_median", "latency_cv", "latency_load",
+                           "latency_cpu_share", "latency_threads", "latency_flag"}
+    assert set(result) <= set(EFFICIENCY_KEYS)
     assert result["latency_ms"] > 0 and result["latency_ms_median"] > 0 and result["latency_ms_std"] >= 0
+    assert result["latency_cv"] == pytest.approx(result["latency_ms_std"] / result["latency_ms"])
+    assert result["latency_threads"] == torch.get_num_threads() and result["latency_cpu_share"] > 0
+    assert set(result["latency_flag"].split("+")) <= {"", "busy", "noisy"}
     with pytest.raises(ValueError, match="runs"):
         measure_latency(nn.Conv3d(1, 2, 3), (1, 1, 8, 8, 8), device=CPU, runs=0)
+
+
+def test_latency_pins_threads_and_restores_them() -> None:
+    before = torch.get_num_threads()
+    result = measure_latency(nn.Conv3d(1, 2, 3), (1, 1, 8, 8, 8), device=CPU, warmup=0, runs=1, threads=1)
+    assert result["latency_threads"] == 1 and result["latency_cv"] == 0.0
+    assert torch.get_num_threads() == before
+    with pytest.raises(ValueError, match="threads"):
+        measure_latency(nn.Conv3d(1, 2, 3), (1, 1, 8, 8, 8), device=CPU, threads=0)
+
+
+def test_latency_flag_rules() -> None:
+    assert latency_flag(0.01, 0.2, 0.97) == ""
+    assert latency_flag(0.01, 1.5, 0.97) == "busy"  # others hold more than half the cores
+    assert latency_flag(0.01, 0.2, 0.5) == "busy"  # others took half of our CPU time
+    assert latency_flag(CV_LIMIT, 0.2, float("nan")) == "noisy"  # CUDA: no CPU share
+    assert latency_flag(0.3, 2.0, 0.4) == "busy+noisy"
+    assert latency_flag(0.0, float("nan"), float("nan")) == ""  # no load average on this OS
+    assert latency_flag(0.01, 1.2, 0.97, own=1.0) == ""  # the load is this process's own threads
+
+
+def test_latency_on_a_busy_machine_is_flagged(monkeypatch: pytest.MonkeyPatch) -> None:
+    import metrics.efficiency as eff
+
+    monkeypatch.setattr(eff, "machine_load", lambda: 3.0)
+    result = measure_latency(nn.Conv3d(1, 2, 3), (1, 1, 8, 8, 8), device=CPU, warmup=0, runs=2)
+    assert result["latency_load"] == 3.0 and "busy" in result["latency_flag"]
+
+
+def test_flops_and_pam_ignore_the_cpu_depth_split() -> None:
+    from utils.cpu_conv import apply_depth_split_convs, count_depth_split_convs
+
+    torch.manual_seed(0)
+    plain = nn.Sequential(nn.Conv3d(2, 8, 3, padding=1), nn.ReLU(), nn.ConvTranspose3d(8, 4, 2, stride=2))
+    split = copy.deepcopy(plain)
+    assert apply_depth_split_convs(split) == 2
+    shape = (1, 2, 16, 16, 16)
+    assert count_flops(split, shape) == count_flops(plain, shape)  # thop included: it sees the plain classes
+    assert measure_pam(split, shape, device=CPU, runs=1) == measure_pam(plain, shape, device=CPU, runs=1)
+    assert stage_wise_pam(split, shape, device=CPU) == stage_wise_pam(plain, shape, device=CPU)
+    assert count_depth_split_convs(split) == 2  # the measured model keeps its split

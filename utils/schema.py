@@ -53,10 +53,16 @@ RUN_KEYS = ("model", "seed", "fold")
 RUN_LEADING = ["model", "seed", "fold", "status", "error", "epochs", "best_epoch", "best_val_dice"]
 RUN_TRAILING = ["params", "flops_torch", "flops_thop", "flops_input", "pam_train_mb", "pam_train_mb_std",
                 "pam_infer_mb", "pam_infer_mb_std", "latency_ms", "latency_ms_std", "latency_ms_median",
+                "latency_cv", "latency_load", "latency_cpu_share", "latency_threads", "latency_flag",
                 "train_time_s", "checkpoint"]
 # per-model measurements (identical for every run of a model): copied into model_comparison.csv as is
 EFFICIENCY_COLUMNS = ["params", "flops_torch", "flops_thop", "flops_input", "pam_train_mb", "pam_train_mb_std",
-                      "pam_infer_mb", "pam_infer_mb_std", "latency_ms", "latency_ms_std", "latency_ms_median"]
+                      "pam_infer_mb", "pam_infer_mb_std", "latency_ms", "latency_ms_std", "latency_ms_median",
+                      "latency_cv", "latency_load", "latency_cpu_share", "latency_threads", "latency_flag"]
+# latency quality (metrics.efficiency.measure_latency): latency_cv = std / mean of the timed runs; latency_load =
+# 1-minute load average per CPU core (the higher of before and after timing); latency_cpu_share = CPU time of
+# this process / (wall time x torch threads) while timing (below 1: other processes took the cores);
+# latency_flag = "" (clean) or "busy" and/or "noisy" joined by "+", e.g. "busy+noisy"
 # prefixes of test-metric columns in the runs table (segmentation, BraTS lesion-wise, lesion track: AP/mAP/mAR,
 # FROC and the summed per-case lesion counts)
 METRIC_PREFIXES = ("dice_", "hd95_", "precision_", "recall_", "lesion_dice_", "lesion_hd95_", "ap_", "map", "mar",
