@@ -22,7 +22,8 @@ GOLDEN_DIR = Path(__file__).resolve().parent / "golden"
 TABLES = ("integrated_experiment_results.csv", "all_epochs_results.csv", "per_case_results.csv",
           "model_comparison.csv", "stage_wise_pam_results.csv", "confusion_matrices.csv")
 # columns that measure time or name paths: not compared
-VOLATILE = ("train_time_s", "epoch_time_s", "latency_", "checkpoint")  # prefixes: timings, machine load, paths
+# prefixes: timings, machine load, paths, and the latency Pareto front (two models of near-equal latency swap)
+VOLATILE = ("train_time_s", "epoch_time_s", "latency_", "pareto_latency", "checkpoint")
 TINY = json.dumps({"unet3d_xs": {"base": 2}, "unet3d_stride_xs": {"base": 2}})
 COMMON = ("--synthetic_cases", "7", "--synthetic_size", "32", "32", "32", "--epochs", "2",
           "--samples_per_volume", "1", "--num_workers", "0", "--model_kwargs", TINY, "--deterministic",

@@ -1,5 +1,6 @@
-"""The fast augmentation path (dataio.augment) against MONAI's own ``Compose``: bitwise equal outputs
-(so the same draws), and the declared probabilities and ranges of those draws."""
+"""The fast augmentation path (dataio.augment) against MONAI's own ``Compose``: bitwise equal outputs with
+MONAI's noise values (so the same draws), the float32 noise of the default path against MONAI's (same
+probability and std draws, same distribution), and the declared probabilities and ranges of the draws."""
 
 from __future__ import annotations
 
@@ -33,11 +34,14 @@ def test_fast_path_is_bitwise_monai(shape: tuple[int, ...], channels: int) -> No
     image, label = _patch(shape, channels)
     noisy = 0
     for seed in range(100):  # covers every flip/rotation combination with and without contrast and noise
-        fast = apply_augmentation(aug, image, label, seed)
+        fast = apply_augmentation(aug, image, label, seed, monai_noise=True)
+        default = apply_augmentation(aug, image, label, seed)
         img, lab = _monai(aug, image, label, seed)
-        noisy += bool(aug.transforms[-1]._do_transform)  # RandGaussianNoised of this draw
+        noised = bool(aug.transforms[-1]._do_transform)  # RandGaussianNoised of this draw
+        noisy += noised
         assert torch.equal(fast[0], img) and torch.equal(fast[1], lab), f"seed {seed}"
         assert fast[0].is_contiguous() and fast[1].dtype == label.dtype
+        assert torch.equal(default[1], lab) and torch.equal(default[0], img) is not noised, f"seed {seed}"
     assert 0 < noisy < 40
 
 
@@ -48,7 +52,7 @@ def test_fast_path_is_bitwise_monai_on_larger_patches() -> None:
     image, label = _patch(shape, 4, seed=2)
     contrast_seen = 0
     for seed in range(24):
-        fast = apply_augmentation(aug, image, label, seed)
+        fast = apply_augmentation(aug, image, label, seed, monai_noise=True)
         img, lab = _monai(aug, image, label, seed)
         contrast_seen += bool(aug.transforms[-2]._do_transform)  # RandAdjustContrastd of this draw
         assert torch.equal(fast[0], img) and torch.equal(fast[1], lab), f"seed {seed}"
@@ -60,7 +64,7 @@ def test_numpy_inputs_and_label_dtype_kept() -> None:
     image, label = _patch((6, 6, 6), 2)
     lab8 = label.to(torch.uint8)
     for seed in range(4):
-        img, lab = apply_augmentation(aug, image.numpy(), lab8.numpy(), seed)
+        img, lab = apply_augmentation(aug, image.numpy(), lab8.numpy(), seed, monai_noise=True)
         ref = _monai(aug, image, lab8, seed)
         assert lab.dtype == torch.uint8 and torch.equal(img, ref[0]) and torch.equal(lab, ref[1])
     assert torch.equal(image, _patch((6, 6, 6), 2)[0])  # the input is not modified in place
@@ -73,7 +77,7 @@ def test_other_pipelines_run_through_monai() -> None:
     assert not _fast_path_supported(aug)
     image, label = _patch(shape, 2)
     for seed in range(6):
-        out = apply_augmentation(aug, image, label, seed)
+        out = apply_augmentation(aug, image, label, seed)  # MONAI's own noise on this path
         ref = _monai(aug, image, label, seed)
         assert torch.equal(out[0], ref[0]) and torch.equal(out[1], ref[1])
 
@@ -88,8 +92,9 @@ def _case(shape: tuple[int, int, int] = (20, 18, 16)) -> CachedCase:
                       "internal")
 
 
-def test_patch_dataset_crop_into_place_equals_crop_then_monai() -> None:
-    """PatchDataset writes the crop straight to its augmented place: same as crop_patch + the Compose."""
+def test_patch_dataset_crop_into_place_equals_crop_then_augment() -> None:
+    """PatchDataset writes the crop straight to its augmented place: same as crop_patch + apply_augmentation
+    (itself bitwise the Compose but for the noise values, tested above)."""
     case = _case()
     patch = (12, 12, 12)  # larger than some axes of the case near the border: zero padding
     ds = PatchDataset([case], ("t2", "t1", "flair"), patch, samples_per_volume=24, seed=5)
@@ -98,8 +103,8 @@ def test_patch_dataset_crop_into_place_equals_crop_then_monai() -> None:
         _, _, rng, fg = ds._resolve(i)
         centre = sample_patch_center(case.label.shape, patch, rng, fg)
         img, lab = crop_patch(case.image, case.label, centre, patch, ds.channel_idx)
-        ref = _monai(ds.augment, torch.from_numpy(img), torch.from_numpy(lab.astype(np.int64)),
-                     int(rng.integers(2**32)))
+        ref = apply_augmentation(ds.augment, torch.from_numpy(img), torch.from_numpy(lab.astype(np.int64)),
+                                 int(rng.integers(2**32)))
         assert torch.equal(sample["image"], ref[0]) and torch.equal(sample["label"], ref[1]), f"index {i}"
         assert sample["label"].dtype == torch.int64
 
@@ -135,5 +140,32 @@ def test_draw_statistics_match_declared_probabilities_and_ranges() -> None:
     gamma = np.array([v[0] for v in values["contrast"]])
     for x, lo, hi in ((scale, -0.1, 0.1), (shift, -0.1, 0.1), (gamma, 0.7, 1.5)):
         assert x.min() >= lo and x.max() <= hi and abs(x.mean() - (lo + hi) / 2) < 0.1 * (hi - lo)
-    noise_std = np.array([v.std() for v in values["noise"]])
-    assert noise_std.max() <= 0.1 * 1.5 and noise_std.mean() < 0.08  # std ~ U(0, 0.1) (64 voxels per draw)
+    noise_mean = np.array([v[0] for v in values["noise"]])
+    noise_std = np.array([v[1] for v in values["noise"]])  # std ~ U(0, 0.1), as MONAI's sample_std draws it
+    assert np.all(noise_mean == 0.0) and noise_std.min() >= 0 and noise_std.max() <= 0.1
+    assert abs(noise_std.mean() - 0.05) < 4 * 0.1 / np.sqrt(12 * len(noise_std))
+    assert len({v[2] for v in values["noise"]}) == len(noise_std)  # a generator seed of its own per draw
+
+
+def test_float32_noise_has_monai_noise_std_and_distribution() -> None:
+    """Where noise fires, the default path adds N(0, std^2) with the std MONAI draws, but other values."""
+    shape = (32, 32, 32)
+    aug = build_augmentation(3, shape)
+    image, label = _patch(shape, 4, seed=3)
+    fired = 0
+    for seed in range(80):
+        default = apply_augmentation(aug, image, label, seed)
+        img, _ = _monai(aug, image, label, seed)
+        noise = aug.transforms[-1].rand_gaussian_noise
+        if not aug.transforms[-1]._do_transform:
+            continue
+        fired += 1
+        monai_noise = torch.as_tensor(noise.noise)
+        ours = (default[0] - (img - monai_noise)).double()  # the same base patch, other noise values
+        n = ours.numel()
+        assert abs(float(ours.std()) / float(monai_noise.std()) - 1) < 0.01, f"seed {seed}"
+        assert abs(float(ours.mean())) < 5 * float(monai_noise.std()) / np.sqrt(n) + 1e-6, f"seed {seed}"
+        assert abs(float(torch.corrcoef(torch.stack([ours.flatten(), monai_noise.double().flatten()]))[0, 1])) < 0.02
+        kurtosis = float(((ours - ours.mean()) ** 4).mean() / ours.var() ** 2)
+        assert abs(kurtosis - 3) < 0.1, f"seed {seed}: not Gaussian"
+    assert fired >= 4
