@@ -42,7 +42,6 @@ from scipy import ndimage
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from metrics import BRATS_REGIONS, dice, hd95, region_mask  # noqa: E402
-from metrics.crop import foreground_box  # noqa: E402
 from metrics.detection import MAP_IOU_THRESHOLDS, CaseBoxes, coco_metrics  # noqa: E402
 from metrics.lesions import STRUCTURE_26, box_iou, label_components, scored_boxes  # noqa: E402
 from metrics.overlap import region_dice  # noqa: E402
@@ -260,31 +259,6 @@ def scipy_scored_boxes(mask: np.ndarray, prob: np.ndarray) -> tuple[np.ndarray, 
     return boxes[order], scores[order]
 
 
-def label_in_box(mask: np.ndarray) -> tuple[np.ndarray, int]:
-    """Candidate (not in volbench): scipy's label run inside the mask's bounding box only; the numbering
-    is the same (C order inside the box is C order of the volume)."""
-    out = np.zeros(mask.shape, dtype=np.int32)
-    box = foreground_box(mask)
-    if box is None:
-        return out, 0
-    out[box], n = ndimage.label(mask[box], structure=STRUCTURE_26)
-    return out, int(n)
-
-
-def scored_boxes_on_mask(mask: np.ndarray, prob: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Candidate (not in volbench): as ``scored_boxes``, with each component's maximum read from the mask
-    voxels only (scipy's labelled maximum sorts every voxel it is given)."""
-    labels, n = label_in_box(mask)
-    if n == 0:
-        return np.zeros((0, 6), np.float32), np.zeros(0, np.float32)
-    boxes = np.asarray([[s.start for s in sl] + [s.stop for s in sl] for sl in ndimage.find_objects(labels)],
-                       dtype=np.float32)
-    inside = labels > 0
-    scores = np.asarray(ndimage.maximum(prob[inside], labels[inside], index=np.arange(1, n + 1)), dtype=np.float32)
-    order = np.argsort(-scores, kind="stable")
-    return boxes[order], scores[order]
-
-
 def monai_coco(cases: list[CaseBoxes], max_detections: int = 100) -> dict[str, float]:
     """Reference: MONAI's matching_batch (once, IoU 0.10:0.50:0.05) and COCOMetric called directly: one
     over the range (mAP, mAR), one per AP column on that threshold's rows of the same matching."""
@@ -323,12 +297,10 @@ def lesion_block(seed: int, n_masks: int, n_box_cases: int, repeats: int) -> lis
     steps = [
         (f"components, {n_masks} masks of {SHAPE}", "scipy.ndimage.label", same_labels,
          {"ours": lambda: [label_components(m) for m, _ in masks],
-          "ref": lambda: [ndimage.label(m, structure=STRUCTURE_26) for m, _ in masks],
-          "candidate": lambda: [label_in_box(m) for m, _ in masks]}),
+          "ref": lambda: [ndimage.label(m, structure=STRUCTURE_26) for m, _ in masks]}),
         ("scored boxes (components, boxes, max probability)", "scipy label + find_objects + maximum", same_boxes,
          {"ours": lambda: [scored_boxes(m, p) for m, p in masks],
-          "ref": lambda: [scipy_scored_boxes(m, p) for m, p in masks],
-          "candidate": lambda: [scored_boxes_on_mask(m, p) for m, p in masks]}),
+          "ref": lambda: [scipy_scored_boxes(m, p) for m, p in masks]}),
         (f"COCO AP/AR, {n_box_cases} cases, {sum(len(c.gt_boxes) for c in cases)} lesions",
          "MONAI matching_batch + COCOMetric", lambda a, b: all(math.isclose(a[k], b[k], rel_tol=1e-12) for k in b),
          {"ours": lambda: coco_metrics(cases), "ref": lambda: monai_coco(cases)}),
@@ -338,21 +310,19 @@ def lesion_block(seed: int, n_masks: int, n_box_cases: int, repeats: int) -> lis
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=RuntimeWarning)
             times, outs, load = race(methods, repeats)
-        for name in ("ours", "candidate"):
-            if name in outs and not same(outs[name], outs["ref"]):
-                bad.append(f"{step}: {name} differs from {ref_name}")
+        if not same(outs["ours"], outs["ref"]):
+            bad.append(f"{step}: ours differs from {ref_name}")
         rows.append((step, ref_name, times, load))
     n_lesions = sum(int(label_components(m)[1]) for m, _ in masks)
     print(f"\n### Lesion metrics ({n_lesions} lesions in the masks; box IoU via "
           f"{box_iou.__module__}.box_iou = MONAI's)")
-    print("\n| step | reference | ours ms | reference ms | reference / ours | candidate ms | load (before, after) |")
-    print("|---|---|---|---|---|---|---|")
+    print("\n| step | reference | ours ms | reference ms | reference / ours | load (before, after) |")
+    print("|---|---|---|---|---|---|")
     for step, ref_name, t, (l0, l1) in rows:
-        cand = f"{1000 * t['candidate']:.1f}" if "candidate" in t else "-"
         print(f"| {step} | {ref_name} | {1000 * t['ours']:.1f} | {1000 * t['ref']:.1f} | "
-              f"{t['ref'] / t['ours']:.2f}x | {cand} | {l0:.2f}, {l1:.2f} |")
-    print("candidates (not in volbench): label inside the mask's box; labelled maximum over the mask voxels only.")
-    print("values: " + ("equal (labels, boxes, scores; AP/AR to 1e-12), candidates too" if not bad
+              f"{t['ref'] / t['ours']:.2f}x | {l0:.2f}, {l1:.2f} |")
+    print("ours: labelled inside the mask's bounding box; each maximum over the component's own voxels.")
+    print("values: " + ("equal (labels, boxes, scores; AP/AR to 1e-12)" if not bad
                         else "MISMATCH " + "; ".join(bad)))
     return bad
 

@@ -112,9 +112,10 @@ def trainer_vs_bare(name: str, args: argparse.Namespace, clock: CpuClock) -> dic
         bare_epoch(ref, batches, task.loss_fn, opt_ref, settings.max_grad_norm)
     run_ours(), run_ref()  # warm-up
     t_ours, t_ref = [], []
-    for _ in range(args.repeats):
-        t_ours.append(clock.time(run_ours))
-        t_ref.append(clock.time(run_ref))
+    for i in range(args.repeats):  # ABBA order: neither loop always runs first
+        pair = ((t_ours, run_ours), (t_ref, run_ref))
+        for times, fn in (pair if i % 2 == 0 else pair[::-1]):
+            times.append(clock.time(fn))
     so, sr = args.steps / statistics.median(t_ours), args.steps / statistics.median(t_ref)
     return dict(model=name, patch="x".join(map(str, setup.patch_size)), ours=so, ref=sr, ratio=so / sr)
 

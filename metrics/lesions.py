@@ -20,6 +20,8 @@ from typing import Literal
 import numpy as np
 from scipy import ndimage
 
+from .crop import foreground_box
+
 logger = logging.getLogger(__name__)
 
 STRUCTURE_26: np.ndarray = np.ones((3, 3, 3), dtype=bool)
@@ -40,18 +42,35 @@ def label_components(mask: np.ndarray, *, min_size: int = 1) -> tuple[np.ndarray
     Components with fewer than ``min_size`` voxels are dropped and the rest relabelled 1..n, keeping
     scipy's scan order. Returns ``(labels, n)`` with ``labels`` int32 of the mask's shape (0 = background).
     """
+    m = _as_mask3d(mask)
+    labels = np.zeros(m.shape, dtype=np.int32)
+    local, n, box = _components_in_box(m, min_size)
+    if box is not None:
+        labels[box] = local
+    return labels, n
+
+
+def _components_in_box(mask: np.ndarray, min_size: int) -> tuple[np.ndarray, int, tuple[slice, ...] | None]:
+    """``(labels, n, box)``: components labelled inside the mask's bounding ``box`` only (None if empty).
+
+    Hand-written around scipy because labelling a whole 240x240x155 volume for a few small lesions costs
+    ~20x the box; the numbering is scipy's, since C order inside the box is C order of the volume.
+    """
     if min_size < 1:
         raise ValueError(f"min_size must be >= 1 voxel, got {min_size}")
-    labels, n = ndimage.label(_as_mask3d(mask), structure=STRUCTURE_26)
+    box = foreground_box(mask)
+    if box is None:
+        return np.zeros((0, 0, 0), dtype=np.int32), 0, None
+    labels, n = ndimage.label(mask[box], structure=STRUCTURE_26)
     labels = labels.astype(np.int32, copy=False)
     if n == 0 or min_size == 1:
-        return labels, int(n)
+        return labels, int(n), box
     sizes = np.bincount(labels.ravel(), minlength=n + 1)
     keep = sizes >= min_size
     keep[0] = False
     remap = np.zeros(n + 1, dtype=np.int32)
     remap[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
-    return remap[labels], int(keep.sum())
+    return remap[labels], int(keep.sum()), box
 
 
 def boxes_from_labels(labels: np.ndarray, n: int) -> np.ndarray:
@@ -85,16 +104,20 @@ def scored_boxes(mask: np.ndarray, probability: np.ndarray | None = None, *,
         ``(boxes (N, 6) float32, scores (N,) float32)`` sorted by descending score (stable: ties keep
         scan order).
     """
-    labels, n = label_components(mask, min_size=min_size)
-    boxes = boxes_from_labels(labels, n)
-    if probability is None:
+    m = _as_mask3d(mask)
+    prob = None if probability is None else np.asarray(probability)
+    if prob is not None and prob.shape != m.shape:
+        raise ValueError(f"probability shape {prob.shape} differs from mask shape {m.shape}")
+    labels, n, box = _components_in_box(m, min_size)
+    if n == 0 or box is None:
+        return np.zeros((0, 6), dtype=np.float32), np.zeros(0, dtype=np.float32)
+    offset = np.asarray([b.start for b in box] * 2, dtype=np.float32)
+    boxes = boxes_from_labels(labels, n) + offset
+    if prob is None:
         return boxes, np.ones(n, dtype=np.float32)
-    prob = np.asarray(probability)
-    if prob.shape != labels.shape:
-        raise ValueError(f"probability shape {prob.shape} differs from mask shape {labels.shape}")
-    if n == 0:
-        return boxes, np.zeros(0, dtype=np.float32)
-    scores = np.asarray(ndimage.maximum(prob, labels, index=np.arange(1, n + 1)), dtype=np.float32)
+    inside = labels > 0  # the maximum over each component's own voxels (scipy would sort the whole box)
+    scores = np.asarray(ndimage.maximum(prob[box][inside], labels[inside], index=np.arange(1, n + 1)),
+                        dtype=np.float32)
     order = np.argsort(-scores, kind="stable")
     return boxes[order], scores[order]
 

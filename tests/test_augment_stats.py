@@ -21,6 +21,11 @@ def _monai(aug: Compose, image: torch.Tensor, label: torch.Tensor, seed: int) ->
     return out["image"].as_tensor().float().contiguous(), out["label"].as_tensor()[0].to(label.dtype).contiguous()
 
 
+def _pipeline(shape: tuple[int, int, int], seed: int) -> tuple[Compose, torch.Tensor, torch.Tensor]:
+    """The 3D augmentation for ``shape`` and a random four-channel patch of that shape with its label."""
+    return (build_augmentation(3, shape), *_patch(shape, 4, seed=seed))
+
+
 def _patch(shape: tuple[int, ...], channels: int, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     return torch.randn((channels, *shape), generator=g) * 2 + 0.5, torch.randint(0, 4, shape, generator=g)
@@ -47,9 +52,7 @@ def test_fast_path_is_bitwise_monai(shape: tuple[int, ...], channels: int) -> No
 
 def test_fast_path_is_bitwise_monai_on_larger_patches() -> None:
     """Large enough for multi-block float32 reductions in the contrast transform's mean and std."""
-    shape = (40, 40, 40)
-    aug = build_augmentation(3, shape)
-    image, label = _patch(shape, 4, seed=2)
+    aug, image, label = _pipeline((40, 40, 40), seed=2)
     contrast_seen = 0
     for seed in range(24):
         fast = apply_augmentation(aug, image, label, seed, monai_noise=True)
@@ -149,9 +152,7 @@ def test_draw_statistics_match_declared_probabilities_and_ranges() -> None:
 
 def test_float32_noise_has_monai_noise_std_and_distribution() -> None:
     """Where noise fires, the default path adds N(0, std^2) with the std MONAI draws, but other values."""
-    shape = (32, 32, 32)
-    aug = build_augmentation(3, shape)
-    image, label = _patch(shape, 4, seed=3)
+    aug, image, label = _pipeline((32, 32, 32), seed=3)
     fired = 0
     for seed in range(80):
         default = apply_augmentation(aug, image, label, seed)

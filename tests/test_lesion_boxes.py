@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 from monai.apps.detection.transforms.box_ops import convert_mask_to_box
 from monai.data.box_utils import box_iou as monai_box_iou
 
@@ -92,6 +93,43 @@ def test_boxes_match_monai_mask_to_box_on_random_masks(seed):
     channels = np.where(labels[None] == np.arange(1, n + 1)[:, None, None, None], 1, -1).astype(np.int16)
     theirs, _ = convert_mask_to_box(channels, bg_label=-1)
     np.testing.assert_array_equal(ours, theirs)
+
+
+def _scipy_whole_volume(mask: np.ndarray, prob: np.ndarray, min_size: int) -> tuple[np.ndarray, int, np.ndarray,
+                                                                                   np.ndarray]:
+    """The reference: scipy labels over the whole volume, size filter, find_objects boxes, labelled maximum."""
+    labels, n = ndimage.label(mask, structure=STRUCTURE_26)
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)
+    kept = [i for i in range(1, n + 1) if sizes[i] >= min_size]
+    relabel = np.zeros(n + 1, dtype=np.int32)
+    relabel[kept] = np.arange(1, len(kept) + 1)
+    labels = relabel[labels]
+    boxes = np.asarray([[s.start for s in sl] + [s.stop for s in sl] for sl in ndimage.find_objects(labels)],
+                       dtype=np.float32).reshape(-1, 6)
+    scores = np.asarray(ndimage.maximum(prob, labels, index=np.arange(1, len(kept) + 1)), dtype=np.float32)
+    order = np.argsort(-scores, kind="stable")
+    return labels, len(kept), boxes[order], scores[order]
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("min_size", [1, 3])
+def test_labelling_inside_the_mask_box_equals_whole_volume_scipy(seed, min_size):
+    """Components touching the volume's faces, lesions only in a corner, single voxels: same numbering,
+    boxes and scores as labelling the whole volume."""
+    rng = np.random.default_rng(seed)
+    m = np.zeros((30, 28, 26), dtype=bool)
+    corner = tuple(slice(int(rng.integers(0, 10)), int(rng.integers(14, 31))) for _ in range(3))
+    m[corner] = rng.random(m[corner].shape) > 0.9
+    if seed % 2:
+        m[-1, int(rng.integers(28)), int(rng.integers(26))] = True  # on a face of the volume
+    prob = rng.random(m.shape).astype(np.float32)
+    labels, n, boxes, scores = _scipy_whole_volume(m, prob, min_size)
+    ours_labels, ours_n = label_components(m, min_size=min_size)
+    assert ours_n == n and n > 2
+    np.testing.assert_array_equal(ours_labels, labels)
+    ours_boxes, ours_scores = scored_boxes(m, prob, min_size=min_size)
+    np.testing.assert_array_equal(ours_boxes, boxes)
+    np.testing.assert_array_equal(ours_scores, scores)
 
 
 def test_box_iou_hand_values_and_empty():
