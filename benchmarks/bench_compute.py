@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._timing import CpuClock, quick_threads_parser  # noqa: E402
 from metrics.efficiency import BUSY_LOAD, BUSY_SHARE, machine_load, measure_latency  # noqa: E402
 from models import create_model, model_info  # noqa: E402
-from utils.cpu_conv import apply_depth_split_convs, native_convs  # noqa: E402
+from utils.cpu_conv import apply_depth_split_convs, native_convs, slow_kernel  # noqa: E402
 
 CONV_TYPES = (nn.Conv3d, nn.ConvTranspose3d)
 
@@ -115,15 +115,10 @@ def conv_calls(model: nn.Module, x: torch.Tensor) -> list[tuple[nn.Module, tuple
 
 def slow_calls(calls: list[tuple[nn.Module, tuple[int, ...]]], split: bool) -> int:
     """How many of ``calls`` PyTorch runs on a slow native kernel (with the split: those it cannot reroute)."""
-    slow = {torch._C._ConvBackend.Slow3d, torch._C._ConvBackend.SlowDilated3d, torch._C._ConvBackend.SlowTranspose3d}
     count = 0
     for m, shape in calls:
-        transposed = isinstance(m, nn.ConvTranspose3d)
-        out_pad = list(m.output_padding) if transposed else [0, 0, 0]
-        args = (m.weight, None, list(m.stride), list(m.padding), list(m.dilation), transposed, out_pad, m.groups)
-        single = torch._C._select_conv_backend(torch.empty(shape), *args)
-        double = torch._C._select_conv_backend(torch.empty(2, *shape[1:]), *args)
-        count += single in slow and not (split and double not in slow and _splittable(m, shape))
+        double_slow = slow_kernel(m, torch.empty(2, *shape[1:]))
+        count += slow_kernel(m, torch.empty(shape)) and not (split and not double_slow and _splittable(m, shape))
     return count
 
 

@@ -46,10 +46,9 @@ from engine.model_setup import setup_model  # noqa: E402
 from metrics.efficiency import MB, machine_load, measure_latency, measure_pam  # noqa: E402
 from metrics.efficiency_memory import cuda_plain_step_peak_mb  # noqa: E402
 from models import create_model, list_models, model_info  # noqa: E402
-from utils.cpu_conv import apply_depth_split_convs, native_convs  # noqa: E402
+from utils.cpu_conv import apply_depth_split_convs, native_convs, slow_kernel  # noqa: E402
 
 README_MODELS = ("unet3d_stride_xs", "unet3d_xs", "dualbranch_01_unet_xs")
-SLOW = {torch._C._ConvBackend.Slow3d, torch._C._ConvBackend.SlowDilated3d, torch._C._ConvBackend.SlowTranspose3d}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -73,10 +72,7 @@ def slow_conv_calls(model: nn.Module, shape: tuple[int, ...]) -> tuple[int, int]
     seen: list[bool] = []
 
     def hook(m: nn.Module, args: tuple) -> None:
-        t = isinstance(m, nn.ConvTranspose3d)
-        op = list(m.output_padding) if t else [0, 0, 0]
-        seen.append(torch._C._select_conv_backend(args[0], m.weight, None, list(m.stride), list(m.padding),
-                                                  list(m.dilation), t, op, m.groups) in SLOW)
+        seen.append(slow_kernel(m, args[0]))
     handles = [m.register_forward_pre_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv3d,
                                                                                            nn.ConvTranspose3d))]
     with torch.no_grad(), native_convs():

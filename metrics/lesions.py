@@ -86,9 +86,9 @@ def boxes_from_labels(labels: np.ndarray, n: int) -> np.ndarray:
 
 
 def boxes_from_mask(mask: np.ndarray, *, min_size: int = 1) -> np.ndarray:
-    """(N, 6) float32 boxes of the 26-connected components of at least ``min_size`` voxels; (0, 6) if none."""
-    labels, n = label_components(mask, min_size=min_size)
-    return boxes_from_labels(labels, n)
+    """(N, 6) float32 boxes of the 26-connected components of at least ``min_size`` voxels, in scan order;
+    (0, 6) if none."""
+    return scored_boxes(mask, min_size=min_size)[0]  # unscored: boxes stay in scan order
 
 
 def scored_boxes(mask: np.ndarray, probability: np.ndarray | None = None, *,

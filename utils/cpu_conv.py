@@ -24,7 +24,6 @@ import contextlib
 import logging
 import threading
 from collections.abc import Iterator
-from typing import Any
 
 import torch
 import torch.nn as nn
@@ -34,7 +33,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["MIN_OUT_DEPTH", "DepthSplitConv3d", "DepthSplitConvTranspose3d", "apply_depth_split_convs",
            "count_depth_split_convs", "depth_split_conv3d", "depth_split_conv_transpose3d", "native_convs",
-           "revert_depth_split_convs", "split_active"]
+           "revert_depth_split_convs", "slow_kernel", "split_active"]
 
 MIN_OUT_DEPTH = 4  # below 4 output rows (2 per half) the halo overhead outweighs oneDNN's speed (measured)
 _SELECT = getattr(torch._C, "_select_conv_backend", None)  # private ATen hook; without it the split stays off
@@ -77,6 +76,17 @@ def _would_split(x: torch.Tensor, weight: torch.Tensor, stride: tuple, padding: 
         hit = single in _SLOW and double not in _SLOW
         _decisions[key] = hit
     return hit
+
+
+def slow_kernel(module: nn.Conv3d | nn.ConvTranspose3d, x: torch.Tensor) -> bool:
+    """Whether PyTorch's own choice for ``module`` on input ``x`` is a native slow kernel (``Slow3d``,
+    ``SlowDilated3d``, ``SlowTranspose3d``); False where ``_select_conv_backend`` is missing."""
+    if _SELECT is None:
+        return False
+    transposed = isinstance(module, nn.ConvTranspose3d)
+    out_pad = list(module.output_padding) if transposed else [0, 0, 0]
+    return _SELECT(x, module.weight, None, list(module.stride), list(module.padding), list(module.dilation),
+                   transposed, out_pad, module.groups) in _SLOW
 
 
 def _eligible_input(x: torch.Tensor) -> bool:
@@ -205,9 +215,3 @@ def revert_depth_split_convs(model: nn.Module) -> int:
 def count_depth_split_convs(model: nn.Module) -> int:
     """Modules of ``model`` currently swapped by :func:`apply_depth_split_convs`."""
     return sum(1 for m in model.modules() if _ORIGINAL in m.__dict__)
-
-
-def describe() -> dict[str, Any]:
-    """The state of the workaround (for logs and benchmark headers)."""
-    return dict(active=split_active(), mkldnn=torch.backends.mkldnn.is_available(),
-                deterministic=torch.are_deterministic_algorithms_enabled(), min_out_depth=MIN_OUT_DEPTH)
