@@ -43,6 +43,9 @@ EFFICIENCY_KEYS = tuple(EFFICIENCY_COLUMNS)
 CV_LIMIT = 0.05  # latency_cv at or above this: flagged "noisy"
 BUSY_LOAD = 0.5  # load per core beyond this process's own threads above this (others hold half the cores): "busy"
 BUSY_SHARE = 0.8  # CPU time / (wall x threads) below this while timing a CPU model: flagged "busy"
+# shortest timed window (s) with a CPU share: the process CPU clock adds other threads' time in scheduler
+# ticks (~1-4 ms), so over a shorter window the share is noise (seen: 10.7 for 0.07 ms of a tiny conv)
+SHARE_MIN_WINDOW_S = 0.1
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -124,7 +127,8 @@ def latency_flag(cv: float, load: float, cpu_share: float, own: float = 0.0) -> 
 
 def _timed_runs(net: nn.Module, x: torch.Tensor, warmup: int, runs: int, sync: Callable[[], None]
                 ) -> tuple[list[float], float, float]:
-    """Per-call times in ms of ``runs`` calls after ``warmup``; the load before timing; CPU s / wall s."""
+    """Per-call times in ms of ``runs`` calls after ``warmup``; the load; CPU s / wall s over the timed runs
+    (NaN when they last under :data:`SHARE_MIN_WINDOW_S`)."""
     for _ in range(warmup):
         net(x)
     sync()
@@ -143,7 +147,8 @@ def _timed_runs(net: nn.Module, x: torch.Tensor, warmup: int, runs: int, sync: C
     finally:
         if gc_was_on:
             gc.enable()
-    return times, max(load, machine_load()), cpu / max(wall, 1e-9)
+    share = cpu / wall if wall >= SHARE_MIN_WINDOW_S else math.nan
+    return times, max(load, machine_load()), share
 
 
 def measure_latency(model: nn.Module, input_shape: Sequence[int], *, device: str | torch.device,
@@ -155,7 +160,8 @@ def measure_latency(model: nn.Module, input_shape: Sequence[int], *, device: str
     ``latency_ms`` (mean), ``latency_ms_std`` (sample std, 0 for one run), ``latency_ms_median``,
     ``latency_cv`` (std / mean), ``latency_load`` (:func:`machine_load`, the higher of before and after
     the timed runs), ``latency_cpu_share`` (this process's CPU time / (wall time x threads) over the timed
-    runs; CPU devices only, NaN on CUDA), ``latency_threads`` and ``latency_flag`` (:func:`latency_flag`):
+    runs; CPU devices only; NaN on CUDA and when the timed runs last under :data:`SHARE_MIN_WINDOW_S`),
+    ``latency_threads`` and ``latency_flag`` (:func:`latency_flag`):
     a figure taken while other processes held the cores says so instead of passing for a clean one.
     """
     if runs < 1 or warmup < 0:

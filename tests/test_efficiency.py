@@ -217,7 +217,8 @@ def test_latency_keys_positive() -> None:
     assert set(result) <= set(EFFICIENCY_KEYS)
     assert result["latency_ms"] > 0 and result["latency_ms_median"] > 0 and result["latency_ms_std"] >= 0
     assert result["latency_cv"] == pytest.approx(result["latency_ms_std"] / result["latency_ms"])
-    assert result["latency_threads"] == torch.get_num_threads() and result["latency_cpu_share"] > 0
+    assert result["latency_threads"] == torch.get_num_threads()
+    assert math.isnan(result["latency_cpu_share"])  # timed runs far shorter than SHARE_MIN_WINDOW_S
     assert set(result["latency_flag"].split("+")) <= {"", "busy", "noisy"}
     with pytest.raises(ValueError, match="runs"):
         measure_latency(nn.Conv3d(1, 2, 3), (1, 1, 8, 8, 8), device=CPU, runs=0)

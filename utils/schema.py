@@ -61,7 +61,8 @@ EFFICIENCY_COLUMNS = ["params", "flops_torch", "flops_thop", "flops_input", "pam
                       "latency_cv", "latency_load", "latency_cpu_share", "latency_threads", "latency_flag"]
 # latency quality (metrics.efficiency.measure_latency): latency_cv = std / mean of the timed runs; latency_load =
 # 1-minute load average per CPU core (the higher of before and after timing); latency_cpu_share = CPU time of
-# this process / (wall time x torch threads) while timing (below 1: other processes took the cores);
+# this process / (wall time x torch threads) while timing (below 1: other processes took the cores; empty when
+# the timed runs last under 0.1 s, too short for the process CPU clock);
 # latency_flag = "" (clean) or "busy" and/or "noisy" joined by "+", e.g. "busy+noisy"
 # prefixes of test-metric columns in the runs table (segmentation, BraTS lesion-wise, lesion track: AP/mAP/mAR,
 # FROC and the summed per-case lesion counts)
