@@ -11,11 +11,15 @@ case); it matches MONAI 1.6's definition and float32 values:
   larger of the two directed percentiles.
 
 Speed comes from computing only what the two percentiles need, exactly: both masks are cropped to their
-joint bounding box (every surface voxel lies inside it, so nearest neighbours are unchanged); distances up
-to a small radius come from looking up the other surface at the offsets of a ball, in increasing
-distance; a k-d tree (``scipy.spatial.cKDTree``, as MONAI uses) with growing distance bounds resolves the
-rest only until both percentile ranks are known. Every resolved distance is exact, and every unresolved
-one is larger than all resolved ones, so the order statistics are exact.
+joint bounding box (every surface voxel lies inside it, so nearest neighbours are unchanged; ``hd95``
+crops); distances up to a small radius come from looking up the other surface at the offsets of a ball, in
+increasing distance (a direction with most points farther than ~1.5 voxels leaves the ball early). For the
+farther points, one point per small cell gets its exact distance from a k-d tree
+(``scipy.spatial.cKDTree``, as MONAI uses), and the cell's other points get bounds from it by the triangle
+inequality; only points whose bounds overlap the range that can hold the percentile's two order statistics
+are queried exactly, and a direction whose upper bound cannot exceed the other's result is not finished.
+Points left unqueried keep their rank (surely below or surely above that range), so the order statistics,
+and with them the result, are exact.
 """
 
 from __future__ import annotations
@@ -26,12 +30,16 @@ import math
 
 import numpy as np
 
-from .crop import foreground_box
-
 logger = logging.getLogger(__name__)
 
 GATHER_RADIUS = 3.0      # ball radius of the look-up phase, in units of the finest spacing
+FAR_RADIUS = 1.5         # from this radius (finest spacings) on, the look-up stops early for a far direction:
+FAR_PENDING = 8.0        # ... one with more than this many times the points the percentile leaves above it
 _CHUNK_ELEMENTS = 1 << 22  # points x offsets looked up at once
+CELL_SIZE = 3.0          # cells of the bounding phase, in units of the finest spacing (one exact query per cell)
+_SLACK = 1e-9            # relative widening of the triangle-inequality bounds against float64 rounding
+# k-d tree build options: median splits and compacted nodes cost more to build than they save on the queries
+_TREE_OPTIONS = {"leafsize": 64, "balanced_tree": False, "compact_nodes": False}
 
 
 @functools.lru_cache(maxsize=64)
@@ -92,29 +100,40 @@ def needed_count(n: int, q: float) -> int:
 
 
 class _Direction:
-    """Distances from the surface voxels of one mask (``src``: flat indices in the padded crop, ``xyz``:
-    their mm coordinates) to the surface of the other, resolved only as far as the percentile needs.
+    """Distances from the surface voxels of one mask (``src``: flat indices in the padded crop, ``ijk``:
+    their voxel indices, ``xyz``: their mm coordinates) to the surface of the other, resolved only as far
+    as the percentile needs.
 
-    Invariant: every resolved distance is <= every pending one (``todo``), so once ``need`` distances
-    are resolved the percentile's two order statistics are among them.
+    Look-up phase invariant: every resolved distance is <= every pending one (``todo``), so once ``need``
+    distances are resolved the percentile's two order statistics are among them. After ``bound`` the
+    pending points carry bounds instead (``low``, ``high``), and ``settle`` finishes the direction.
     """
 
-    def __init__(self, src: np.ndarray, xyz: np.ndarray, q: float) -> None:
-        self.src, self.xyz, self.q = src, xyz, q
+    def __init__(self, src: np.ndarray, ijk: np.ndarray, spacing: np.ndarray, q: float) -> None:
+        self.src, self.ijk, self.xyz, self.q = src, ijk, ijk * spacing, q
         self.need = needed_count(len(src), q)
         self.dist = np.full(len(src), np.inf)
         self.todo = np.arange(len(src))
+        self.low = self.high = np.empty(0)
+        self.reached = 0.0   # mm: every pending distance exceeds it (the last shell looked up)
+        self.bounded = self.settled = False
 
     @property
     def done(self) -> bool:
+        """Whether the percentile's order statistics are known (once bounded, only after ``settle``)."""
+        if self.bounded:
+            return self.settled
         return len(self.src) - len(self.todo) >= self.need
 
     def percentile(self) -> float:
         return torch_quantile_f32(self.dist, self.q)
 
-    def lookup(self, target: np.ndarray, off_flat: np.ndarray, off_dist: np.ndarray) -> None:
+    def lookup(self, target: np.ndarray, off_flat: np.ndarray, off_dist: np.ndarray, far: float) -> None:
         """Resolve distances up to the ball radius: ``target`` (the other surface, flat) at the ball's
-        offsets, nearest shell first; stops at a shell boundary once done."""
+        offsets, nearest shell first; stops at a shell boundary once done, or from ``far`` mm on once the
+        pending points outnumber ``FAR_PENDING`` times those the percentile leaves above it (speed only:
+        the bounding phase then costs less than the remaining shells)."""
+        above = len(self.src) - self.need + 1
         ends = np.append(np.flatnonzero(np.diff(off_dist) > 0) + 1, len(off_dist))  # shell boundaries
         start = 0
         for end in ends:
@@ -130,52 +149,62 @@ class _Direction:
                 self.dist[todo[hit]] = shell_dist[found[hit].argmax(axis=1)]
                 keep.append(todo[~hit])
             self.todo = np.concatenate(keep) if keep else self.todo
-            start = end
+            start, self.reached = end, float(shell_dist[-1])
             if self.done or len(self.todo) == 0:
                 return
+            if self.reached >= far and len(self.todo) > FAR_PENDING * above:
+                return
 
-    def estimate(self, tree, samples: int = 192) -> tuple[float, float]:
-        """(estimated percentile, bound that probably resolves enough) from exact distances of an evenly
-        spread sample of the pending points; the bound is the sample quantile three standard errors up."""
+    def bound(self, tree, cell: np.ndarray) -> None:
+        """Exact distances of one pending point per ``cell`` (voxels per axis), by the other surface's k-d
+        tree; lower and upper bounds (mm) for the other pending points by the triangle inequality (the
+        distance to a set moves by at most the step): ``d(rep) -+ |x - rep|``, the lower one at least
+        ``reached`` (the look-up's last shell, which every pending distance exceeds)."""
+        todo = self.todo
+        cells = self.ijk[todo] // cell
+        key = np.ravel_multi_index(tuple(cells.T), tuple(cells.max(axis=0) + 1))
+        _, first, inv = np.unique(key, return_index=True, return_inverse=True)
+        reps = todo[first]
+        d_rep = tree.query(self.xyz[reps], k=1)[0]
+        self.dist[reps] = d_rep
+        step = np.sqrt(np.sum((self.xyz[todo] - self.xyz[reps[inv.ravel()]]) ** 2, axis=1))
+        other = step > 0
+        d_near = d_rep[inv.ravel()][other]
+        self.todo, self.bounded = todo[other], True
+        self.low = np.maximum(d_near - step[other], self.reached) * (1.0 - _SLACK)
+        self.high = (d_near + step[other]) * (1.0 + _SLACK)
+
+    def interval(self) -> tuple[float, float]:
+        """(a, b) mm with a <= the percentile's lower order statistic and b >= its upper one."""
         if self.done:
             p = self.percentile()
             return p, p
-        frac = (self.need - (len(self.src) - len(self.todo))) / len(self.todo)
-        m = min(samples, len(self.todo))
-        pick = self.todo[np.linspace(0, len(self.todo) - 1, m).astype(np.int64)]
-        sample = np.sort(tree.query(self.xyz[pick], k=1)[0])
-        hi = frac + 3.0 * math.sqrt(frac * (1.0 - frac) / m) + 2.0 / m
-        bound = np.nextafter(sample[min(m - 1, int(math.ceil(hi * m)))], np.inf)
-        return float(sample[min(m - 1, int(frac * m))]), float(bound)
+        _, lo, hi = _ranks(len(self.src), self.q)
+        low, high = self.dist.copy(), self.dist.copy()
+        low[self.todo], high[self.todo] = self.low, self.high
+        return float(np.partition(low, lo)[lo]), float(np.partition(high, hi)[hi])
 
-    def query(self, tree, bound: float) -> None:
-        """Resolve the pending distances below ``bound`` mm (inf: all) with the other surface's k-d tree."""
-        if len(self.todo):
-            dist, _ = tree.query(self.xyz[self.todo], k=1, distance_upper_bound=bound)
-            hit = np.isfinite(dist)
-            self.dist[self.todo[hit]] = dist[hit]
-            self.todo = self.todo[~hit]
-
-    def resolve(self, tree, bound: float) -> None:
-        """Query below ``bound``, then, if the bound was too low (rare), below doubled bounds until done."""
-        self.query(tree, bound)
-        while not self.done:
-            bound = bound * 2.0 if len(self.todo) > 64 and math.isfinite(bound) else math.inf
-            self.query(tree, bound)
-
-    def exceeds(self, tree, level: float) -> bool:
-        """Whether this direction's percentile can exceed ``level``: resolve up to it; if that makes it done
-        with its upper order statistic <= ``level``, it cannot (and is not computed further)."""
-        self.query(tree, float(np.nextafter(level, np.inf)))
-        return not self.done or bool(np.partition(self.dist, self.need - 1)[self.need - 1] > level)
+    def settle(self, tree) -> None:
+        """Fix the percentile's two order statistics: pending points whose bounds overlap ``interval()``
+        get exact distances; those surely below it get their upper bound as a placeholder (it keeps their
+        rank: below ``a``), those surely above stay +inf."""
+        if self.done:
+            return
+        a, b = self.interval()
+        unsure = (self.high >= a) & (self.low <= b)
+        below = self.high < a
+        if unsure.any():
+            self.dist[self.todo[unsure]] = tree.query(self.xyz[self.todo[unsure]], k=1)[0]
+        self.dist[self.todo[below]] = self.high[below]
+        self.todo = self.todo[:0]
+        self.settled = True
 
 
 def _surfaces(pred: np.ndarray, ref: np.ndarray, spacing: np.ndarray, radius: float):
-    """Padded surface masks of both in their joint box, the look-up ball's flat offsets and lengths."""
+    """Padded surface masks of both, the look-up ball's flat offsets and lengths."""
     off, off_dist, half = _ball(tuple(float(s) for s in spacing), radius)
-    box = foreground_box(pred, ref)
     pad = np.maximum(half, 1)
-    sides = [_surface(_padded(m[box], pad)) for m in (pred, ref)]
+    sides = [_surface(_padded(m, pad)) for m in (pred, ref)]
     shape = sides[0].shape
     strides = np.array([int(np.prod(shape[i + 1:])) for i in range(len(shape))], dtype=np.int64)
     return sides, off @ strides, off_dist
@@ -183,7 +212,10 @@ def _surfaces(pred: np.ndarray, ref: np.ndarray, spacing: np.ndarray, radius: fl
 
 def percentile_hausdorff(pred: np.ndarray, ref: np.ndarray, spacing: np.ndarray,
                          percentile: float = 95.0) -> float:
-    """Larger of the two directed ``percentile`` surface distances (mm) between two non-empty boolean masks."""
+    """Larger of the two directed ``percentile`` surface distances (mm) between two non-empty boolean masks.
+
+    Crop both to their joint bounding box first, as ``hd95`` does: the value does not depend on it, the
+    time does (every pass here runs over the whole arrays)."""
     from scipy.spatial import cKDTree
 
     if not (pred.any() and ref.any()):
@@ -191,29 +223,24 @@ def percentile_hausdorff(pred: np.ndarray, ref: np.ndarray, spacing: np.ndarray,
     sp = np.asarray(spacing, dtype=np.float64)
     sides, off_flat, off_dist = _surfaces(pred, ref, sp, float(GATHER_RADIUS * sp.min()))
     flat = [np.flatnonzero(s) for s in sides]
-    xyz = [np.stack(np.unravel_index(f, sides[0].shape), axis=1) * sp for f in flat]
-    dirs = [_Direction(flat[i], xyz[i], percentile / 100.0) for i in (0, 1)]
+    ijk = [np.stack(np.unravel_index(f, sides[0].shape), axis=1) for f in flat]
+    dirs = [_Direction(flat[i], ijk[i], sp, percentile / 100.0) for i in (0, 1)]
     for i in (0, 1):
-        dirs[i].lookup(sides[1 - i].ravel(), off_flat, off_dist)
+        dirs[i].lookup(sides[1 - i].ravel(), off_flat, off_dist, float(FAR_RADIUS * sp.min()))
     if dirs[0].done and dirs[1].done:
         return max(dirs[0].percentile(), dirs[1].percentile())
-    trees: dict[int, object] = {}
-
-    def tree(i: int):  # k-d tree of the surface that direction i measures to (built on first use)
-        if i not in trees:
-            trees[i] = cKDTree(xyz[1 - i], leafsize=32)
-        return trees[i]
-
-    # finish exactly the direction with the larger estimated percentile; the other only has to be
-    # resolved up to that value to show it does not exceed it
-    est = [d.estimate(tree(i)) if not d.done else (d.percentile(), 0.0) for i, d in enumerate(dirs)]
-    first = int(np.argmax([e[0] for e in est]))
-    second = 1 - first
-    if not dirs[first].done:
-        dirs[first].resolve(tree(first), est[first][1])
+    trees = [cKDTree(dirs[1 - i].xyz, **_TREE_OPTIONS) if not dirs[i].done else None for i in (0, 1)]
+    cell = np.maximum(1, np.round(CELL_SIZE * sp.min() / sp)).astype(np.int64)
+    for i in (0, 1):
+        if not dirs[i].done:
+            dirs[i].bound(trees[i], cell)
+    # settle the direction with the larger lower bound; the other only if its upper bound exceeds the result
+    bounds = [d.interval() for d in dirs]
+    first = int(np.argmax([b[0] for b in bounds]))
+    dirs[first].settle(trees[first])
     value = dirs[first].percentile()
-    if dirs[second].done or dirs[second].exceeds(tree(second), value):
-        if not dirs[second].done:
-            dirs[second].resolve(tree(second), max(est[second][1], 2.0 * value))
-        value = max(value, dirs[second].percentile())
+    second = dirs[1 - first]
+    if bounds[1 - first][1] > value:
+        second.settle(trees[1 - first])
+        value = max(value, second.percentile())
     return value

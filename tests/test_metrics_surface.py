@@ -138,6 +138,46 @@ def test_equals_monai_whichever_phase_resolves_the_distances(radius, monkeypatch
         assert hd95(p, r, spacing) == pytest.approx(_monai_hd95(p, r, spacing), rel=1e-6)
 
 
+@pytest.mark.parametrize("cell", [1.0, 3.0, 6.0])
+def test_equals_monai_when_most_distances_are_bounded_by_cells(cell, monkeypatch):
+    """Poor predictions (surfaces 3-10 voxels apart) go through the cell bounds; any cell size is exact."""
+    import metrics.surface_distance as sd
+
+    monkeypatch.setattr(sd, "CELL_SIZE", cell)
+    bounded = []
+    original = sd._Direction.bound
+    monkeypatch.setattr(sd._Direction, "bound", lambda self, *a: (bounded.append(1), original(self, *a)))
+    rng = np.random.default_rng(11)
+    for shape, spacing in CASES:
+        p = _smooth_mask(rng, shape, 3.0, 0.25)
+        r = np.roll(p, int(rng.integers(3, 8)), axis=int(rng.integers(0, len(shape)))) | (rng.random(shape) < 0.003)
+        assert hd95(p, r, spacing) == pytest.approx(_monai_hd95(p, r, spacing), rel=1e-6)
+    assert bounded, "no case reached the bounding phase"
+
+
+@pytest.mark.parametrize("far_radius", [0.9, 1.5, 2.2])
+def test_equals_monai_when_the_look_up_leaves_the_ball_early(far_radius, monkeypatch):
+    """FAR_PENDING = 0 leaves the ball at the first shell >= far_radius whenever a point is pending; the
+    bounds then start from that shell's distance instead of the ball's radius."""
+    import metrics.surface_distance as sd
+
+    monkeypatch.setattr(sd, "FAR_RADIUS", far_radius)
+    monkeypatch.setattr(sd, "FAR_PENDING", 0.0)
+    floors = []
+    original = sd._Direction.bound
+    monkeypatch.setattr(sd._Direction, "bound", lambda self, *a: (floors.append(self.reached), original(self, *a)))
+    rng = np.random.default_rng(5)
+    left_early = False
+    for shape, spacing in CASES:
+        p = _smooth_mask(rng, shape, 2.5, 0.2)
+        r = np.roll(p, int(rng.integers(1, 6)), axis=int(rng.integers(0, len(shape)))) ^ (rng.random(shape) < 0.01)
+        floors.clear()
+        assert hd95(p, r, spacing) == pytest.approx(_monai_hd95(p, r, spacing), rel=1e-6)
+        ball = sd.GATHER_RADIUS * min(spacing)
+        left_early |= any(far_radius * min(spacing) <= f < ball for f in floors)
+    assert left_early, "the look-up never left the ball early"
+
+
 def _shape_in(shape, index):
     m = np.zeros(shape, bool)
     m[index] = True
