@@ -184,13 +184,13 @@ class _Direction:
         low[self.todo], high[self.todo] = self.low, self.high
         return float(np.partition(low, lo)[lo]), float(np.partition(high, hi)[hi])
 
-    def settle(self, tree) -> None:
-        """Fix the percentile's two order statistics: pending points whose bounds overlap ``interval()``
-        get exact distances; those surely below it get their upper bound as a placeholder (it keeps their
-        rank: below ``a``), those surely above stay +inf."""
+    def settle(self, tree, interval: tuple[float, float]) -> None:
+        """Fix the percentile's two order statistics, given ``interval()`` (a, b): pending points whose bounds
+        overlap it get exact distances; those surely below it get their upper bound as a placeholder (it
+        keeps their rank: below ``a``), those surely above stay +inf."""
         if self.done:
             return
-        a, b = self.interval()
+        a, b = interval
         unsure = (self.high >= a) & (self.low <= b)
         below = self.high < a
         if unsure.any():
@@ -237,10 +237,10 @@ def percentile_hausdorff(pred: np.ndarray, ref: np.ndarray, spacing: np.ndarray,
     # settle the direction with the larger lower bound; the other only if its upper bound exceeds the result
     bounds = [d.interval() for d in dirs]
     first = int(np.argmax([b[0] for b in bounds]))
-    dirs[first].settle(trees[first])
+    dirs[first].settle(trees[first], bounds[first])
     value = dirs[first].percentile()
     second = dirs[1 - first]
     if bounds[1 - first][1] > value:
-        second.settle(trees[1 - first])
+        second.settle(trees[1 - first], bounds[1 - first])
         value = max(value, second.percentile())
     return value
