@@ -23,7 +23,7 @@ OUT; folders whose recorded data flags or test cases differ are refused, and so 
     python evaluate_experiment.py --compare DIR1 DIR2 ... --output_dir OUT [--baseline NAME] [--stats_seed S]
         [--bootstrap_resamples N]
 
-  The statistics flags default to the first folder's recorded values. See engine/sweep_compare.py.
+  The statistics flags default to the first folder's recorded values. See engine/evaluate/compare.py.
 
 Single checkpoint files (data from the flags, else the data flags recorded in the checkpoint when it
 was trained; all cases, or --split of --splits_file)::
@@ -38,14 +38,14 @@ Other data as folders (with --results_dir or --checkpoint): ``--image_dir I [--l
 
 Outputs: per_case_results.csv, integrated_experiment_results.csv (one row per evaluated run),
 model_comparison.csv, evaluation_summary.json, the charts, predictions/<run>/{case}.nii.gz (original
-space and label convention; see engine/prediction_io.py).
+space and label convention; see engine/tasks/prediction_io.py).
 
 Prediction folders, no model::
 
     python evaluate_experiment.py --pred_dir P --label_dir L --task brats|binary
         --label_convention brats2021|brats2023|msd|internal --output_csv OUT.csv [--spacing X Y Z]
 
-  writes OUT.csv (per case) and OUT_summary.json (means, NaN counts). See engine/folder_eval.py. With
+  writes OUT.csv (per case) and OUT_summary.json (means, NaN counts). See engine/evaluate/folders.py. With
   --task binary the lesion metrics are added (boxes from the predicted masks' components, scored by the
   --prob_dir probability maps when given, else 1.0): per-case lesion counts in OUT.csv, AP/mAP/mAR/FROC
   under "lesion_metrics" in OUT_summary.json.
@@ -55,7 +55,7 @@ Detections of another tool, as boxes, no model::
     python evaluate_experiment.py --boxes_json FILE --output_json OUT.json
 
   FILE holds {case: {"pred_boxes": [[x1, y1, z1, x2, y2, z2], ...], "pred_scores": [...], "gt_boxes": [...]}}
-  (voxels over array axes 0, 1, 2, max exclusive); OUT.json holds ap_10 ... froc_cpm. See engine/box_eval.py.
+  (voxels over array axes 0, 1, 2, max exclusive); OUT.json holds ap_10 ... froc_cpm. See engine/evaluate/boxes.py.
 
 Lesion-track checkpoints (RetinaNet, DetSeg3D, binary U-Nets) also write each case's predicted boxes with
 their scores as predictions/<run>/{case}_boxes.json and .csv, in voxel and in world (mm) coordinates.
@@ -65,7 +65,7 @@ Pictures: ``--visualize_cases N`` (first N evaluated cases) or case ids -> overl
 ``--gradcam_layer NAME [--gradcam_model M] [--gradcam_class K]`` -> gradcam/{run}_{case}_{layer}_class{K}.png.
 Predictions are kept only with --save_predictions (or --save_probabilities, or when no case has a label);
 the cases drawn otherwise are predicted into a temporary folder, removed after drawing (see
-engine/eval_pictures.py). Bad input exits with code 2 and a message naming the file.
+engine/evaluate/pictures.py). Bad input exits with code 2 and a message naming the file.
 """
 
 from __future__ import annotations
@@ -78,13 +78,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from dataio.conventions import CONVENTIONS
-from engine.cli_parser import CliParser, add_list_models_argument
-from engine.config import add_data_arguments
-from engine.lesion_options import add_lesion_matching_arguments, lesion_options_for_evaluation
-from engine.stats_options import STATS_FIELDS, add_stats_arguments
+from engine.options.cli_parser import CliParser, add_list_models_argument
+from engine.options.config import add_data_arguments
+from engine.options.lesion_options import add_lesion_matching_arguments, lesion_options_for_evaluation
+from engine.options.stats_options import STATS_FIELDS, add_stats_arguments
 
 if TYPE_CHECKING:  # heavy imports (torch, models) happen only after the flags are checked
-    from engine.data_options import DataOptions
+    from engine.options.data_options import DataOptions
 
 log = logging.getLogger("volbench.evaluate")
 CT_FLAGS = ("test_image_dir", "test_label_dir", "patient_regex", "manifest", "mask_dir", "hu_window", "target_spacing",
@@ -257,7 +257,7 @@ def check_compare_flags(args: argparse.Namespace) -> None:
 
 def run_compare(args: argparse.Namespace) -> Path:
     """Tables, statistics and charts of the union of the --compare folders' runs, in --output_dir."""
-    from engine.sweep_compare import compare_sweeps
+    from engine.evaluate.compare import compare_sweeps
     from visualization import draw_all
 
     overrides = {k: getattr(args, k) for k in STATS_FIELDS}
@@ -268,7 +268,7 @@ def run_compare(args: argparse.Namespace) -> Path:
 
 def data_options(args: argparse.Namespace, config: dict[str, Any] | None) -> "DataOptions":
     """The sweep's data flags (config.json), overridden by the data flags given on the command line."""
-    from engine.data_options import DataOptions, data_options_from_config
+    from engine.options.data_options import DataOptions, data_options_from_config
 
     opts = data_options_from_config(config) if config else DataOptions()
     if args.data_path is not None or args.dataset_version is not None:
@@ -286,7 +286,7 @@ def data_options(args: argparse.Namespace, config: dict[str, Any] | None) -> "Da
 
 def run_aggregate(results_dir: Path) -> Path:
     """Reduce the job folders of ``results_dir`` into its sweep tables and redraw its charts."""
-    from engine.reducer import reduce_results
+    from engine.results.reducer import reduce_results
     from utils.schema import JOBS_DIR
     from visualization import draw_all
 
@@ -305,7 +305,7 @@ def run_folder_mode(args: argparse.Namespace) -> Path:
     """Evaluate --pred_dir against --label_dir; write the CSV and its summary JSON."""
     import pandas as pd
 
-    from engine.folder_eval import evaluate_folder
+    from engine.evaluate.folders import evaluate_folder
     from utils.atomic import atomic_write_csv, atomic_write_json
 
     from engine.tasks.lesion_metrics import LesionSettings
@@ -323,7 +323,7 @@ def run_folder_mode(args: argparse.Namespace) -> Path:
 
 def run_boxes_mode(args: argparse.Namespace) -> Path:
     """Score the detections of --boxes_json; write --output_json."""
-    from engine.box_eval import evaluate_boxes_json
+    from engine.evaluate.boxes import evaluate_boxes_json
     from engine.tasks.lesion_metrics import LesionSettings
     from utils.atomic import atomic_write_json
 
@@ -356,7 +356,7 @@ def default_output_dir(args: argparse.Namespace) -> Path:
 
 def plan_runs(args: argparse.Namespace) -> tuple[list[Any], dict[str, Any] | None]:
     """The runs to evaluate and the sweep's config.json (None for --checkpoint)."""
-    from engine.checkpoint_eval import check_runs, plan_checkpoint_runs, plan_results_runs, read_json
+    from engine.evaluate.checkpoints import check_runs, plan_checkpoint_runs, plan_results_runs, read_json
     from utils.schema import CONFIG_JSON
 
     if args.results_dir is not None:
@@ -400,7 +400,7 @@ def recorded_data(plan: list[Any]) -> dict[str, Any] | None:
 
 def load_data(args: argparse.Namespace, config: dict[str, Any] | None) -> tuple[list[Any], dict[str, Any], Any]:
     """Cached (or folder) cases, their original files by case id (for overlays), and the data context."""
-    from engine.checkpoint_eval import dataset_case_files, image_folder_cases, load_image_folder
+    from engine.evaluate.checkpoints import dataset_case_files, image_folder_cases, load_image_folder
 
     if args.image_dir is not None:
         files = image_folder_cases(args.image_dir, args.label_dir, args.label_convention)
@@ -415,8 +415,8 @@ def load_data(args: argparse.Namespace, config: dict[str, Any] | None) -> tuple[
 
 def run_model_mode(args: argparse.Namespace) -> Path:
     """Evaluate checkpoints on cases; write tables, summary, predictions, charts and pictures."""
-    from engine.checkpoint_eval import evaluate_run, select_cases, write_evaluation
-    from engine.eval_pictures import chosen_cases, discard_temporary, prediction_policy
+    from engine.evaluate.checkpoints import evaluate_run, select_cases, write_evaluation
+    from engine.evaluate.pictures import chosen_cases, discard_temporary, prediction_policy
     from utils.device import resolve_device
 
     plan, config = plan_runs(args)
@@ -453,7 +453,7 @@ def run_model_mode(args: argparse.Namespace) -> Path:
 def _draw(output_dir: Path, args: argparse.Namespace, plan: list[Any], results: list[Any],
           run_cases: dict[str, list[Any]], files: dict[str, Any], shown: list[str], device: Any) -> None:
     """Charts from the written tables, overlays of the shown cases, Grad-CAM of one run."""
-    from engine.eval_pictures import draw_overlays
+    from engine.evaluate.pictures import draw_overlays
     from visualization import draw_all
 
     draw_all(output_dir)
@@ -466,7 +466,7 @@ def _gradcam(output_dir: Path, args: argparse.Namespace, plan: list[Any], run_ca
              shown: list[str], device: Any) -> None:
     import numpy as np
 
-    from engine.checkpoint_eval import load_model
+    from engine.evaluate.checkpoints import load_model
     from visualization.gradcam import make_gradcam, save_gradcam_overlay
 
     wanted = args.gradcam_model

@@ -24,17 +24,18 @@ import torch.nn as nn
 from dataio.loaders import LoaderSettings, make_train_loader
 from dataio.splits import iter_folds
 from dataio.types import CachedCase, LoadedDataset
-from engine.config import ExperimentConfig
+from engine.options.config import ExperimentConfig
 from engine.context import RunContext
-from engine.data_options import DATA_FIELDS
-from engine.efficiency_store import ensure_efficiency, read_efficiency
-from engine.evaluation import EvaluationResult, InferenceSettings, evaluate_cases
-from engine.job_results import JobFolder
-from engine.lesion_options import MATCHING_FLAGS
+from engine.options.data_options import DATA_FIELDS
+from engine.results.efficiency_store import ensure_efficiency, read_efficiency
+from engine.evaluation import EvaluationResult, evaluate_cases
+from engine.inference import InferenceSettings
+from engine.results.job_results import JobFolder
+from engine.options.lesion_options import MATCHING_FLAGS
 from engine.model_setup import ModelSetup
 from engine.parallel import resolve_mode, select_jobs, wrap_for_ddp
-from engine.reducer import IncrementalReducer, reduce_results
-from engine.sweep_files import check_output_dir, check_resume, default_output_dir, sweep_record, write_sweep_files
+from engine.results.reducer import IncrementalReducer, reduce_results
+from engine.results.sweep_files import check_output_dir, check_resume, default_output_dir, sweep_record, write_sweep_files
 from engine.sweep_plan import Job, ModelPlan, SweepData, make_jobs, plan_models, prepare_data
 from engine.tracking import JobTracking
 from engine.trainer import DivergedError, FitResult, TrainerHooks, fit

@@ -11,7 +11,7 @@ import logging
 import sys
 from typing import Sequence
 
-from engine.config import parse_config
+from engine.options.config import parse_config
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -40,7 +40,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ranks", type=int, default=2, help="torchrun ranks of the job-parallel run (default 2)")
     args = parser.parse_args()
-    from engine.data_options import DataOptions
+    from engine.options.data_options import DataOptions
 
     with tempfile.TemporaryDirectory() as tmp:
         cache = ["--cache_dir", str(Path(tmp) / "cache")]

@@ -29,7 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import integrated_experiment  # noqa: E402
-from engine.config import ExperimentConfig  # noqa: E402
+from engine.options.config import ExperimentConfig  # noqa: E402
 from engine.model_setup import ModelSetup  # noqa: E402
 from engine.tasks import task_from_meta  # noqa: E402
 from experiment_runner import ModelPlan, evaluate_model, prepare_data  # noqa: E402

@@ -26,8 +26,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from engine.job_results import JobFolder  # noqa: E402
-from engine.reducer import IncrementalReducer, collect_tables, reduce_results, write_tables  # noqa: E402
+from engine.results.job_results import JobFolder  # noqa: E402
+from engine.results.reducer import IncrementalReducer, collect_tables, reduce_results, write_tables  # noqa: E402
 from utils.schema import JOBS_DIR  # noqa: E402
 
 

@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from dataio.types import DatasetInfo  # noqa: E402
-from engine.config import parse_config  # noqa: E402
+from engine.options.config import parse_config  # noqa: E402
 from engine.model_setup import ModelSetup, setup_model  # noqa: E402
 from engine.tasks import task_for  # noqa: E402
 from engine.train_state import TrainState  # noqa: E402
@@ -204,9 +204,9 @@ PARTS = [("training epochs (train_one_epoch)", "engine/trainer.py", "train_one_e
          ("  best checkpoint", "utils/checkpoint.py", "save_checkpoint"),
          ("data preparation (read cache, split)", "engine/sweep_plan.py", "prepare_data"),
          ("model plans + checks", "engine/sweep_plan.py", "plan_models"),
-         ("config/environment/splits files", "engine/sweep_files.py", "write_sweep_files"),
-         ("sweep tables (incremental reducer)", "engine/reducer.py", "add_job"),
-         ("final reduce", "engine/reducer.py", "reduce_results"),
+         ("config/environment/splits files", "engine/results/sweep_files.py", "write_sweep_files"),
+         ("sweep tables (incremental reducer)", "engine/results/reducer.py", "add_job"),
+         ("final reduce", "engine/results/reducer.py", "reduce_results"),
          ("charts", "experiment_runner.py", "_draw_charts")]
 
 

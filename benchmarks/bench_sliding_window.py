@@ -54,7 +54,7 @@ from dataio.cache import PreprocessedCache  # noqa: E402
 from dataio.sampling import PatchDataset  # noqa: E402
 from dataio.synthetic import ensure_synthetic_brats  # noqa: E402
 from dataio.types import MODALITY_ORDER  # noqa: E402
-from engine.evaluation import InferenceSettings, case_tensor  # noqa: E402
+from engine.inference import InferenceSettings, case_tensor  # noqa: E402
 from engine.inference import predict_logits  # noqa: E402
 from models import create_model  # noqa: E402
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
-import numpy as np
 import torch
 import torch.nn as nn
 from utils.progress import progress
@@ -14,28 +13,10 @@ from dataio.types import CachedCase
 
 from utils.distributed import all_gather_objects, rank_of
 
-from .inference import AttentionRecorder, flip_tta_logits, predict_logits
+from engine.inference import AttentionRecorder, InferenceSettings
 
 if TYPE_CHECKING:
-    from .tasks.base import Task
-
-
-@dataclass
-class InferenceSettings:
-    """How a model is applied to a whole case (sizes in voxels)."""
-
-    modalities: tuple[str, ...]
-    roi_size: tuple[int, ...]
-    overlap: float
-    device: torch.device
-    spatial_dims: int = 3
-    context_slices: int = 0
-    amp: bool = False
-    tta: bool = False
-
-    def predict_kwargs(self) -> dict[str, Any]:
-        return dict(roi_size=self.roi_size, overlap=self.overlap, device=self.device,
-                    spatial_dims=self.spatial_dims, context_slices=self.context_slices, amp=self.amp)
+    from engine.tasks.base import Task
 
 
 @dataclass
@@ -53,19 +34,6 @@ class EvaluationResult:
     def all_tables(self) -> dict[str, list[dict[str, Any]]]:
         """Every per-case table of this evaluation by table name (``per_case``, ``attention``, task tables)."""
         return dict(self.tables, per_case=self.per_case, attention=self.attention)
-
-
-def case_tensor(case: CachedCase, modalities: tuple[str, ...]) -> torch.Tensor:
-    """Image channels of ``case`` for ``modalities`` as a float32 tensor (C, D, H, W)."""
-    return torch.from_numpy(np.array(case.channels(modalities), dtype=np.float32))  # copy: the cache is read-only
-
-
-def case_logits(model: nn.Module, case: CachedCase, settings: InferenceSettings) -> torch.Tensor:
-    """Logits (K, D, H, W) of one cached case, with flip TTA when ``settings.tta``."""
-    image = case_tensor(case, settings.modalities)
-    if settings.tta:
-        return flip_tta_logits(model, image, **settings.predict_kwargs())
-    return predict_logits(model, image, **settings.predict_kwargs())
 
 
 def evaluate_cases(model: nn.Module, cases: list[CachedCase], task: "Task", settings: InferenceSettings, *,

@@ -8,13 +8,16 @@ Output logits are float32 on the CPU, shape (n_classes, D, H, W).
 from __future__ import annotations
 
 from contextlib import nullcontext
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn as nn
 from monai.inferers import sliding_window_inference
 
 from dataio.sampling import slices_to_volume, volume_to_slices
+from dataio.types import CachedCase
 
 
 class AttentionRecorder(nn.Module):
@@ -80,3 +83,34 @@ def flip_tta_logits(model: nn.Module, image: torch.Tensor, **kwargs: Any) -> tor
         flipped = predict_logits(model, image.flip(axis), **kwargs)
         total += flipped.flip(axis)
     return total / 4.0
+
+
+@dataclass
+class InferenceSettings:
+    """How a model is applied to a whole case (sizes in voxels)."""
+
+    modalities: tuple[str, ...]
+    roi_size: tuple[int, ...]
+    overlap: float
+    device: torch.device
+    spatial_dims: int = 3
+    context_slices: int = 0
+    amp: bool = False
+    tta: bool = False
+
+    def predict_kwargs(self) -> dict[str, Any]:
+        return dict(roi_size=self.roi_size, overlap=self.overlap, device=self.device,
+                    spatial_dims=self.spatial_dims, context_slices=self.context_slices, amp=self.amp)
+
+
+def case_tensor(case: CachedCase, modalities: tuple[str, ...]) -> torch.Tensor:
+    """Image channels of ``case`` for ``modalities`` as a float32 tensor (C, D, H, W)."""
+    return torch.from_numpy(np.array(case.channels(modalities), dtype=np.float32))  # copy: the cache is read-only
+
+
+def case_logits(model: nn.Module, case: CachedCase, settings: InferenceSettings) -> torch.Tensor:
+    """Logits (K, D, H, W) of one cached case, with flip TTA when ``settings.tta``."""
+    image = case_tensor(case, settings.modalities)
+    if settings.tta:
+        return flip_tta_logits(model, image, **settings.predict_kwargs())
+    return predict_logits(model, image, **settings.predict_kwargs())

@@ -16,7 +16,7 @@ import torch.nn as nn
 
 from utils.distributed import DistEnv
 
-from .parallel_options import parse_shard
+from engine.options.parallel_options import parse_shard
 
 log = logging.getLogger(__name__)
 J = TypeVar("J")

@@ -14,7 +14,7 @@ import numpy as np
 
 from dataio.splits import iter_folds, load_splits, make_splits
 from dataio.types import CachedCase, DatasetInfo, LoadedDataset
-from engine.config import ExperimentConfig
+from engine.options.config import ExperimentConfig
 from engine.model_setup import ModelSetup, cpu_conv_wanted, setup_model
 from engine.tasks import Task, task_for
 from engine.trainer_settings import TrainerSettings

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any, Protocol
 
-from engine.tracking_options import TrackingOptions
+from engine.options.tracking_options import TrackingOptions
 from engine.trainer import TrainerHooks
 from utils.atomic import atomic_write_text
 

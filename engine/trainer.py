@@ -29,11 +29,12 @@ from dataio.types import CachedCase
 from utils.checkpoint import save_checkpoint
 from utils.distributed import all_gather_objects, is_distributed
 
-from .evaluation import EvaluationResult, InferenceSettings, evaluate_cases
-from .optim import build_optimizer, build_scheduler, step_scheduler
-from .tasks.base import Task
-from .train_state import TrainState, load_train_state, rng_states, save_train_state
-from .trainer_settings import TrainerSettings
+from engine.evaluation import EvaluationResult, evaluate_cases
+from engine.inference import InferenceSettings
+from engine.optim import build_optimizer, build_scheduler, step_scheduler
+from engine.tasks.base import Task
+from engine.train_state import TrainState, load_train_state, rng_states, save_train_state
+from engine.trainer_settings import TrainerSettings
 
 __all__ = ["DivergedError", "FitResult", "Optimisation", "TrainerHooks", "TrainerSettings", "fit", "train_one_epoch"]
 

@@ -15,7 +15,7 @@ import torch
 from monai.losses import DiceCELoss
 from torch import nn
 
-from . import register_loss
+from ._registry import register_loss
 
 
 class DiceCELabelLoss(nn.Module):

@@ -24,7 +24,7 @@ from typing import Sequence
 import numpy as np
 
 from .froc import froc_metrics
-from .lesions import HitRule, box_iou, hits
+from .lesions import CaseBoxes, HitRule, box_iou, hits
 
 logger = logging.getLogger(__name__)
 
@@ -38,34 +38,6 @@ LESION_COLUMNS: tuple[str, ...] = (
 LESION_CASE_COLUMNS: tuple[str, ...] = ("lesions", "lesions_found", "lesions_missed", "fp_components")
 MAP_IOU_THRESHOLDS: tuple[float, ...] = tuple(round(0.10 + 0.05 * i, 2) for i in range(9))
 _AP_KEYS: dict[str, float] = {"ap_10": 0.1, "ap_30": 0.3, "ap_50": 0.5}
-
-
-@dataclass
-class CaseBoxes:
-    """One case's predicted boxes with scores and its ground-truth boxes (float32; empty: shape (0, 6))."""
-
-    case_id: str
-    pred_boxes: np.ndarray
-    pred_scores: np.ndarray
-    gt_boxes: np.ndarray
-
-    def __post_init__(self) -> None:
-        self.pred_boxes = self._boxes(self.pred_boxes, "pred_boxes")
-        self.gt_boxes = self._boxes(self.gt_boxes, "gt_boxes")
-        self.pred_scores = np.asarray(self.pred_scores, dtype=np.float32).reshape(-1)
-        if self.pred_scores.shape != (len(self.pred_boxes),):
-            raise ValueError(f"case {self.case_id!r}: {len(self.pred_boxes)} pred_boxes but "
-                             f"{self.pred_scores.size} pred_scores")
-        if not np.all(np.isfinite(self.pred_scores)):
-            raise ValueError(f"case {self.case_id!r}: pred_scores must be finite")
-
-    def _boxes(self, boxes: np.ndarray, name: str) -> np.ndarray:
-        b = np.asarray(boxes, dtype=np.float32)
-        if b.size == 0:
-            return b.reshape(0, 6)
-        if b.ndim != 2 or b.shape[1] != 6:
-            raise ValueError(f"case {self.case_id!r}: {name} must have shape (N, 6), got {b.shape}")
-        return b
 
 
 def matching_results(cases: Sequence[CaseBoxes], max_detections: int) -> list[dict]:

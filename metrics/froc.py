@@ -24,14 +24,12 @@ curve exactly as the script does.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
-from .lesions import HitRule, hits
+from .lesions import CaseBoxes, HitRule, hits
 
-if TYPE_CHECKING:
-    from .detection import CaseBoxes
 
 logger = logging.getLogger(__name__)
 

@@ -15,6 +15,7 @@ Conventions (every function below):
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -176,3 +177,31 @@ def boxes_to_world(boxes: np.ndarray, affine: np.ndarray) -> np.ndarray:
     corners = np.where(pick[None], hi[:, None, :], lo[:, None, :])  # (N, 8, 3)
     world = corners @ aff[:3, :3].T + aff[:3, 3]
     return np.concatenate([world.min(axis=1), world.max(axis=1)], axis=1).reshape(-1, 6)
+
+
+@dataclass
+class CaseBoxes:
+    """One case's predicted boxes with scores and its ground-truth boxes (float32; empty: shape (0, 6))."""
+
+    case_id: str
+    pred_boxes: np.ndarray
+    pred_scores: np.ndarray
+    gt_boxes: np.ndarray
+
+    def __post_init__(self) -> None:
+        self.pred_boxes = self._boxes(self.pred_boxes, "pred_boxes")
+        self.gt_boxes = self._boxes(self.gt_boxes, "gt_boxes")
+        self.pred_scores = np.asarray(self.pred_scores, dtype=np.float32).reshape(-1)
+        if self.pred_scores.shape != (len(self.pred_boxes),):
+            raise ValueError(f"case {self.case_id!r}: {len(self.pred_boxes)} pred_boxes but "
+                             f"{self.pred_scores.size} pred_scores")
+        if not np.all(np.isfinite(self.pred_scores)):
+            raise ValueError(f"case {self.case_id!r}: pred_scores must be finite")
+
+    def _boxes(self, boxes: np.ndarray, name: str) -> np.ndarray:
+        b = np.asarray(boxes, dtype=np.float32)
+        if b.size == 0:
+            return b.reshape(0, 6)
+        if b.ndim != 2 or b.shape[1] != 6:
+            raise ValueError(f"case {self.case_id!r}: {name} must have shape (N, 6), got {b.shape}")
+        return b

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from dataio.types import CachedCase, DatasetInfo, LoadedDataset
-from engine.data_options import DataOptions
+from engine.options.data_options import DataOptions
 
 TINY = json.dumps({"unet3d_xs": {"base": 2}, "unet3d_stride_xs": {"base": 2}})
 TIMING = ("train_time_s", "epoch_time_s", "latency_ms", "checkpoint", "eval_time_s")

@@ -10,7 +10,7 @@ import pytest
 
 import evaluate_experiment
 import integrated_experiment
-from engine.config import build_parser
+from engine.options.config import build_parser
 from models import list_models, model_info
 
 PARSERS = {"integrated_experiment": build_parser, "evaluate_experiment": evaluate_experiment.build_parser}

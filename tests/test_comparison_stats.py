@@ -1,4 +1,4 @@
-"""The comparison statistics (engine/comparison_stats.py) on hand-made tables whose answers are known: bootstrap
+"""The comparison statistics (engine/results/comparison_stats.py) on hand-made tables whose answers are known: bootstrap
 intervals, counts, out-of-fold pooling and variance shares in model_comparison.csv, the Pareto columns, the paired
 tests against SciPy with Holm and the rank-biserial, the ranking with ties and NaN; the charts read back; the
 statistics flags; then one tiny 2-model x 2-seed sweep: the files and columns after the sweep and after
@@ -20,12 +20,12 @@ from scipy import stats
 
 import evaluate_experiment
 import integrated_experiment
-from engine.comparison_stats import (EXTENDED_SUFFIXES, PARETO_AXES, TEST_COLUMNS, add_pareto, extend_comparison,
+from engine.results.comparison_stats import (EXTENDED_SUFFIXES, PARETO_AXES, TEST_COLUMNS, add_pareto, extend_comparison,
                                      is_extended_column, ranking_table, statistical_tests)
-from engine.config import parse_config
-from engine.job_results import JobFolder, job_folders
-from engine.reducer import IncrementalReducer, build_comparison, metric_columns
-from engine.stats_options import StatsOptions, stats_options_from_config
+from engine.options.config import parse_config
+from engine.results.job_results import JobFolder, job_folders
+from engine.results.reducer import IncrementalReducer, build_comparison, metric_columns
+from engine.options.stats_options import StatsOptions, stats_options_from_config
 from metrics.statistics import bootstrap_ci, holm, paired_bootstrap_diff_ci, variance_shares
 from browser_check import open_in_chromium
 from sweep_helpers import tiny_flags

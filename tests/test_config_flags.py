@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from engine.config import ExperimentConfig
-from engine.resume_check import FREE_FLAGS, RESULT_FLAGS
+from engine.options.config import ExperimentConfig
+from engine.options.resume_check import FREE_FLAGS, RESULT_FLAGS
 
 
 def test_every_config_field_is_a_result_flag_or_a_free_flag() -> None:
@@ -15,4 +15,4 @@ def test_every_config_field_is_a_result_flag_or_a_free_flag() -> None:
     assert not set(RESULT_FLAGS) & set(FREE_FLAGS)
     # model_kwargs are compared per model by resume_differences; batch_size through global_batch (batch x ranks)
     unclassified = fields - classified - {"model_kwargs", "batch_size"}
-    assert not unclassified, f"classify {sorted(unclassified)} in engine/resume_check.py"
+    assert not unclassified, f"classify {sorted(unclassified)} in engine/options/resume_check.py"

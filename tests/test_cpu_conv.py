@@ -166,8 +166,8 @@ def test_cpu_conv_wanted_follows_the_config() -> None:
 
 @pytest.mark.parametrize("flags, wanted", [([], True), (["--no_cpu_conv_split"], False), (["--deterministic"], False)])
 def test_cli_flags_reach_the_planned_models(flags: list[str], wanted: bool) -> None:
-    from engine.config import parse_config  # noqa: PLC0415
-    from engine.resume_check import RESULT_FLAGS  # noqa: PLC0415
+    from engine.options.config import parse_config  # noqa: PLC0415
+    from engine.options.resume_check import RESULT_FLAGS  # noqa: PLC0415
 
     config = parse_config(["--models", "unet3d_xs", *flags])
     assert config.cpu_conv_split is ("--no_cpu_conv_split" not in flags)

@@ -364,7 +364,7 @@ def test_synthetic_ich_is_read_back_by_the_ich_adapter(tmp_path: Path) -> None:
 # --- flags -----------------------------------------------------------------------------------------------------
 
 def _config(argv: list[str]):
-    from engine.config import build_parser, config_from_args
+    from engine.options.config import build_parser, config_from_args
 
     return config_from_args(build_parser().parse_args(argv))
 
@@ -388,7 +388,7 @@ def test_bad_data_flags_name_the_flag(argv: list[str], needle: str) -> None:
 
 
 def test_flag_defaults_and_records(tmp_path: Path) -> None:
-    from engine.data_options import DATA_FIELDS, data_options_from_config
+    from engine.options.data_options import DATA_FIELDS, data_options_from_config
 
     ct = _config(["--dataset_version", "synthetic_ich", "--hu_window", "-20", "100", "--target_spacing", "1", "1", "2"])
     assert ct.synthetic_size == (64, 64, 16) and ct.hu_window == (-20.0, 100.0) and ct.target_spacing == (1, 1, 2)

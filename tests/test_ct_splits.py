@@ -109,7 +109,7 @@ def test_fixed_test_errors_name_the_patient_or_case() -> None:
 
 def test_prepare_data_stratifies_binary_data_and_keeps_fixed_test_ids(tmp_path) -> None:
     from dataio.types import CachedCase, CropBox, DatasetInfo, LoadedDataset
-    from engine.config import parse_config
+    from engine.options.config import parse_config
     from engine.sweep_plan import prepare_data
 
     def case(i: int, positive: bool, recorded: bool) -> CachedCase:

@@ -17,8 +17,8 @@ import pytest
 import torch
 
 import evaluate_experiment
-from engine.data_options import DataOptions
-from engine.job_results import JobFolder
+from engine.options.data_options import DataOptions
+from engine.results.job_results import JobFolder
 from models import create_model
 from sweep_helpers import comparable
 from utils.schema import EPOCHS_CSV, JOBS_DIR, PER_CASE_CSV, RUNS_CSV

@@ -12,10 +12,10 @@ import torch
 
 import integrated_experiment
 from engine import tasks as task_registry
-from engine.checkpoint_eval import RunSpec, evaluate_run
-from engine.config import parse_config
-from engine.job_results import JobFolder
-from engine.reducer import IncrementalReducer, reduce_results
+from engine.evaluate.checkpoints import RunSpec, evaluate_run
+from engine.options.config import parse_config
+from engine.results.job_results import JobFolder
+from engine.results.reducer import IncrementalReducer, reduce_results
 from engine.tasks import SegmentationTask, brats_segmentation
 from engine.trainer import TrainerHooks
 from experiment_runner import run_integrated_experiment
@@ -238,7 +238,7 @@ def test_efficiency_is_measured_once_per_model_while_other_processes_wait(tmp_pa
     import threading
     import time as clock
 
-    from engine.efficiency_store import ensure_efficiency, stage_pam_table
+    from engine.results.efficiency_store import ensure_efficiency, stage_pam_table
 
     calls: list[int] = []
 

@@ -71,7 +71,7 @@ def test_results_dir_reproduces_sweep_metrics(sweep: dict[str, Path], evaluated:
 
 
 def test_predictions_are_in_original_space_and_convention(sweep: dict[str, Path], evaluated: Path) -> None:
-    from engine.data_options import DataOptions
+    from engine.options.data_options import DataOptions
 
     options = DataOptions(synthetic_cases=7, synthetic_size=(32, 32, 32), cache_dir=str(sweep["cache"]))
     cases = {c.case_id: c for c in options.load_cases()}
@@ -244,7 +244,7 @@ def test_image_folder_missing_label_is_an_error(sweep: dict[str, Path], tmp_path
 
 
 def test_model_loading_rebuilds_from_metadata(sweep: dict[str, Path], tmp_path: Path) -> None:
-    from engine.checkpoint_eval import load_model
+    from engine.evaluate.checkpoints import load_model
 
     model, payload = load_model(_checkpoint(sweep), torch.device("cpu"))
     assert not model.training and payload["model_kwargs"]["base"] == 2
@@ -333,7 +333,7 @@ def test_overlays_without_save_predictions_keep_no_predictions(sweep: dict[str, 
 
 
 def test_dice_text_of_a_per_case_row() -> None:
-    from engine.eval_pictures import dice_text
+    from engine.evaluate.pictures import dice_text
 
     row = dict(model="m", case_id="c", dice_wt=0.9, dice_tc=float("nan"), dice_et=0.25, dice_ncr=0.1,
                dice_mean=0.5, hd95_wt=3.0)

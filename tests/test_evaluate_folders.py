@@ -13,7 +13,7 @@ import torch
 from monai.metrics import DiceMetric, HausdorffDistanceMetric
 
 import evaluate_experiment
-from engine.folder_eval import case_name, evaluate_folder, match_pairs
+from engine.evaluate.folders import case_name, evaluate_folder, match_pairs
 
 # MONAI 1.6's reference HD95 passes its own deprecated argument internally (volbench's metrics filter it too)
 pytestmark = pytest.mark.filterwarnings("ignore:.*always_return_as_numpy.*:FutureWarning")

@@ -1,7 +1,7 @@
 """The scan bootstrap of the dataset-level lesion metrics: metrics.lesion_bootstrap against MONAI's COCOMetric
 (via coco_metrics and directly) and froc_metrics on random resamples and edge cases, the bootstrap against a slow
 loop of detection_metrics, a hand-made interval, the boxes table of the lesion accumulator (round trip, ranks) and
-the intervals model_comparison.csv gets from it (engine.comparison_stats)."""
+the intervals model_comparison.csv gets from it (engine.results.comparison_stats)."""
 
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ import pytest
 from monai.apps.detection.metrics.coco import COCOMetric
 from monai.apps.detection.metrics.matching import matching_batch
 
-from engine.comparison_stats import extend_comparison, lesion_scan_intervals
-from engine.job_results import read_result_csv
-from engine.reducer import build_comparison, metric_columns
-from engine.stats_options import StatsOptions
+from engine.results.comparison_stats import extend_comparison, lesion_scan_intervals
+from engine.results.job_results import read_result_csv
+from engine.results.reducer import build_comparison, metric_columns
+from engine.options.stats_options import StatsOptions
 from engine.tasks.lesion_metrics import LesionAccumulator, LesionSettings
 from lesion_helpers import random_cases
 from metrics.detection import LESION_COLUMNS, CaseBoxes, coco_metrics, detection_metrics

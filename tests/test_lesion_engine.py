@@ -15,10 +15,10 @@ import torch
 
 import evaluate_experiment
 from dataio.types import CachedCase, CropBox
-from engine.box_eval import evaluate_boxes_json
-from engine.config import ExperimentConfig, parse_config
-from engine.lesion_options import LesionOptions
-from engine.lesion_outputs import box_records, save_lesion_prediction
+from engine.evaluate.boxes import evaluate_boxes_json
+from engine.options.config import ExperimentConfig, parse_config
+from engine.options.lesion_options import LesionOptions
+from engine.tasks.lesion_outputs import box_records, save_lesion_prediction
 from engine.tasks import binary_segmentation
 from engine.tasks.lesion_metrics import LesionAccumulator, LesionPrediction, LesionSettings
 from engine.trainer_settings import TrainerSettings

@@ -57,9 +57,9 @@ def test_every_model_of_the_track_writes_the_lesion_columns(ich_sweep: Path) -> 
 def test_each_job_writes_its_test_boxes_and_they_reproduce_its_metrics(ich_sweep: Path) -> None:
     """The boxes table (the test evaluation's scans, one "case" row each) gives back every run's AP/FROC values,
     and the comparison statistics bootstrap those scans."""
-    from engine.comparison_stats import extend_comparison
-    from engine.reducer import build_comparison, collect_tables, metric_columns
-    from engine.stats_options import StatsOptions
+    from engine.results.comparison_stats import extend_comparison
+    from engine.results.reducer import build_comparison, collect_tables, metric_columns
+    from engine.options.stats_options import StatsOptions
     from metrics.lesion_bootstrap import ScanSet, scans_from_rows
 
     test_ids = sorted(map(str, json.loads((ich_sweep / SPLITS_JSON).read_text())["test"]))

@@ -14,8 +14,8 @@ import pandas as pd
 import pytest
 
 from browser_check import open_in_chromium
-from engine.reducer import write_tables
-from engine.stats_options import StatsOptions
+from engine.results.reducer import write_tables
+from engine.options.stats_options import StatsOptions
 from utils.schema import CONFIG_JSON, ENVIRONMENT_JSON
 from visualization.lesion_charts import FROC_COLUMNS
 from visualization.report import CHART_CLASS, OUTPUT, draw_report

@@ -16,8 +16,8 @@ import pytest
 import torch
 
 import integrated_experiment
-from engine.config import parse_config
-from engine.job_results import JobFolder
+from engine.options.config import parse_config
+from engine.results.job_results import JobFolder
 from engine.trainer import TrainerHooks
 from experiment_runner import run_integrated_experiment
 from sweep_helpers import comparable, tiny_flags

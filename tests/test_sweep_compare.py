@@ -15,10 +15,10 @@ import pandas as pd
 import pytest
 
 import evaluate_experiment
-from engine.data_options import DataOptions
-from engine.job_results import JobFolder
-from engine.reducer import reduce_results
-from engine.sweep_compare import compare_sweeps
+from engine.options.data_options import DataOptions
+from engine.results.job_results import JobFolder
+from engine.results.reducer import reduce_results
+from engine.evaluate.compare import compare_sweeps
 from utils.schema import (COMPARISON_CSV, CONFIG_JSON, JOBS_DIR, PER_CASE_CSV, RANKING_CSV, RUNS_CSV, SPLITS_JSON,
                           STATISTICAL_TESTS_CSV)
 

@@ -15,9 +15,9 @@ import pandas as pd
 import pytest
 
 import integrated_experiment
-from engine.config import parse_config
+from engine.options.config import parse_config
 from engine.tracking import TENSORBOARD_DIR, TRACKERS_JSON, JobTracking
-from engine.tracking_options import TrackingOptions
+from engine.options.tracking_options import TrackingOptions
 from sweep_helpers import tiny_flags
 from utils.schema import EPOCHS_CSV, JOBS_DIR, RUNS_CSV
 

@@ -12,7 +12,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 
 from dataio.types import CachedCase, CropBox
-from engine.evaluation import InferenceSettings
+from engine.inference import InferenceSettings
 from engine.inference import predict_logits
 from engine.optim import build_optimizer, build_scheduler, step_scheduler
 from engine.tasks import binary_segmentation

@@ -1,7 +1,7 @@
 """Task registry: the task of a job follows from the model's ``ModelInfo.task`` and the dataset's label kind.
 
 ``TASK_BUILDERS[(model_task, label_kind)](dataset, loss, lesions) -> Task`` (``lesions``: the lesion flags,
-``engine.lesion_options.LesionOptions`` or ``None`` for their defaults). Adding a kind of work means one
+``engine.options.lesion_options.LesionOptions`` or ``None`` for their defaults). Adding a kind of work means one
 task module and one :func:`register_task` line here; the trainer and the runner stay as they are.
 """
 
@@ -13,12 +13,12 @@ from dataio.types import DatasetInfo
 from models import ModelInfo
 from utils.schema import DEFAULT_BINARY_REGION
 
-from .base import CaseAccumulator, Selection, Task
-from .detect_segment import DetectSegmentTask
-from .detection import DetectionTask
-from .lesion_metrics import LesionSettings
-from .lesionwise import LesionwiseSettings
-from .segmentation import SegmentationTask, binary_segmentation, brats_segmentation
+from engine.tasks.base import CaseAccumulator, Selection, Task
+from engine.tasks.detect_segment import DetectSegmentTask
+from engine.tasks.detection import DetectionTask
+from engine.tasks.lesion_metrics import LesionSettings
+from engine.tasks.lesionwise import LesionwiseSettings
+from engine.tasks.segmentation import SegmentationTask, binary_segmentation, brats_segmentation
 
 TaskBuilder = Callable[[DatasetInfo, str, Any], Task]
 TASK_BUILDERS: dict[tuple[str, str], TaskBuilder] = {}

@@ -131,8 +131,8 @@ class Task(ABC):
     def write_prediction(self, case: CachedCase, prediction: Any, out_dir: Path, *, save_probabilities: bool = False,
                          probability_format: str = "nifti") -> list[Path]:
         """Write one case's prediction in the image's original space; returns the files written (default: the
-        label map of dense logits and optionally their softmax, ``engine.prediction_io``)."""
-        from ..prediction_io import save_case_prediction
+        label map of dense logits and optionally their softmax, ``engine.tasks.prediction_io``)."""
+        from engine.tasks.prediction_io import save_case_prediction
 
         return save_case_prediction(case, prediction, out_dir, save_probabilities=save_probabilities,
                                     probability_format=probability_format)

@@ -20,10 +20,10 @@ import torch.nn as nn
 from dataio.types import CachedCase
 from metrics.regions import binary_spec
 
-from ..evaluation import InferenceSettings, case_tensor
-from .base import Selection
-from .detection import DetectionTask
-from .lesion_metrics import LESION_RUN_COLUMNS, LesionAccumulator, LesionPrediction, LesionSettings
+from engine.inference import InferenceSettings, case_tensor
+from engine.tasks.base import Selection
+from engine.tasks.detection import DetectionTask
+from engine.tasks.lesion_metrics import LESION_RUN_COLUMNS, LesionAccumulator, LesionPrediction, LesionSettings
 
 
 class DetectSegmentTask(DetectionTask):

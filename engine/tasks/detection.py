@@ -27,9 +27,9 @@ from dataio.sampling import PatchDataset
 from dataio.types import CachedCase
 from metrics.lesions import boxes_from_mask
 
-from ..evaluation import InferenceSettings, case_tensor
-from .base import Selection, Task
-from .lesion_metrics import LESION_RUN_COLUMNS, LesionAccumulator, LesionPrediction, LesionSettings
+from engine.inference import InferenceSettings, case_tensor
+from engine.tasks.base import Selection, Task
+from engine.tasks.lesion_metrics import LESION_RUN_COLUMNS, LesionAccumulator, LesionPrediction, LesionSettings
 
 ZOOM = dict(prob=0.2, min_zoom=0.8, max_zoom=1.2)  # the RetinaNet seed's zoom range
 
@@ -93,8 +93,8 @@ class DetectionTask(Task):
     def write_prediction(self, case: CachedCase, prediction: LesionPrediction, out_dir: Path, *,
                          save_probabilities: bool = False, probability_format: str = "nifti") -> list[Path]:
         """Boxes as JSON and CSV (voxel and world mm), plus the mask NIfTI of models that output one
-        (``engine.lesion_outputs``; probabilities are written as NIfTI whatever ``probability_format``)."""
-        from ..lesion_outputs import save_lesion_prediction
+        (``engine.tasks.lesion_outputs``; probabilities are written as NIfTI whatever ``probability_format``)."""
+        from engine.tasks.lesion_outputs import save_lesion_prediction
 
         return save_lesion_prediction(case, prediction, out_dir, save_probabilities=save_probabilities)
 

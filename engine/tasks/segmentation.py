@@ -26,10 +26,10 @@ from losses import create_loss
 from metrics.regions import BRATS_SPEC, MetricSpec, binary_spec
 from metrics.segmentation import SegmentationMetricAccumulator
 
-from ..evaluation import InferenceSettings, case_logits
-from .base import Selection, Task
-from .lesion_metrics import LESION_RUN_COLUMNS, LesionAccumulator, LesionSettings, prediction_from_probability
-from .lesionwise import LESIONWISE_METRICS, LesionwiseAccumulator, LesionwiseSettings
+from engine.inference import InferenceSettings, case_logits
+from engine.tasks.base import Selection, Task
+from engine.tasks.lesion_metrics import LESION_RUN_COLUMNS, LesionAccumulator, LesionSettings, prediction_from_probability
+from engine.tasks.lesionwise import LESIONWISE_METRICS, LesionwiseAccumulator, LesionwiseSettings
 
 
 def logits_of(output: Any) -> torch.Tensor:
@@ -170,7 +170,7 @@ class SegmentationTask(Task):
         written = super().write_prediction(case, prediction, out_dir, save_probabilities=save_probabilities,
                                            probability_format=probability_format)
         if self.lesions is not None:
-            from ..lesion_outputs import save_boxes
+            from engine.tasks.lesion_outputs import save_boxes
 
             probability = torch.softmax(prediction.float(), dim=0)[1].numpy()
             lesions = prediction_from_probability(probability, prediction.argmax(0).numpy() == 1, self.lesions.min_size)

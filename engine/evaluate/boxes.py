@@ -18,7 +18,7 @@ import numpy as np
 
 from engine.tasks.lesion_metrics import SUMMED_COLUMNS, LesionAccumulator, LesionSettings
 
-from .lesion_outputs import BOX_CONVENTION
+from engine.tasks.lesion_outputs import BOX_CONVENTION
 
 
 def _boxes(value: Any, case_id: str, key: str, source: Path) -> np.ndarray:

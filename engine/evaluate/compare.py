@@ -4,7 +4,7 @@ The union of the folders' finished runs is reduced into OUT exactly as one sweep
 the comparison statistics, the charts). Folders are refused when their data differ, since synthetic case ids
 repeat across phantom sets and the paired statistics need the same test cases:
 
-- the data flags recorded in each ``config.json`` (``engine.data_options.DATA_FIELDS`` except ``cache_dir`` and
+- the data flags recorded in each ``config.json`` (``engine.options.data_options.DATA_FIELDS`` except ``cache_dir`` and
   ``allow_pickle``, which say where the cache lives and whether pickles may be read, not what the data is) must
   be equal, and
 - the test case ids of each ``splits.json`` must be the same set.
@@ -28,10 +28,10 @@ import pandas as pd
 from utils.atomic import atomic_write_json
 from utils.schema import CONFIG_JSON, JOBS_DIR, RUN_KEYS, SPLITS_JSON, STAGE_PAM_CSV, TABLES, run_key
 
-from .data_options import DATA_FIELDS
-from .job_results import read_result_csv
-from .reducer import collect_tables, results_lock, write_tables
-from .stats_options import StatsOptions, stats_options_from_config
+from engine.options.data_options import DATA_FIELDS
+from engine.results.job_results import read_result_csv
+from engine.results.reducer import collect_tables, results_lock, write_tables
+from engine.options.stats_options import StatsOptions, stats_options_from_config
 
 log = logging.getLogger(__name__)
 

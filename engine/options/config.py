@@ -16,12 +16,12 @@ from typing import Any, Sequence
 
 from dataio.adapters import DATASET_VERSIONS
 from dataio.cache import default_synthetic_size
-from engine.cli_parser import CliParser, add_list_models_argument
-from engine.data_options import DataOptions
-from engine.lesion_options import LesionOptions, add_lesion_arguments
-from engine.parallel_options import PARALLEL_MODES, add_parallel_arguments, parse_shard
-from engine.stats_options import StatsOptions, add_stats_arguments
-from engine.tracking_options import TrackingOptions, add_tracking_arguments, tracker_list
+from engine.options.cli_parser import CliParser, add_list_models_argument
+from engine.options.data_options import DataOptions
+from engine.options.lesion_options import LesionOptions, add_lesion_arguments
+from engine.options.parallel_options import PARALLEL_MODES, add_parallel_arguments, parse_shard
+from engine.options.stats_options import StatsOptions, add_stats_arguments
+from engine.options.tracking_options import TrackingOptions, add_tracking_arguments, tracker_list
 from engine.trainer_settings import TrainerSettings
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
@@ -116,9 +116,9 @@ class ExperimentConfig(DataOptions, LesionOptions, TrainerSettings, StatsOptions
                              "add the flag or drop the path")
         if self.pretrained_checkpoint and not Path(self.pretrained_checkpoint).is_file():
             raise ValueError(f"--pretrained_checkpoint {self.pretrained_checkpoint} does not exist")
-        self.validate_data()  # the data flags (engine.data_options): CT flags, layouts, --data_path
-        self.validate_stats()  # --baseline, --stats_seed, --bootstrap_resamples (engine.stats_options)
-        self.validate_tracking()  # --tracker and its packages, --wandb_project (engine.tracking_options)
+        self.validate_data()  # the data flags (engine.options.data_options): CT flags, layouts, --data_path
+        self.validate_stats()  # --baseline, --stats_seed, --bootstrap_resamples (engine.options.stats_options)
+        self.validate_tracking()  # --tracker and its packages, --wandb_project (engine.options.tracking_options)
 
 
 def add_data_arguments(parser: argparse.ArgumentParser, *, recorded: bool = False) -> argparse._ArgumentGroup:

@@ -29,9 +29,10 @@ import torch.nn as nn
 from dataio.preprocess import preprocess_case
 from dataio.splits import load_splits
 from dataio.types import MODALITY_ORDER, CachedCase, CaseFiles
-from engine.data_options import DataOptions
-from engine.evaluation import InferenceSettings, evaluate_cases
-from engine.folder_eval import case_name, metric_summary
+from engine.options.data_options import DataOptions
+from engine.evaluation import evaluate_cases
+from engine.inference import InferenceSettings
+from engine.evaluate.folders import case_name, metric_summary
 from engine.tasks import task_from_meta
 from metrics.surface import EMPTY_MASK_RULES
 from models import create_model, model_info
@@ -265,7 +266,7 @@ def evaluate_run(run: RunSpec, cases: list[CachedCase], *, device: torch.device,
     (``lesions``: the lesion flags of the evaluation, ``None`` for their defaults).
 
     Predictions of the cases in ``save_ids`` (all when ``None``) are written under ``prediction_dir``
-    (see ``engine.prediction_io``); no predictions are written when ``prediction_dir`` is None.
+    (see ``engine.tasks.prediction_io``); no predictions are written when ``prediction_dir`` is None.
     """
     start = time.perf_counter()
     model, payload = load_model(run.checkpoint, device)
@@ -329,7 +330,7 @@ def write_evaluation(output_dir: Path, results: list[RunResult], context: dict[s
     the sweep's schema so every chart works), ``model_comparison.csv`` (with the comparison statistics),
     ``statistical_tests.csv``, ``ranking.csv`` and ``evaluation_summary.json`` into ``output_dir``; returns the
     files written. ``results_dir``: the sweep whose recorded statistics flags apply."""
-    from engine.reducer import build_comparison
+    from engine.results.reducer import build_comparison
     from utils.atomic import atomic_write_csv, atomic_write_json
 
     output_dir = Path(output_dir)
@@ -352,8 +353,8 @@ def _statistics(output_dir: Path, runs: pd.DataFrame, per_case: pd.DataFrame | N
                 results_dir: Path | None) -> list[Path]:
     """The sweep's comparison statistics over the evaluated runs (flags recorded by ``results_dir``, else the
     defaults; model order as evaluated); a failure is logged and leaves the basic comparison."""
-    from engine.reducer import recorded_stats, write_statistics
-    from engine.stats_options import StatsOptions
+    from engine.results.reducer import recorded_stats, write_statistics
+    from engine.options.stats_options import StatsOptions
 
     options, order = recorded_stats(results_dir) if results_dir is not None else (StatsOptions(), [])
     models = [m for m in order if m in set(runs["model"])] or list(dict.fromkeys(runs["model"].astype(str)))

@@ -24,7 +24,7 @@ from dataio.types import CachedCase
 from metrics.lesions import boxes_to_world
 from utils.atomic import atomic_write_csv, atomic_write_json
 
-from .tasks.lesion_metrics import LesionPrediction
+from engine.tasks.lesion_metrics import LesionPrediction
 
 BOX_CONVENTION = "[x1, y1, z1, x2, y2, z2] over array axes 0, 1, 2 of the original image, max exclusive"
 CORNERS = ("x1", "y1", "z1", "x2", "y2", "z2")

@@ -7,7 +7,7 @@ from them (finished jobs only, in the sweep's job order); it runs at the end of 
 recomputing only its model's comparison row, so an N-job sweep spends O(N) on result writing.
 Both hold the results folder's file lock while they write, so processes sharing a folder lose no row.
 
-The full reduce also writes the comparison statistics (``engine.comparison_stats``): the extended
+The full reduce also writes the comparison statistics (``engine.results.comparison_stats``): the extended
 ``model_comparison.csv`` (bootstrap CIs, counts, out-of-fold means, variance shares, Pareto fronts),
 ``statistical_tests.csv`` and ``ranking.csv``, with the ``--baseline``/``--stats_seed``/``--bootstrap_resamples``
 recorded in the folder's ``config.json`` (defaults when absent). The per-job incremental path writes the basic
@@ -31,11 +31,11 @@ from utils.atomic import atomic_write_csv
 from utils.schema import (COMPARISON_CSV, CONFIG_JSON, EFFICIENCY_COLUMNS, JOBS_DIR, LOCK_FILE, METRIC_PREFIXES,
                           RANKING_CSV, RUN_LEADING, RUN_TRAILING, STAGE_PAM_CSV, STATISTICAL_TESTS_CSV, TABLES)
 
-from .comparison_stats import extend_comparison, is_extended_column, ranking_table, statistical_tests
-from .efficiency_store import stage_pam_table
-from .stats_options import StatsOptions, stats_options_from_config
+from engine.results.comparison_stats import extend_comparison, is_extended_column, ranking_table, statistical_tests
+from engine.results.efficiency_store import stage_pam_table
+from engine.options.stats_options import StatsOptions, stats_options_from_config
 
-from .job_results import JobFolder, job_folders, read_result_csv
+from engine.results.job_results import JobFolder, job_folders, read_result_csv
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +150,7 @@ def write_tables(output_dir: Path, tables: dict[str, pd.DataFrame], options: Sta
 
 def recorded_stats(output_dir: Path) -> tuple[StatsOptions, list[str]]:
     """The statistics flags and the model order (``resolved_models``) recorded in ``output_dir/config.json``
-    (:func:`engine.stats_options.stats_options_from_config`); defaults and no order without a readable record."""
+    (:func:`engine.options.stats_options.stats_options_from_config`); defaults and no order without a readable record."""
     path = Path(output_dir) / CONFIG_JSON
     try:
         config = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
@@ -163,7 +163,7 @@ def recorded_stats(output_dir: Path) -> tuple[StatsOptions, list[str]]:
 def write_statistics(output_dir: Path, tables: dict[str, pd.DataFrame], basic: pd.DataFrame, options: StatsOptions,
                      models: list[str]) -> list[Path]:
     """Write the extended ``model_comparison.csv``, ``statistical_tests.csv`` and ``ranking.csv``
-    (``engine.comparison_stats``) from the tables of ok runs; a statistics file that cannot be computed (no
+    (``engine.results.comparison_stats``) from the tables of ok runs; a statistics file that cannot be computed (no
     per-case rows) is removed, so none is left from an earlier reduce."""
     output_dir = Path(output_dir)
     runs = tables["runs"]

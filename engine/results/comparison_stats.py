@@ -29,7 +29,7 @@ from metrics.ranking import bootstrap_rank_stability, pareto_front, rank_then_ag
 from metrics.statistics import bootstrap_ci, holm, paired_bootstrap_diff_ci, paired_wilcoxon, variance_shares
 from utils.schema import BRATS_CLASS_NAMES, BRATS_REGION_NAMES
 
-from .stats_options import StatsOptions
+from engine.options.stats_options import StatsOptions
 
 log = logging.getLogger(__name__)
 

@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from dataio.splits import save_splits
-from engine.config import ExperimentConfig
+from engine.options.config import ExperimentConfig
 from engine.context import RunContext
-from engine.reducer import results_lock
-from engine.resume_check import merged_record, resume_differences
+from engine.results.reducer import results_lock
+from engine.options.resume_check import merged_record, resume_differences
 from engine.sweep_plan import SweepData
 from utils.atomic import atomic_write_json
 from utils.environment import environment_info

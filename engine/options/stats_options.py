@@ -2,7 +2,7 @@
 
 They change the statistics only (``model_comparison.csv`` intervals, ``statistical_tests.csv``,
 ``ranking.csv``), which the reducer recomputes from the job folders, so a resumed sweep may change them
-(``engine.resume_check.FREE_FLAGS``). The sweep records them in ``config.json``; the reducer and
+(``engine.options.resume_check.FREE_FLAGS``). The sweep records them in ``config.json``; the reducer and
 ``evaluate_experiment.py --compare`` read them back with :func:`stats_options_from_config` (the latest start's
 value wins, defaults when a record has none).
 """

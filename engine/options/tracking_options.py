@@ -2,7 +2,7 @@
 
 Trackers only mirror what the job writes into its CSV rows (losses, validation metrics, learning rate, test
 metrics); the CSV files stay the source of truth, so a resumed sweep may change these flags
-(``engine.resume_check.FREE_FLAGS``).
+(``engine.options.resume_check.FREE_FLAGS``).
 """
 
 from __future__ import annotations

@@ -1,0 +1,1 @@
+"""Evaluation without training: checkpoints, prediction folders, box files, sweep comparison."""

@@ -1,0 +1,1 @@
+"""Flag groups of both CLIs, the sweep configuration dataclass and the resume check."""
