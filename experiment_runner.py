@@ -28,7 +28,7 @@ from engine.options.config import ExperimentConfig
 from engine.context import RunContext
 from engine.options.data_options import DATA_FIELDS
 from engine.results.efficiency_store import ensure_efficiency, read_efficiency
-from engine.evaluation import EvaluationResult, evaluate_cases
+from engine.evaluation import EvaluationRequest, EvaluationResult, evaluate_cases
 from engine.inference import InferenceSettings
 from engine.results.job_results import JobFolder
 from engine.options.lesion_options import MATCHING_FLAGS
@@ -38,7 +38,7 @@ from engine.results.reducer import IncrementalReducer, reduce_results
 from engine.results.sweep_files import check_output_dir, check_resume, default_output_dir, sweep_record, write_sweep_files
 from engine.sweep_plan import Job, ModelPlan, SweepData, make_jobs, plan_models, prepare_data
 from engine.tracking import JobTracking
-from engine.trainer import DivergedError, FitResult, TrainerHooks, fit
+from engine.trainer import CheckpointFiles, DivergedError, FitInputs, FitResult, TrainerHooks, fit
 from metrics.efficiency import measure_efficiency, stage_wise_pam
 from models import resolve_model_names
 from utils.checkpoint import load_checkpoint
@@ -139,11 +139,11 @@ def train_model(job: Job, plan: ModelPlan, data: SweepData, config: ExperimentCo
                                distributed=ddp)
     checkpoint = Path(context.output_dir) / job.checkpoint_name()
     folder = JobFolder(context.job_dir) if context.job_dir else None
-    result = fit(trained, loader, data.subset(job.val_ids), plan.task,
-                 inference_settings(plan.setup, config, context.device), plan.trainer,
-                 best_checkpoint=checkpoint, checkpoint_info=checkpoint_info(plan, job, config, data),
-                 latest_checkpoint=folder.latest_checkpoint if folder else None, hooks=hooks,
-                 desc=job.label, shard=context.job_shard, writes=context.writes_job_files)
+    inputs = FitInputs(trained, plan.task, loader, data.subset(job.val_ids),
+                       inference_settings(plan.setup, config, context.device), shard=context.job_shard)
+    files = CheckpointFiles(best=checkpoint, info=checkpoint_info(plan, job, config, data),
+                            latest=folder.latest_checkpoint if folder else None, writes=context.writes_job_files)
+    result = fit(inputs, plan.trainer, files, hooks=hooks, desc=job.label)
     if ddp:
         barrier()  # rank 0 has written the best checkpoint
         model = trained.module  # the network DDP trained (a SyncBatchNorm copy with --sync_bn)
@@ -155,8 +155,9 @@ def evaluate_model(model: nn.Module, plan: ModelPlan, cases: list[CachedCase], c
                    device: torch.device, tta: bool = False, shard: tuple[int, int] = (0, 1)) -> EvaluationResult:
     """Per-case test metrics of a trained model (the task's test metrics, e.g. Dice, HD95 in mm);
     ``shard=(rank, world_size)`` splits the cases across the ranks of a DDP job and gathers them."""
-    return evaluate_cases(model, cases, plan.task, inference_settings(plan.setup, config, device, tta),
-                          stage="test", record_attention=plan.setup.info.returns_attention, desc="test", shard=shard)
+    request = EvaluationRequest(stage="test", record_attention=plan.setup.info.returns_attention, desc="test",
+                                shard=shard)
+    return evaluate_cases(model, cases, plan.task, inference_settings(plan.setup, config, device, tta), request)
 
 
 def _failure_status(exc: BaseException) -> str:
@@ -180,6 +181,7 @@ def run_job(job: Job, plan: ModelPlan, data: SweepData, config: ExperimentConfig
         folder.clear_results()  # a fresh start (or a rerun of a failed job): no rows of an earlier attempt
     if writes:
         folder.write_job(dict(model=job.model, seed=job.seed, fold=job.fold, index=job.index,
+                              result_columns=list(plan.task.result_columns()),
                               trainer=dataclasses.asdict(plan.trainer)))
     keys = dict(model=job.model, seed=job.seed, fold=job.fold)
     row: dict[str, Any] = dict(keys, status="ok", error="")

@@ -100,13 +100,12 @@ def trainer_vs_bare(name: str, args: argparse.Namespace, clock: CpuClock) -> dic
     ref = copy.deepcopy(ours)
     batches = make_batches(setup, args.steps, args.batch)
     opt_ours = Optimisation(torch.optim.AdamW(ours.parameters(), lr=settings.lr, weight_decay=settings.weight_decay),
-                            None, None)
+                            None, None, settings.grad_accum, settings.max_grad_norm)
     opt_ref = torch.optim.AdamW(ref.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     state = TrainState()
 
     def run_ours() -> None:
-        train_one_epoch(ours, batches, task, opt_ours, device=torch.device("cpu"), settings=settings, state=state,
-                        hooks=(), desc="bench")
+        train_one_epoch(ours, batches, task, opt_ours, device=torch.device("cpu"), state=state, desc="bench")
 
     def run_ref() -> None:
         bare_epoch(ref, batches, task.loss_fn, opt_ref, settings.max_grad_norm)

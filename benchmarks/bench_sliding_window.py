@@ -56,6 +56,7 @@ from dataio.synthetic import ensure_synthetic_brats  # noqa: E402
 from dataio.types import MODALITY_ORDER  # noqa: E402
 from engine.inference import InferenceSettings, case_tensor  # noqa: E402
 from engine.inference import predict_logits  # noqa: E402
+import engine.tasks  # noqa: E402,F401  (sets create_model's default out_channels per model kind)
 from models import create_model  # noqa: E402
 
 
@@ -152,7 +153,7 @@ def configurations(model: nn.Module, case: Any, args: argparse.Namespace, device
         ("(R') MONAI defaults, volbench crop", dict(monai, input="crop"),
          lambda: sliding(model, crop, args.roi, **monai)),
         ("(V) volbench predict_logits", dict(ours, sw_batch=1, input="crop", autocast=half),
-         lambda: predict_logits(model, crop, **settings.predict_kwargs())),
+         lambda: predict_logits(model, crop, settings)),
         ("(V+) inference_mode", dict(ours, sw_batch=1, input="crop", grad="inference_mode", autocast=half),
          lambda: sliding(model, crop, args.roi, sw_batch=1, autocast=half, grad=torch.inference_mode, **ours)),
     ]

@@ -36,32 +36,45 @@ class EvaluationResult:
         return dict(self.tables, per_case=self.per_case, attention=self.attention)
 
 
-def evaluate_cases(model: nn.Module, cases: list[CachedCase], task: "Task", settings: InferenceSettings, *,
-                   stage: str = "test", with_loss: bool = False, record_attention: bool = False,
-                   desc: str = "eval", on_prediction: Callable[[CachedCase, Any], None] | None = None,
-                   shard: tuple[int, int] = (0, 1)) -> EvaluationResult:
-    """Predict every case with ``task.predict_case`` and feed labelled cases to the task's accumulator.
+@dataclass(frozen=True)
+class EvaluationRequest:
+    """What one evaluation pass computes and reports.
 
     ``stage`` ``val`` computes the task's cheap metrics, ``test`` all of them; ``with_loss`` asks the
     accumulator for the mean loss. With ``record_attention`` the model is called with
     ``return_attention=True`` and the mean weight per stage and modality is returned for every case.
-    ``on_prediction(case, prediction)`` sees every case's prediction, labelled or not (e.g. to write it).
-    ``shard=(rank, world_size)``: this rank predicts cases ``rank::world_size`` and the shares of every
-    rank are gathered, so each case is evaluated exactly once and every rank returns the whole result
-    (rows in the order of ``cases``, equal to one process's).
+    ``desc`` labels the progress bar. ``on_prediction(case, prediction)`` sees every case's prediction,
+    labelled or not (e.g. to write it). ``shard=(rank, world_size)``: this rank predicts cases
+    ``rank::world_size`` and the shares of every rank are gathered.
     """
-    rank, world = shard
-    accumulator = task.new_accumulator(stage=stage, with_loss=with_loss)
-    predictor: nn.Module = AttentionRecorder(model) if record_attention else model
+
+    stage: str = "test"
+    with_loss: bool = False
+    record_attention: bool = False
+    desc: str = "eval"
+    on_prediction: Callable[[CachedCase, Any], None] | None = None
+    shard: tuple[int, int] = (0, 1)
+
+
+def evaluate_cases(model: nn.Module, cases: list[CachedCase], task: "Task", settings: InferenceSettings,
+                   request: EvaluationRequest = EvaluationRequest()) -> EvaluationResult:
+    """Predict every case with ``task.predict_case`` and feed labelled cases to the task's accumulator.
+
+    Under a sharded ``request`` each case is evaluated exactly once and every rank returns the whole
+    result (rows in the order of ``cases``, equal to one process's).
+    """
+    rank, world = request.shard
+    accumulator = task.new_accumulator(stage=request.stage, with_loss=request.with_loss)
+    predictor: nn.Module = AttentionRecorder(model) if request.record_attention else model
     attention_rows: list[dict[str, Any]] = []
-    for case in progress(cases[rank::world], desc=desc, leave=False, unit="case"):
+    for case in progress(cases[rank::world], desc=request.desc, leave=False, unit="case"):
         prediction = task.predict_case(predictor, case, settings)
-        if on_prediction is not None:
-            on_prediction(case, prediction)
+        if request.on_prediction is not None:
+            request.on_prediction(case, prediction)
         if case.label is None:
             continue
         accumulator.update(case, prediction)
-        if record_attention:
+        if request.record_attention:
             for stage_name, weights in predictor.mean_weights().items():  # type: ignore[union-attr]
                 for modality, weight in zip(settings.modalities, weights):
                     attention_rows.append(dict(case_id=case.case_id, stage=stage_name, modality=modality,

@@ -52,39 +52,6 @@ def _autocast(device: torch.device, amp: bool) -> Any:
     return nullcontext()
 
 
-@torch.no_grad()
-def predict_logits(model: nn.Module, image: torch.Tensor, *, roi_size: tuple[int, ...], overlap: float,
-                   device: torch.device, spatial_dims: int = 3, context_slices: int = 0, amp: bool = False,
-                   sw_batch_size: int = 1) -> torch.Tensor:
-    """Logits (n_classes, D, H, W) for one image (C, D, H, W), model in eval mode."""
-    was_training = model.training
-    model.eval()
-    try:
-        with _autocast(device, amp):
-            if spatial_dims == 3:
-                logits = sliding_window_inference(
-                    image[None].to(device), roi_size=tuple(roi_size), sw_batch_size=sw_batch_size,
-                    predictor=model, overlap=overlap, mode="gaussian")[0]
-            else:
-                slices = volume_to_slices(image, context_slices).to(device)
-                logits = sliding_window_inference(
-                    slices, roi_size=tuple(roi_size[-2:]), sw_batch_size=max(sw_batch_size, 8),
-                    predictor=model, overlap=overlap, mode="gaussian")
-                logits = slices_to_volume(logits)  # (W, K, D, H) -> (K, D, H, W)
-    finally:
-        model.train(was_training)
-    return logits.float().cpu()
-
-
-def flip_tta_logits(model: nn.Module, image: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-    """Mean softmax-free logits over the identity and the flips of each spatial axis (test-time augmentation)."""
-    total = predict_logits(model, image, **kwargs)
-    for axis in (1, 2, 3):
-        flipped = predict_logits(model, image.flip(axis), **kwargs)
-        total += flipped.flip(axis)
-    return total / 4.0
-
-
 @dataclass
 class InferenceSettings:
     """How a model is applied to a whole case (sizes in voxels)."""
@@ -98,9 +65,38 @@ class InferenceSettings:
     amp: bool = False
     tta: bool = False
 
-    def predict_kwargs(self) -> dict[str, Any]:
-        return dict(roi_size=self.roi_size, overlap=self.overlap, device=self.device,
-                    spatial_dims=self.spatial_dims, context_slices=self.context_slices, amp=self.amp)
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, image: torch.Tensor, settings: InferenceSettings, *,
+                   sw_batch_size: int = 1) -> torch.Tensor:
+    """Logits (n_classes, D, H, W) for one image (C, D, H, W), model in eval mode, windows of
+    ``settings.roi_size`` voxels (``settings.modalities`` and ``settings.tta`` are not read here)."""
+    was_training = model.training
+    model.eval()
+    try:
+        with _autocast(settings.device, settings.amp):
+            if settings.spatial_dims == 3:
+                logits = sliding_window_inference(
+                    image[None].to(settings.device), roi_size=tuple(settings.roi_size), sw_batch_size=sw_batch_size,
+                    predictor=model, overlap=settings.overlap, mode="gaussian")[0]
+            else:
+                slices = volume_to_slices(image, settings.context_slices).to(settings.device)
+                logits = sliding_window_inference(
+                    slices, roi_size=tuple(settings.roi_size[-2:]), sw_batch_size=max(sw_batch_size, 8),
+                    predictor=model, overlap=settings.overlap, mode="gaussian")
+                logits = slices_to_volume(logits)  # (W, K, D, H) -> (K, D, H, W)
+    finally:
+        model.train(was_training)
+    return logits.float().cpu()
+
+
+def flip_tta_logits(model: nn.Module, image: torch.Tensor, settings: InferenceSettings) -> torch.Tensor:
+    """Mean softmax-free logits over the identity and the flips of each spatial axis (test-time augmentation)."""
+    total = predict_logits(model, image, settings)
+    for axis in (1, 2, 3):
+        flipped = predict_logits(model, image.flip(axis), settings)
+        total += flipped.flip(axis)
+    return total / 4.0
 
 
 def case_tensor(case: CachedCase, modalities: tuple[str, ...]) -> torch.Tensor:
@@ -112,5 +108,5 @@ def case_logits(model: nn.Module, case: CachedCase, settings: InferenceSettings)
     """Logits (K, D, H, W) of one cached case, with flip TTA when ``settings.tta``."""
     image = case_tensor(case, settings.modalities)
     if settings.tta:
-        return flip_tta_logits(model, image, **settings.predict_kwargs())
-    return predict_logits(model, image, **settings.predict_kwargs())
+        return flip_tta_logits(model, image, settings)
+    return predict_logits(model, image, settings)

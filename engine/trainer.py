@@ -5,6 +5,10 @@ optimises the sum of the named losses, validates every ``val_every`` epochs, kee
 by the task's selection metric, and writes the full training state (``engine.train_state``) after every
 epoch so that a killed job continues from the next epoch with the same result.
 
+:func:`fit` takes its settings as objects: :class:`FitInputs` (model, task, loader, validation cases,
+inference settings, DDP shard), :class:`TrainerSettings` (epochs, optimiser, schedule, ...) and
+:class:`CheckpointFiles` (best weights, resumable state, whether this process writes).
+
 Hooks (:class:`TrainerHooks`, all optional): ``on_train_start``, ``on_train_step``, ``on_validation``,
 ``on_epoch_end`` (after the epoch's state is saved), ``on_train_end``.
 """
@@ -17,7 +21,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import torch
 import torch.nn as nn
@@ -29,14 +33,15 @@ from dataio.types import CachedCase
 from utils.checkpoint import save_checkpoint
 from utils.distributed import all_gather_objects, is_distributed
 
-from engine.evaluation import EvaluationResult, evaluate_cases
+from engine.evaluation import EvaluationRequest, EvaluationResult, evaluate_cases
 from engine.inference import InferenceSettings
 from engine.optim import build_optimizer, build_scheduler, step_scheduler
 from engine.tasks.base import Task
 from engine.train_state import TrainState, load_train_state, rng_states, save_train_state
 from engine.trainer_settings import TrainerSettings
 
-__all__ = ["DivergedError", "FitResult", "Optimisation", "TrainerHooks", "TrainerSettings", "fit", "train_one_epoch"]
+__all__ = ["CheckpointFiles", "DivergedError", "FitInputs", "FitResult", "Optimisation", "TrainerHooks",
+           "TrainerSettings", "fit", "train_one_epoch"]
 
 log = logging.getLogger(__name__)
 
@@ -77,14 +82,60 @@ class FitResult:
 
 @dataclass
 class Optimisation:
+    """How the weights are stepped: the optimiser, its per-epoch ``scheduler`` (None: constant lr), the AMP
+    ``scaler`` (None: no AMP), one optimiser step per ``grad_accum`` batches, gradient-norm clipping at
+    ``max_grad_norm`` (None: off)."""
+
     optimizer: torch.optim.Optimizer
     scheduler: Any
     scaler: torch.amp.GradScaler | None
+    grad_accum: int = 1
+    max_grad_norm: float | None = None
+
+    @classmethod
+    def build(cls, settings: TrainerSettings, params: Iterable[nn.Parameter], device: torch.device) -> "Optimisation":
+        """Optimiser, scheduler and (on CUDA with ``settings.amp``) scaler of ``settings`` for ``params``."""
+        optimizer = build_optimizer(settings.optimizer, params, lr=settings.lr, weight_decay=settings.weight_decay,
+                                    momentum=settings.momentum)
+        scheduler = build_scheduler(settings.scheduler, optimizer, epochs=settings.epochs,
+                                    step_size=settings.lr_step_size)
+        scaler = torch.amp.GradScaler("cuda") if (settings.amp and device.type == "cuda") else None
+        return cls(optimizer, scheduler, scaler, settings.grad_accum, settings.max_grad_norm)
+
+
+@dataclass
+class FitInputs:
+    """What one job trains on and how it validates.
+
+    ``model``: the network (wrapped in DistributedDataParallel under DDP); ``loader``: the training batches;
+    ``val_cases``: whole cases, predicted as ``inference`` says (its ``device`` is the training device too);
+    ``shard=(rank, world_size)`` splits the validation cases across the ranks of a DDP job.
+    """
+
+    model: nn.Module
+    task: Task
+    loader: DataLoader
+    val_cases: list[CachedCase]
+    inference: InferenceSettings
+    shard: tuple[int, int] = (0, 1)
+
+
+@dataclass
+class CheckpointFiles:
+    """Where training writes: ``best`` gets the best epoch's weights with ``info`` (``model_name``,
+    ``model_kwargs`` and ``meta`` of the checkpoint file); ``latest`` (None: not kept) gets the full training
+    state after every epoch and is resumed from when found at the start. Only a process with ``writes``
+    saves (rank 0 under DDP)."""
+
+    best: Path
+    info: dict[str, Any]
+    latest: Path | None = None
+    writes: bool = True
 
 
 def train_one_epoch(model: nn.Module, loader: DataLoader, task: Task, opt: Optimisation, *,
-                    device: torch.device, settings: TrainerSettings, state: TrainState,
-                    hooks: Sequence[TrainerHooks], desc: str) -> dict[str, float]:
+                    device: torch.device, state: TrainState, hooks: Sequence[TrainerHooks] = (),
+                    desc: str = "train") -> dict[str, float]:
     """Mean of each named loss and of their sum (``loss``) over one epoch (accumulation, clipping, AMP)."""
     model.train()
     sums: dict[str, float] = {}
@@ -100,10 +151,10 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, task: Task, opt: Optim
         total = float(loss.detach())  # the step's one host sync (on CUDA): the finite check and the epoch mean
         if not _finite_everywhere(total, loss.device):
             raise DivergedError(f"non-finite training loss ({total}) at batch {step}")
-        scaled = loss / settings.grad_accum
+        scaled = loss / opt.grad_accum
         (opt.scaler.scale(scaled) if opt.scaler else scaled).backward()
-        if step % settings.grad_accum == 0 or step == len(loader):
-            _optimiser_step(model, opt, settings)
+        if step % opt.grad_accum == 0 or step == len(loader):
+            _optimiser_step(model, opt)
         values = {"loss": total}
         if len(parts) > 1 or "loss" not in losses:
             values.update({f"loss_{k}": float(v.detach()) for k, v in losses.items()})
@@ -132,11 +183,11 @@ def _finite_everywhere(loss: float, device: torch.device) -> bool:
     return finite
 
 
-def _optimiser_step(model: nn.Module, opt: Optimisation, settings: TrainerSettings) -> None:
+def _optimiser_step(model: nn.Module, opt: Optimisation) -> None:
     if opt.scaler:
         opt.scaler.unscale_(opt.optimizer)
-    if settings.max_grad_norm:
-        nn.utils.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
+    if opt.max_grad_norm:
+        nn.utils.clip_grad_norm_(model.parameters(), opt.max_grad_norm)
     if opt.scaler:
         opt.scaler.step(opt.optimizer)
         opt.scaler.update()
@@ -145,86 +196,114 @@ def _optimiser_step(model: nn.Module, opt: Optimisation, settings: TrainerSettin
     opt.optimizer.zero_grad(set_to_none=True)
 
 
-def fit(model: nn.Module, loader: DataLoader, val_cases: list[CachedCase], task: Task,
-        inference: InferenceSettings, settings: TrainerSettings, *, best_checkpoint: Path,
-        checkpoint_info: dict[str, Any], latest_checkpoint: Path | None = None,
-        hooks: Sequence[TrainerHooks] = (), desc: str = "train", shard: tuple[int, int] = (0, 1),
-        writes: bool = True) -> FitResult:
-    """Train for ``settings.epochs`` epochs; ``best_checkpoint`` holds the best epoch's weights.
+def fit(inputs: FitInputs, settings: TrainerSettings, files: CheckpointFiles, *,
+        hooks: Sequence[TrainerHooks] = (), desc: str = "train") -> FitResult:
+    """Train for ``settings.epochs`` epochs; ``files.best`` holds the best epoch's weights.
 
-    ``checkpoint_info`` carries ``model_name``, ``model_kwargs`` and ``meta`` for the checkpoint file.
-    With ``latest_checkpoint`` the full training state is saved there after every epoch, and a state
-    found there at the start is resumed from (the job continues with the next epoch).
-    Under DDP (``model`` wrapped in DistributedDataParallel) ``shard=(rank, world_size)`` splits the
-    validation cases across the ranks, and only the process with ``writes`` saves checkpoints; every rank
-    reaches the same decisions (best epoch, early stop) because every rank sees the gathered metrics.
+    A state found at ``files.latest`` is resumed from (the job continues with the next epoch). Under DDP
+    every rank reaches the same decisions (best epoch, early stop) because every rank sees the gathered
+    metrics. ``desc`` labels the progress bars and log lines.
     """
-    device = inference.device
-    optimizer = build_optimizer(settings.optimizer, model.parameters(), lr=settings.lr,
-                                weight_decay=settings.weight_decay, momentum=settings.momentum)
-    scheduler = build_scheduler(settings.scheduler, optimizer, epochs=settings.epochs, step_size=settings.lr_step_size)
-    opt = Optimisation(optimizer, scheduler,
-                        torch.amp.GradScaler("cuda") if (settings.amp and device.type == "cuda") else None)
-    generator = getattr(loader, "generator", None)
-    state = TrainState()
-    if latest_checkpoint is not None and latest_checkpoint.is_file():
-        state = load_train_state(latest_checkpoint, model=_bare(model), optimizer=opt.optimizer,
-                                 scheduler=opt.scheduler, scaler=opt.scaler, generator=generator, rank=shard[0])
-        log.info("%s: resuming after epoch %d from %s", desc, state.epoch, latest_checkpoint)
-    for hook in hooks:
-        hook.on_train_start(state)
-    epochs = progress(range(state.epoch + 1, settings.epochs + 1), desc=desc, unit="epoch", leave=False)
-    for epoch in epochs if not state.stopped else ():
-        t0 = time.perf_counter()
-        row = _run_epoch(model, loader, val_cases, task, inference, settings, opt, state, epoch, hooks,
-                         best_checkpoint if writes else None, checkpoint_info, shard)
-        row["epoch_time_s"] = time.perf_counter() - t0
-        state.epoch, state.train_time_s = epoch, state.train_time_s + row["epoch_time_s"]
-        state.epoch_rows.append(row)
-        state.stopped = bool(settings.patience and state.stale >= settings.patience)
-        if latest_checkpoint is not None:
-            rngs = all_gather_objects(rng_states(generator)) if shard[1] > 1 else [rng_states(generator)]
-            if writes:
-                save_train_state(latest_checkpoint, state, model=_bare(model), optimizer=opt.optimizer,
-                                 scheduler=opt.scheduler, scaler=opt.scaler, rng_by_rank=rngs)
-        for hook in hooks:
-            hook.on_epoch_end(state, row)
-        epochs.set_postfix(loss=f"{row['train_loss']:.3f}", val=f"{state.best_metric:.3f}")
-        if state.stopped:
-            log.info("%s: early stop at epoch %d (no improvement for %d validations)", desc, epoch, state.stale)
+    run = _Training(inputs, settings, files, hooks, desc)
+    run.notify("on_train_start")
+    epochs = progress(range(run.state.epoch + 1, settings.epochs + 1), desc=desc, unit="epoch", leave=False)
+    for epoch in epochs if not run.state.stopped else ():
+        start = time.perf_counter()
+        row = run.run_epoch(epoch)
+        run.end_epoch(row, time.perf_counter() - start)
+        epochs.set_postfix(loss=f"{row['train_loss']:.3f}", val=f"{run.state.best_metric:.3f}")
+        if run.state.stopped:
+            log.info("%s: early stop at epoch %d (no improvement for %d validations)", desc, epoch, run.state.stale)
             break
-    for hook in hooks:
-        hook.on_train_end(state)
+    run.notify("on_train_end")
+    state = run.state
     return FitResult(epoch_rows=list(state.epoch_rows), best_epoch=state.best_epoch, best_metric=state.best_metric,
                      epochs_run=state.epoch, train_time_s=state.train_time_s)
 
 
-def _run_epoch(model: nn.Module, loader: DataLoader, val_cases: list[CachedCase], task: Task,
-               inference: InferenceSettings, settings: TrainerSettings, opt: Optimisation, state: TrainState,
-               epoch: int, hooks: Sequence[TrainerHooks], best_checkpoint: Path | None,
-               checkpoint_info: dict[str, Any], shard: tuple[int, int]) -> dict[str, Any]:
-    """Train one epoch, validate when due, keep the best weights (saved when ``best_checkpoint`` is given),
-    step the scheduler; returns the epoch row."""
-    set_epoch(loader, epoch)
-    lr = opt.optimizer.param_groups[0]["lr"]
-    losses = train_one_epoch(model, loader, task, opt, device=inference.device, settings=settings, state=state,
-                             hooks=hooks, desc=f"epoch {epoch}")
-    value, val_row = float("nan"), {"val_loss": float("nan")}
-    if epoch % settings.val_every == 0 or epoch == settings.epochs:
-        evaluation = evaluate_cases(_bare(model), val_cases, task, inference, stage="val", with_loss=True,
-                                    desc="validate", shard=shard)
-        for hook in hooks:
-            hook.on_validation(state, evaluation)
-        val_row = task.validation_row(evaluation.aggregate, evaluation.mean_loss)
-        value = evaluation.aggregate.get(task.selection.metric, float("nan"))
-        if task.selection.improved(value, state.best_metric, first=state.best_epoch is None):
-            state.best_epoch, state.best_metric, state.stale = epoch, value, 0
-            meta = dict(checkpoint_info.get("meta", {}), epoch=epoch, **{f"val_{task.selection.metric}": value})
-            if best_checkpoint is not None:
-                save_checkpoint(best_checkpoint, _bare(model).state_dict(), model_name=checkpoint_info["model_name"],
-                                model_kwargs=checkpoint_info["model_kwargs"], meta=meta)
-        else:
+class _Training:
+    """One call of :func:`fit`: the live optimisation and :class:`TrainState`, and the named steps of an epoch
+    (train, validate, keep the best weights, step the scheduler, save the state, tell the hooks)."""
+
+    def __init__(self, inputs: FitInputs, settings: TrainerSettings, files: CheckpointFiles,
+                 hooks: Sequence[TrainerHooks], desc: str) -> None:
+        self.inputs, self.settings, self.files, self.hooks, self.desc = inputs, settings, files, hooks, desc
+        self.opt = Optimisation.build(settings, inputs.model.parameters(), inputs.inference.device)
+        self.generator: torch.Generator | None = getattr(inputs.loader, "generator", None)
+        self.state = self._resume()
+
+    def _resume(self) -> TrainState:
+        """The state saved at ``files.latest`` (model, optimiser, RNGs restored), or a fresh one."""
+        latest = self.files.latest
+        if latest is None or not latest.is_file():
+            return TrainState()
+        state = load_train_state(latest, model=_bare(self.inputs.model), optimizer=self.opt.optimizer,
+                                 scheduler=self.opt.scheduler, scaler=self.opt.scaler, generator=self.generator,
+                                 rank=self.inputs.shard[0])
+        log.info("%s: resuming after epoch %d from %s", self.desc, state.epoch, latest)
+        return state
+
+    def notify(self, event: str, *args: Any) -> None:
+        """Call hook method ``event`` (e.g. ``on_train_start``) of every hook with the state and ``args``."""
+        for hook in self.hooks:
+            getattr(hook, event)(self.state, *args)
+
+    def run_epoch(self, epoch: int) -> dict[str, Any]:
+        """Train one epoch, validate when due, step the scheduler; returns the epoch row (``lr``: at its start)."""
+        inputs = self.inputs
+        set_epoch(inputs.loader, epoch)
+        lr = self.opt.optimizer.param_groups[0]["lr"]
+        losses = train_one_epoch(inputs.model, inputs.loader, inputs.task, self.opt, device=inputs.inference.device,
+                                 state=self.state, hooks=self.hooks, desc=f"epoch {epoch}")
+        value, val_row = float("nan"), {"val_loss": float("nan")}
+        if epoch % self.settings.val_every == 0 or epoch == self.settings.epochs:
+            value, val_row = self.validate(epoch)
+        step_scheduler(self.opt.scheduler, inputs.task.selection.score(value))
+        extra = {f"train_{k}": v for k, v in losses.items() if k != "loss"}
+        return dict(epoch=epoch, train_loss=losses["loss"], **extra, **val_row, lr=lr)
+
+    def validate(self, epoch: int) -> tuple[float, dict[str, Any]]:
+        """Evaluate the validation cases and keep the best weights; the selection metric and the row's
+        validation columns."""
+        inputs = self.inputs
+        request = EvaluationRequest(stage="val", with_loss=True, desc="validate", shard=inputs.shard)
+        evaluation = evaluate_cases(_bare(inputs.model), inputs.val_cases, inputs.task, inputs.inference, request)
+        self.notify("on_validation", evaluation)
+        val_row = inputs.task.validation_row(evaluation.aggregate, evaluation.mean_loss)
+        value = evaluation.aggregate.get(inputs.task.selection.metric, float("nan"))
+        self.keep_best(epoch, value)
+        return value, val_row
+
+    def keep_best(self, epoch: int, value: float) -> None:
+        """Count a validation without improvement, or make ``epoch`` the best and save its weights."""
+        state, selection = self.state, self.inputs.task.selection
+        if not selection.improved(value, state.best_metric, first=state.best_epoch is None):
             state.stale += 1
-    step_scheduler(opt.scheduler, task.selection.score(value))
-    extra = {f"train_{k}": v for k, v in losses.items() if k != "loss"}
-    return dict(epoch=epoch, train_loss=losses["loss"], **extra, **val_row, lr=lr)
+            return
+        state.best_epoch, state.best_metric, state.stale = epoch, value, 0
+        if self.files.writes:
+            info = self.files.info
+            meta = dict(info.get("meta", {}), epoch=epoch, **{f"val_{selection.metric}": value})
+            save_checkpoint(self.files.best, _bare(self.inputs.model).state_dict(), model_name=info["model_name"],
+                            model_kwargs=info["model_kwargs"], meta=meta)
+
+    def end_epoch(self, row: dict[str, Any], seconds: float) -> None:
+        """Record the epoch's row and time (s), decide the early stop, save the state, call ``on_epoch_end``."""
+        state = self.state
+        row["epoch_time_s"] = seconds
+        state.epoch, state.train_time_s = row["epoch"], state.train_time_s + seconds
+        state.epoch_rows.append(row)
+        state.stopped = bool(self.settings.patience and state.stale >= self.settings.patience)
+        self.save_state()
+        self.notify("on_epoch_end", row)
+
+    def save_state(self) -> None:
+        """Write the full training state to ``files.latest`` (with every rank's RNG states under DDP)."""
+        if self.files.latest is None:
+            return
+        own = rng_states(self.generator)
+        rngs = all_gather_objects(own) if self.inputs.shard[1] > 1 else [own]
+        if self.files.writes:
+            save_train_state(self.files.latest, self.state, model=_bare(self.inputs.model),
+                             optimizer=self.opt.optimizer, scheduler=self.opt.scheduler, scaler=self.opt.scaler,
+                             rng_by_rank=rngs)

@@ -16,6 +16,7 @@ import torch
 import evaluate_experiment
 import integrated_experiment
 from dataio.conventions import from_internal, to_internal
+from engine.options.evaluate_options import CheckpointsOptions
 from utils.checkpoint import load_checkpoint, save_checkpoint
 
 MODS = ("t1", "t1ce", "t2", "flair")
@@ -98,15 +99,17 @@ def test_predictions_are_in_original_space_and_convention(sweep: dict[str, Path]
 
 def _sweep_probabilities(sweep: dict[str, Path], case: object) -> np.ndarray:
     """Softmax on the crop, predicted with the sweep's own flags (config.json patch size and overlap)."""
-    from engine.inference import predict_logits
+    from dataio.types import MODALITY_ORDER
+    from engine.inference import InferenceSettings, predict_logits
     from models import create_model
 
     config = json.loads((sweep["results"] / "config.json").read_text())
     payload = load_checkpoint(_checkpoint(sweep))
     model = create_model("unet3d_xs", in_channels=4, out_channels=4, **config["model_kwargs"]["unet3d_xs"])
     model.load_state_dict(payload["state_dict"])
-    logits = predict_logits(model, torch.from_numpy(np.array(case.image)), roi_size=tuple(config["patch_size"]),
-                            overlap=config["val_overlap"], device=torch.device("cpu"))
+    settings = InferenceSettings(modalities=MODALITY_ORDER, roi_size=tuple(config["patch_size"]),
+                                 overlap=config["val_overlap"], device=torch.device("cpu"))
+    logits = predict_logits(model, torch.from_numpy(np.array(case.image)), settings)
     return torch.softmax(logits, 0).numpy()
 
 
@@ -277,10 +280,11 @@ def test_flag_combinations_that_would_be_ignored_are_errors(tmp_path: Path, capl
 
 
 def test_default_output_dir_of_other_data_is_not_the_test_split_folder(tmp_path: Path) -> None:
-    parse = evaluate_experiment.build_parser().parse_args
-    own = evaluate_experiment.default_output_dir(parse(["--results_dir", str(tmp_path)]))
-    other = evaluate_experiment.default_output_dir(parse(["--results_dir", str(tmp_path), "--dataset_version",
-                                                          "synthetic", "--synthetic_cases", "3"]))
+    def output(*argv: str) -> Path:
+        args = evaluate_experiment.build_parser().parse_args(["checkpoints", "--results_dir", str(tmp_path), *argv])
+        return CheckpointsOptions.from_args(args).output_path()
+
+    own, other = output(), output("--dataset_version", "synthetic", "--synthetic_cases", "3")
     assert own == tmp_path / "evaluation_test" and other != own
 
 
@@ -333,7 +337,7 @@ def test_overlays_without_save_predictions_keep_no_predictions(sweep: dict[str, 
 
 
 def test_dice_text_of_a_per_case_row() -> None:
-    from engine.evaluate.pictures import dice_text
+    from visualization.overlays import dice_text
 
     row = dict(model="m", case_id="c", dice_wt=0.9, dice_tc=float("nan"), dice_et=0.25, dice_ncr=0.1,
                dice_mean=0.5, hd95_wt=3.0)

@@ -17,7 +17,8 @@ from engine.inference import predict_logits
 from engine.optim import build_optimizer, build_scheduler, step_scheduler
 from engine.tasks import binary_segmentation
 from engine.train_state import TrainState
-from engine.trainer import DivergedError, Optimisation, TrainerSettings, fit, train_one_epoch
+from engine.trainer import (CheckpointFiles, DivergedError, FitInputs, Optimisation, TrainerSettings, fit,
+                            train_one_epoch)
 from experiment_runner import _failure_status
 from utils.checkpoint import load_checkpoint
 
@@ -70,7 +71,7 @@ def test_non_finite_loss_raises_diverged() -> None:
     opt = Optimisation(build_optimizer("adamw", model.parameters(), lr=1e-3, weight_decay=0.0), None, None)
     with pytest.raises(DivergedError, match="non-finite"):
         train_one_epoch(model, loader, binary_segmentation("lesion"), opt, device=torch.device("cpu"),
-                        settings=TrainerSettings(), state=TrainState(), hooks=(), desc="t")
+                        state=TrainState(), desc="t")
     assert _failure_status(DivergedError("x")) == "diverged"
     assert _failure_status(RuntimeError("CUDA out of memory. Tried to allocate")) == "oom"
     assert _failure_status(ValueError("bad")) == "failed"
@@ -82,8 +83,8 @@ def test_gradient_accumulation_steps_the_optimizer_every_n_batches(accum: int, e
     _CountingSGD.steps = 0
     optimizer = _CountingSGD(model.parameters(), lr=0.01)
     train_one_epoch(model, DataLoader(_Patches(5), batch_size=1), binary_segmentation("lesion", loss="standard"),
-                    Optimisation(optimizer, None, None), device=torch.device("cpu"),
-                    settings=TrainerSettings(grad_accum=accum), state=TrainState(), hooks=(), desc="t")
+                    Optimisation(optimizer, None, None, grad_accum=accum), device=torch.device("cpu"),
+                    state=TrainState(), desc="t")
     assert _CountingSGD.steps == expected_steps
 
 
@@ -114,9 +115,9 @@ def test_fit_keeps_the_best_checkpoint_and_stops_early(tmp_path: Path) -> None:
                                   device=torch.device("cpu"))
     loader = DataLoader([{"image": torch.zeros(4, 8, 8, 8), "label": torch.zeros(8, 8, 8, dtype=torch.long)}],
                         batch_size=1)
-    result = fit(model, loader, [_case("val_case")], binary_segmentation("lesion"), inference, settings,
-                 best_checkpoint=tmp_path / "best.pth",
-                 checkpoint_info=dict(model_name="toy", model_kwargs={}, meta={}), desc="toy")
+    inputs = FitInputs(model, binary_segmentation("lesion"), loader, [_case("val_case")], inference)
+    files = CheckpointFiles(best=tmp_path / "best.pth", info=dict(model_name="toy", model_kwargs={}, meta={}))
+    result = fit(inputs, settings, files, desc="toy")
     assert result.best_epoch == 1
     assert result.epochs_run == 3  # epochs 2 and 3 did not improve -> patience 2 stops after epoch 3
     assert load_checkpoint(tmp_path / "best.pth")["meta"]["epoch"] == 1
@@ -125,15 +126,16 @@ def test_fit_keeps_the_best_checkpoint_and_stops_early(tmp_path: Path) -> None:
 
 def test_sliding_window_covers_volumes_larger_and_smaller_than_the_window() -> None:
     model = nn.Conv3d(4, 3, 1)
+    settings = InferenceSettings(modalities=("t1", "t1ce", "t2", "flair"), roi_size=(8, 8, 8), overlap=0.25,
+                                 device=torch.device("cpu"))
     for shape in ((4, 20, 17, 9), (4, 5, 6, 7)):
-        logits = predict_logits(model, torch.randn(*shape), roi_size=(8, 8, 8), overlap=0.25,
-                                device=torch.device("cpu"))
+        logits = predict_logits(model, torch.randn(*shape), settings)
         assert logits.shape == (3, *shape[1:])
     # a 1x1 conv is translation-invariant, so Gaussian blending of the windows must reproduce it exactly
     image = torch.randn(4, 20, 17, 9)
     with torch.no_grad():
         direct = model(image[None])[0]
-    windowed = predict_logits(model, image, roi_size=(8, 8, 8), overlap=0.25, device=torch.device("cpu"))
+    windowed = predict_logits(model, image, settings)
     assert torch.allclose(windowed, direct, atol=1e-5)
 
 

@@ -30,7 +30,7 @@ from dataio.preprocess import preprocess_case
 from dataio.splits import load_splits
 from dataio.types import MODALITY_ORDER, CachedCase, CaseFiles
 from engine.options.data_options import DataOptions
-from engine.evaluation import evaluate_cases
+from engine.evaluation import EvaluationRequest, evaluate_cases
 from engine.inference import InferenceSettings
 from engine.evaluate.folders import case_name, metric_summary
 from engine.tasks import task_from_meta
@@ -259,14 +259,23 @@ class RunResult:
     prediction_dir: Path | None
 
 
-def evaluate_run(run: RunSpec, cases: list[CachedCase], *, device: torch.device, tta: bool = False,
-                 amp: bool = True, prediction_dir: Path | None = None, save_ids: set[str] | None = None,
-                 save_probabilities: bool = False, probability_format: str = "nifti", lesions: Any = None) -> RunResult:
-    """Rebuild the run's model, predict every case and compute per-case metrics of labelled cases
-    (``lesions``: the lesion flags of the evaluation, ``None`` for their defaults).
+@dataclass(frozen=True)
+class PredictionOutput:
+    """Where a run's predictions are written (``engine.tasks.prediction_io``): under ``directory`` (None:
+    nowhere), for the cases in ``save_ids`` (None: all), with their softmax probabilities
+    (``save_probabilities``) in ``probability_format``."""
 
-    Predictions of the cases in ``save_ids`` (all when ``None``) are written under ``prediction_dir``
-    (see ``engine.tasks.prediction_io``); no predictions are written when ``prediction_dir`` is None.
+    directory: Path | None = None
+    save_ids: set[str] | None = None
+    save_probabilities: bool = False
+    probability_format: str = "nifti"
+
+
+def evaluate_run(run: RunSpec, cases: list[CachedCase], *, device: torch.device, tta: bool = False,
+                 amp: bool = True, output: PredictionOutput = PredictionOutput(), lesions: Any = None) -> RunResult:
+    """Rebuild the run's model, predict every case and compute per-case metrics of labelled cases
+    (``lesions``: the lesion flags of the evaluation, ``None`` for their defaults); predictions are
+    written as ``output`` says (nowhere by default).
     """
     start = time.perf_counter()
     model, payload = load_model(run.checkpoint, device)
@@ -279,11 +288,12 @@ def evaluate_run(run: RunSpec, cases: list[CachedCase], *, device: torch.device,
                          "without --tta")
 
     def save(case: CachedCase, prediction: Any) -> None:
-        if prediction_dir is not None and (save_ids is None or case.case_id in save_ids):
-            task.write_prediction(case, prediction, prediction_dir, save_probabilities=save_probabilities,
-                                  probability_format=probability_format)
+        if output.directory is not None and (output.save_ids is None or case.case_id in output.save_ids):
+            task.write_prediction(case, prediction, output.directory, save_probabilities=output.save_probabilities,
+                                  probability_format=output.probability_format)
 
-    result = evaluate_cases(model, cases, task, settings, stage="test", desc=run.label, on_prediction=save)
+    result = evaluate_cases(model, cases, task, settings, EvaluationRequest(stage="test", desc=run.label,
+                                                                            on_prediction=save))
     keys = dict(model=run.model, seed=run.seed, fold=run.fold)
     aggregate = {k: v for k, v in result.aggregate.items() if not k.startswith("n_")}
     row = dict(keys, status="ok", error="", best_epoch=meta.get("epoch"), n_cases=len(cases),
@@ -293,7 +303,7 @@ def evaluate_run(run: RunSpec, cases: list[CachedCase], *, device: torch.device,
     logger.info("%s: %d cases (%d labelled), dice_mean %.4f", run.label, len(cases), row["n_labelled_cases"],
                 float(row.get("dice_mean", float("nan"))))
     del model
-    return RunResult(row=row, per_case=per_case, prediction_dir=prediction_dir)
+    return RunResult(row=row, per_case=per_case, prediction_dir=output.directory)
 
 
 def select_cases(cases: list[CachedCase], ids: list[str] | None, source: str) -> list[CachedCase]:
