@@ -13,12 +13,25 @@ import integrated_experiment
 from engine.options.config import build_parser
 from models import list_models, model_info
 
-PARSERS = {"integrated_experiment": build_parser, "evaluate_experiment": evaluate_experiment.build_parser}
+
+
+def _subcommand(name: str) -> argparse.ArgumentParser:
+    return evaluate_experiment.subcommand_parsers(evaluate_experiment.build_parser())[name]
+
+
+PARSERS = {"integrated_experiment": build_parser, "evaluate_experiment": evaluate_experiment.build_flag_only_parser,
+           **{f"evaluate_experiment {name}": (lambda name=name: _subcommand(name))
+              for name in evaluate_experiment.COMMANDS}}
+LONG_HELP = ("integrated_experiment", "evaluate_experiment", "evaluate_experiment checkpoints")  # long file patterns
 MAINS = {"integrated_experiment": integrated_experiment.main, "evaluate_experiment": evaluate_experiment.main}
 
 
 def _flags(parser: argparse.ArgumentParser) -> list[argparse.Action]:
     return [a for a in parser._actions if not isinstance(a, argparse._HelpAction)]
+
+
+def _name(action: argparse.Action) -> str:
+    return action.option_strings[0] if action.option_strings else action.dest
 
 
 def _expanded_help(parser: argparse.ArgumentParser, action: argparse.Action) -> str:
@@ -41,7 +54,7 @@ def test_every_flag_states_its_default(cli: str) -> None:
     parser = PARSERS[cli]()
     for action in _flags(parser):
         text = _expanded_help(parser, action)
-        flag = action.option_strings[0]
+        flag = _name(action)
         assert re.search(r"\bdefault\b", text), (flag, text)
         assert not re.search(r"default: (None|False|\[\]|\{\})\b", text), (flag, text)
         assert text.count("(default") <= 1, (flag, text)  # no second, generated default
@@ -49,7 +62,7 @@ def test_every_flag_states_its_default(cli: str) -> None:
             assert word in text, (flag, word, text)
 
 
-@pytest.mark.parametrize("cli", PARSERS)
+@pytest.mark.parametrize("cli", LONG_HELP)
 def test_help_never_breaks_a_word(cli: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("COLUMNS", "64")
     text = PARSERS[cli]().format_help()
@@ -100,6 +113,12 @@ def test_sweep_errors_are_one_line(argv: list[str], needle: str, capsys: pytest.
 def test_evaluation_errors_are_one_line(capsys: pytest.CaptureFixture) -> None:
     _one_line_error(capsys, evaluate_experiment.main, [], "--results_dir")
     _one_line_error(capsys, evaluate_experiment.main, ["--results_dir", "x", "--split", "train"], "invalid choice")
+    _one_line_error(capsys, evaluate_experiment.main, ["checkpoints", "--split", "val"], "--results_dir --checkpoint")
+    _one_line_error(capsys, evaluate_experiment.main, ["folders", "--pred_dir", "p", "--label_dir", "l"],
+                    "--output_csv")
+    _one_line_error(capsys, evaluate_experiment.main, ["boxes", "--boxes_json", "b", "--output_json", "o", "--tta"],
+                    "unrecognized arguments: --tta")
+    _one_line_error(capsys, evaluate_experiment.main, ["compare", "--output_dir", "o"], "DIR")
 
 
 @pytest.mark.parametrize("cli", MAINS)
@@ -129,12 +148,23 @@ def test_list_models_without_pattern_lists_all_and_unknown_pattern_fails(capsys:
     _one_line_error(capsys, integrated_experiment.main, ["--list_models", "zz_*"], "'zz_*' matches no")
 
 
+def _groups(parser: argparse.ArgumentParser) -> dict[str, set[str]]:
+    return {g.title: {a.dest for a in g._group_actions} for g in parser._action_groups}
+
+
 def test_evaluation_flags_are_grouped() -> None:
-    parser = evaluate_experiment.build_parser()
-    groups = {g.title: {a.dest for a in g._group_actions} for g in parser._action_groups}
+    groups = _groups(evaluate_experiment.build_flag_only_parser())
     assert {"results_dir", "checkpoint", "pred_dir", "aggregate"} <= groups["what to evaluate (exactly one)"]
     assert {"data_path", "split", "image_dir", "label_dir"} <= groups["data"]
     assert {"models", "list_models"} <= groups["models"]
     assert {"tta", "device", "no_amp"} <= groups["evaluation"]
     assert {"output_dir", "save_predictions", "visualize_cases", "gradcam_layer"} <= groups["output"]
     assert groups["options"] == {"help"}
+    checkpoints = _groups(_subcommand("checkpoints"))
+    assert checkpoints["what to evaluate (exactly one)"] == {"results_dir", "checkpoint"}
+    assert {"data_path", "split", "image_dir", "label_dir"} <= checkpoints["data"]
+    assert checkpoints["models"] == {"models", "list_models"} and checkpoints["evaluation"] == {"tta", "device",
+                                                                                                "no_amp"}
+    assert {"output_dir", "save_predictions", "visualize_cases", "gradcam_layer"} <= checkpoints["output"]
+    for name in evaluate_experiment.COMMANDS:
+        assert _groups(_subcommand(name))["options"] == {"help"}, name  # nothing left ungrouped

@@ -400,5 +400,5 @@ def test_flag_defaults_and_records(tmp_path: Path) -> None:
     assert again.ct_options() == ct.ct_options() and again.hu_window == (-20.0, 100.0)
     import evaluate_experiment
 
-    args = evaluate_experiment.build_parser().parse_args(["--results_dir", str(tmp_path)])  # recorded variant
+    args = evaluate_experiment.build_parser().parse_args(["checkpoints", "--results_dir", str(tmp_path)])  # recorded
     assert args.synthetic_size is None and args.dataset_version is None

@@ -5,60 +5,17 @@ apply)."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import pandas as pd
 import pytest
 
 import evaluate_experiment
-from engine.options.data_options import DataOptions
-from engine.results.job_results import JobFolder
-from engine.results.reducer import reduce_results
 from engine.evaluate.compare import compare_sweeps
-from utils.schema import (COMPARISON_CSV, CONFIG_JSON, JOBS_DIR, PER_CASE_CSV, RANKING_CSV, RUNS_CSV, SPLITS_JSON,
+from sweep_helpers import TEST_CASES, make_sweep
+from utils.schema import (COMPARISON_CSV, CONFIG_JSON, PER_CASE_CSV, RANKING_CSV, RUNS_CSV, SPLITS_JSON,
                           STATISTICAL_TESTS_CSV)
-
-TEST_CASES = [f"c{i}" for i in range(8)]
-
-
-def make_sweep(root: Path, models: dict[str, float], seeds: tuple[int, ...] = (1, 2), *,
-               test: list[str] = TEST_CASES, with_jobs: bool = True, **config: Any) -> Path:
-    """A finished holdout sweep folder: per model a Dice level, per job its run, test and validation rows."""
-    rng = np.random.default_rng(len(models) + sum(seeds))
-    data = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(DataOptions()).items()}
-    record = dict(data, resolved_models=list(models), seeds=list(seeds), epochs=1, use_5fold=False, **config)
-    root.mkdir(parents=True)
-    (root / CONFIG_JSON).write_text(json.dumps(record))
-    (root / SPLITS_JSON).write_text(json.dumps(dict(mode="holdout", test=test, folds=[dict(fold=None, val=["v0"])])))
-    index = 0
-    for model, level in models.items():
-        for seed in seeds:
-            folder = JobFolder.of(root / JOBS_DIR, model, seed, None)
-            folder.write_job(dict(model=model, seed=seed, fold=None, index=index))
-            cases = [dict(model=model, seed=seed, fold=None, case_id=c, dice_wt=level + 0.01 * i + rng.normal(0, 0.01),
-                          hd95_wt=10 - 5 * level + rng.normal(0, 0.1)) for i, c in enumerate(test)]
-            frame = pd.DataFrame(cases)
-            folder.write_table("per_case", cases)
-            folder.write_table("val_cases", [dict(model=model, seed=seed, fold=None, epoch=1, case_id="v0",
-                                                  dice_wt=level)])
-            folder.write_table("runs", [dict(model=model, seed=seed, fold=None, status="ok", epochs=1,
-                                             dice_wt=frame["dice_wt"].mean(), dice_mean=frame["dice_wt"].mean(),
-                                             hd95_wt=frame["hd95_wt"].mean(), params=1e6 * (index + 1),
-                                             latency_ms=2.0 + index)])
-            index += 1
-    if not with_jobs:
-        reduce_results(root)
-        for folder in (root / JOBS_DIR).iterdir():
-            for file in folder.iterdir():
-                file.unlink()
-            folder.rmdir()
-        (root / JOBS_DIR).rmdir()
-    return root
-
 
 def _main(*argv: object) -> int:
     return evaluate_experiment.main([str(a) for a in argv])

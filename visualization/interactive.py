@@ -23,6 +23,7 @@ from visualization._common import (
 logger = logging.getLogger(__name__)
 
 OUTPUT = "interactive_3d_analysis.html"
+DIV_ID = "interactive-3d"  # fixed: plotly's default is a random uuid, and the same tables give the same page
 _HOVER_EXTRA = ("pam_train_mb", "pam_infer_mb", "flops_torch", "train_time_s", "epochs")
 
 
@@ -96,6 +97,6 @@ def draw_interactive_3d(results_dir: Path, regions: list[str] | None = None) -> 
     if fig is None:
         return None
     path = results_dir / OUTPUT
-    atomic_write_text(path, fig.to_html(include_plotlyjs=True, full_html=True))
+    atomic_write_text(path, fig.to_html(include_plotlyjs=True, full_html=True, div_id=DIV_ID))
     logger.info("wrote %s", path)
     return path

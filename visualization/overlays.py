@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
 import numpy as np
 from matplotlib.colors import ListedColormap
@@ -33,6 +33,24 @@ LABEL_COLOURS: dict[int, tuple[str, tuple[float, float, float]]] = {
     3: ("ET", (1.00, 0.85, 0.00)),
 }
 ALPHA = 0.5
+
+
+def dice_text(row: Mapping[str, Any] | None) -> str:
+    """``"Dice WT 0.912  TC 0.801  ET n/a"`` from a per-case row (regions in column order; n/a = NaN): the text under
+    a run's panel."""
+    if not row:
+        return "no label"
+    classes = ("mean", "ncr", "ed")
+    parts = [f"{k[5:].upper()} {'n/a' if _nan(v) else f'{float(v):.3f}'}" for k, v in row.items()
+             if k.startswith("dice_") and k[5:] not in classes]
+    return "Dice " + "  ".join(parts) if parts else "no Dice"
+
+
+def _nan(value: Any) -> bool:
+    try:
+        return math.isnan(float(value))
+    except (TypeError, ValueError):
+        return True
 
 
 def largest_area_slice(mask: np.ndarray, axis: int = 2) -> int:

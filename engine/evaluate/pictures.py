@@ -1,19 +1,18 @@
-"""What ``evaluate_experiment.py`` writes besides its tables: which predictions it keeps, and the pictures
-(slice overlays with each run's per-case Dice, Grad-CAM of one run).
+"""What ``evaluate_experiment.py checkpoints`` hands to the drawing, besides its tables: which predictions it keeps,
+the slice overlays to draw (files: images, labels, each run's predictions) and the Grad-CAM job of one run.
 
-Predictions are kept under ``predictions/<run>/`` only when asked (``--save_predictions``), when they come
-with asked-for probabilities (``--save_probabilities``), or when they are the only output (no case has a
-label). Otherwise the cases drawn by ``--visualize_cases`` are predicted into a temporary folder that is
-removed once the overlays are drawn.
+The engine draws nothing (``visualization`` draws, called by the CLI): it writes the files the pictures are drawn
+from and describes each picture. Predictions are kept under ``predictions/<run>/`` only when asked
+(``--save_predictions``), when they come with asked-for probabilities (``--save_probabilities``), or when they are
+the only output (no case has a label). Otherwise the cases drawn by ``--visualize_cases`` are predicted into a
+temporary folder that is removed once the overlays are drawn.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
-import math
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +29,19 @@ class PredictionPolicy:
     keep: bool
     reason: str
 
+    @property
+    def temporary(self) -> Path | None:
+        """The folder to remove once the overlays are drawn (None when the predictions are kept or not written)."""
+        return None if self.keep else self.root
 
-def prediction_policy(args: argparse.Namespace, output_dir: Path, shown: list[str], labelled: bool) -> PredictionPolicy:
+
+def prediction_policy(output_dir: Path, shown: list[str], labelled: bool, *, save_predictions: bool,
+                      save_probabilities: bool) -> PredictionPolicy:
     """Decide and log (one line) which predictions are written and which are kept."""
     keep_dir = output_dir / "predictions"
-    if args.save_predictions or args.save_probabilities or not labelled:
-        why = ("--save_predictions" if args.save_predictions else
-               "--save_probabilities: labels beside the probabilities" if args.save_probabilities else
+    if save_predictions or save_probabilities or not labelled:
+        why = ("--save_predictions" if save_predictions else
+               "--save_probabilities: labels beside the probabilities" if save_probabilities else
                "no case has a label, so predictions are the only output")
         policy = PredictionPolicy(keep_dir, None, True, f"every case's kept in {keep_dir}/ ({why})")
     elif shown:
@@ -49,10 +54,10 @@ def prediction_policy(args: argparse.Namespace, output_dir: Path, shown: list[st
     return policy
 
 
-def discard_temporary(policy: PredictionPolicy) -> None:
-    """Remove the temporary prediction folder of a policy that does not keep them."""
-    if not policy.keep and policy.root is not None and policy.root.exists():
-        shutil.rmtree(policy.root)
+def remove_folder(folder: Path | None) -> None:
+    """Remove a temporary folder (nothing when None or already gone)."""
+    if folder is not None and folder.exists():
+        shutil.rmtree(folder)
 
 
 def chosen_cases(values: list[str] | None, evaluated: list[str]) -> list[str]:
@@ -77,37 +82,79 @@ def chosen_cases(values: list[str] | None, evaluated: list[str]) -> list[str]:
     return list(values)
 
 
-def dice_text(row: dict[str, Any] | None) -> str:
-    """``"Dice WT 0.912  TC 0.801  ET n/a"`` from a per-case row (regions in column order; n/a = NaN)."""
-    if not row:
-        return "no label"
-    classes = ("mean", "ncr", "ed")
-    parts = [f"{k[5:].upper()} {'n/a' if _nan(v) else f'{float(v):.3f}'}" for k, v in row.items()
-             if k.startswith("dice_") and k[5:] not in classes]
-    return "Dice " + "  ".join(parts) if parts else "no Dice"
+@dataclass
+class OverlayCase:
+    """One slice overlay, all from files: a case's modality images and label (in ``convention``), each run's
+    predicted labels (``predictions``, by run) with that run's per-case row (``rows``; None: the case has no label),
+    drawn to ``out_path``."""
+
+    case_id: str
+    images: dict[str, Path]
+    label: Path | None
+    convention: str
+    predictions: dict[str, Path]
+    rows: dict[str, dict[str, Any] | None]
+    out_path: Path
 
 
-def _nan(value: Any) -> bool:
-    try:
-        return math.isnan(float(value))
-    except (TypeError, ValueError):
-        return True
-
-
-def draw_overlays(output_dir: Path, plan: list[Any], results: list[Any], run_cases: dict[str, list[Any]],
-                  files: dict[str, Any], shown: list[str]) -> None:
-    """overlays/overlay_{case}.png of every shown case: inputs once, then each run's prediction and Dice."""
-    from visualization.overlays import draw_case_overlay
-
+def overlay_cases(output_dir: Path, plan: list[Any], results: list[Any], run_cases: dict[str, list[Any]],
+                  files: dict[str, Any], shown: list[str]) -> list[OverlayCase]:
+    """overlays/overlay_{case}.png of every shown case whose modality files are known (others are logged)."""
+    overlays = []
     for case_id in shown:
         case_files = files.get(case_id)
         if case_files is None or not case_files.images:
             log.warning("no per-modality image files for case %s (4D source?); overlay skipped", case_id)
             continue
-        preds, scores = {}, {}
-        for run, res in zip(plan, results):
+        predictions, rows = {}, {}
+        for run, result in zip(plan, results):
             if any(c.case_id == case_id for c in run_cases[run.label]):
-                preds[run.label] = res.prediction_dir / f"{case_id}.nii.gz"
-                scores[run.label] = dice_text(next((r for r in res.per_case if r.get("case_id") == case_id), None))
-        draw_case_overlay(case_id, case_files.images, preds, output_dir / "overlays" / f"overlay_{case_id}.png",
-                          label=case_files.label, convention=case_files.convention, scores=scores)
+                predictions[run.label] = result.prediction_dir / f"{case_id}.nii.gz"
+                rows[run.label] = next((r for r in result.per_case if r.get("case_id") == case_id), None)
+        overlays.append(OverlayCase(case_id, dict(case_files.images), case_files.label, case_files.convention,
+                                    predictions, rows, output_dir / "overlays" / f"overlay_{case_id}.png"))
+    return overlays
+
+
+@dataclass
+class GradcamImage:
+    """One Grad-CAM picture: the case's input channels (C, D, H, W), the mask of the class it focuses on (None:
+    no label), where it goes and its title."""
+
+    case_id: str
+    image: Any
+    focus: Any
+    out_path: Path
+    title: str
+
+
+@dataclass
+class GradcamJob:
+    """Grad-CAM of one run's ``model`` at ``layer`` for ``class_idx`` on the shown cases, with sliding windows of
+    ``roi_size`` and the channel ``background_channel`` behind the heat map."""
+
+    model: Any
+    layer: str
+    class_idx: int
+    roi_size: tuple[int, ...]
+    background_channel: int
+    images: list[GradcamImage] = field(default_factory=list)
+
+
+def gradcam_run(plan: list[Any], wanted: str | None, class_idx: int | None) -> tuple[Any, int]:
+    """The run of ``--gradcam_model`` (the first run when None) and its ``--gradcam_class`` (default: the last).
+
+    Raises:
+        ValueError: no run has that model or run name; a 2D model; a class the model does not have.
+    """
+    run = next((r for r in plan if wanted in (None, r.model, r.label)), None)
+    if run is None:
+        raise ValueError(f"--gradcam_model {wanted!r} is none of the evaluated runs {[r.label for r in plan]}")
+    meta = run.meta or {}
+    if int(meta.get("spatial_dims", 3)) != 3:
+        raise ValueError(f"--gradcam_layer: Grad-CAM 3D needs a 3D model; {run.checkpoint} is 2D")
+    n_classes = int(meta.get("n_classes", 4))
+    chosen = class_idx if class_idx is not None else n_classes - 1
+    if not 0 <= chosen < n_classes:
+        raise ValueError(f"--gradcam_class {chosen} is not a class of {run.checkpoint} (0..{n_classes - 1})")
+    return run, chosen
