@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -130,13 +131,26 @@ def test_a_failing_tracker_is_dropped_not_raised(tmp_path: Path, caplog: pytest.
     tracking.close("ok")
 
 
-def test_tracker_flags(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+def test_tracker_flags() -> None:
     assert parse_config([]).tracker == ("tensorboard",)
     assert parse_config(["--tracker", "none"]).tracker == ()
     assert parse_config(["--tracker", "mlflow", "mlflow", "wandb"]).tracker == ("mlflow", "wandb")
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
+
+
+@pytest.mark.parametrize("package", ["mlflow", "wandb"])
+def test_a_missing_tracker_package_stops_before_training_naming_the_pip_install(
+        package: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    # the package is absent whether or not it is installed here: None in sys.modules makes find_spec return
+    # None and ``import package`` raise ImportError (requirements.txt holds neither; requirements-test.txt both)
+    monkeypatch.setitem(sys.modules, package, None)
+    assert importlib.util.find_spec(package) is None
+    out = tmp_path / "sweep"
     with pytest.raises(SystemExit) as exit_info:
-        parse_config(["--tracker", "wandb"])
+        integrated_experiment.main(tiny_flags(out, tmp_path / "cache", "--models", "unet3d_xs", "--tracker",
+                                              "tensorboard", package))
     assert exit_info.value.code == 2
-    assert "--tracker wandb needs the wandb package, which is not installed" in capsys.readouterr().err
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    assert f"--tracker {package} needs the {package} package, which is not installed" in lines[0]
+    assert f"pip install {package}" in lines[0] and "--tracker none" in lines[0]
+    assert not out.exists() and not (tmp_path / "cache").exists()  # stopped before data, models or training
