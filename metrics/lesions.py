@@ -199,9 +199,4 @@ class CaseBoxes:
             raise ValueError(f"case {self.case_id!r}: pred_scores must be finite")
 
     def _boxes(self, boxes: np.ndarray, name: str) -> np.ndarray:
-        b = np.asarray(boxes, dtype=np.float32)
-        if b.size == 0:
-            return b.reshape(0, 6)
-        if b.ndim != 2 or b.shape[1] != 6:
-            raise ValueError(f"case {self.case_id!r}: {name} must have shape (N, 6), got {b.shape}")
-        return b
+        return _as_boxes(boxes, f"case {self.case_id!r}: {name}")
