@@ -27,6 +27,7 @@ from monai.networks.nets import UNet
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from metrics.efficiency import MB, count_flops, measure_pam  # noqa: E402
+import engine.tasks  # noqa: E402,F401  (sets create_model's default out_channels per model kind)
 from models import create_model  # noqa: E402
 
 

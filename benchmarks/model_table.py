@@ -21,6 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from metrics.efficiency import count_flops  # noqa: E402
+import engine.tasks  # noqa: E402,F401  (sets create_model's default out_channels per model kind)
 from models import create_model, list_models, model_info  # noqa: E402
 
 README = Path(__file__).resolve().parent.parent / "README.md"

@@ -48,6 +48,11 @@ class DatasetInfo:
         if not self.channels or len(set(self.channels)) != len(self.channels):
             raise ValueError(f"dataset {self.name!r}: channel names must be unique and non-empty, got {self.channels}")
 
+    @property
+    def stratify_by_lesion(self) -> bool:
+        """Splits keep the share of scans with a lesion (``binary`` labels: a scan with a foreground voxel)."""
+        return self.label_kind == "binary"
+
 
 @dataclass(frozen=True)
 class CaseFiles:

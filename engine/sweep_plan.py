@@ -93,8 +93,8 @@ def prepare_data(config: ExperimentConfig, output_dir: Path, dataset: LoadedData
                              f"({'with' if config.use_5fold else 'without'} --use_5fold)")
     else:
         ids = sorted(by_id)
-        # binary data: stratified by lesion presence (a scan is positive when its label has a foreground voxel)
-        strata = [int(_foreground(by_id[i]) > 0) for i in ids] if dataset.info.label_kind == "binary" else None
+        # stratified by lesion presence (a scan is positive when its label has a foreground voxel) where the data ask
+        strata = [int(_foreground(by_id[i]) > 0) for i in ids] if dataset.info.stratify_by_lesion else None
         fixed_test = [i for i in dataset.test_ids if i in by_id] or None  # separate test folders
         splits = make_splits(ids, [by_id[i].patient_id for i in ids], use_5fold=config.use_5fold,
                              split_seed=config.split_seed, strata=strata, fixed_test=fixed_test)
@@ -136,9 +136,9 @@ def plan_models(models: list[str], config: ExperimentConfig, data: SweepData) ->
 
 
 def _overrides(name: str, config: ExperimentConfig) -> dict[str, Any]:
-    """Build kwargs for ``name``: its tiny test configuration with ``--tiny``, then the lesion-track model flags
-    of its family (``--max_rois``, ...), then ``--model_kwargs``."""
+    """Build kwargs for ``name``: its tiny test configuration with ``--tiny``, then the model flags its registry entry
+    takes (``ModelInfo.flag_kwargs``: ``--max_rois``, ...), then ``--model_kwargs``."""
     info = model_info(name)
     base = dict(info.tiny_kwargs) if config.tiny else {}
-    base.update(config.model_flag_kwargs(info.family))
+    base.update(config.model_flag_kwargs(info.flag_kwargs))
     return dict(base, **config.model_kwargs.get(name, {}))

@@ -7,10 +7,12 @@ from ._registry import (
     MODALITY_ORDER,
     ModelInfo,
     create_model,
+    default_out_channels,
     list_models,
     model_info,
     register_model,
     resolve_model_names,
+    set_default_outputs,
 )
 from . import unet3d  # noqa: F401  (registers unet3d_*, unet3d_stride_*)
 from . import monai_transformers  # noqa: F401  (registers unetr, swin_unetr)
@@ -23,5 +25,5 @@ from . import modality_comparison  # noqa: F401  (unet3d_2/4modal_s, dualbranch_
 from . import mobile_unetr  # noqa: F401  (mobile_unetr, mobile_unetr_3d)
 from . import detection  # noqa: F401  (retinanet, detseg3d)
 
-__all__ = ["MODALITY_ORDER", "ModelInfo", "create_model", "list_models", "model_info", "register_model",
-           "resolve_model_names"]
+__all__ = ["MODALITY_ORDER", "ModelInfo", "create_model", "default_out_channels", "list_models", "model_info",
+           "register_model", "resolve_model_names", "set_default_outputs"]

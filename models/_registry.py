@@ -15,7 +15,6 @@ from typing import Any, Callable, Iterable
 import torch.nn as nn
 
 MODALITY_ORDER: tuple[str, ...] = ("t1", "t1ce", "t2", "flair")
-TASKS = ("segmentation", "detection", "detect_segment", "promptable")
 
 ModelBuilder = Callable[..., nn.Module]
 
@@ -27,7 +26,8 @@ class ModelInfo:
     Attributes:
         name: registry name, e.g. ``"unet3d_s"``.
         family: file/family the entry belongs to, e.g. ``"unet3d"``.
-        task: one of ``TASKS``.
+        task: the model's kind of work, by name (e.g. ``segmentation``, ``detection``); not a closed list: the
+            task registry (``engine.tasks``) says which task serves it, and refuses a kind that none serves.
         spatial_dims: 2 or 3 (native dimensionality of the network).
         modalities: input channels by name, in the order the model consumes them (for a model with
             ``any_channels``, the four BraTS modalities of its default build).
@@ -39,8 +39,9 @@ class ModelInfo:
         divisibility: every spatial input size must be a multiple of this.
         default_patch_size: training patch (voxels, D H W for 3D; H W for 2D).
         paper: reference the architecture follows.
-        num_params: parameters of the default build (``in_channels=len(modalities)``,
-            ``out_channels`` 4 for segmentation, 1 for detection); ``None`` when not recorded. A test checks it against the built model.
+        num_params: parameters of the default build (``in_channels=len(modalities)``, ``out_channels`` the
+            default of its kind, :func:`default_out_channels`); ``None`` when not recorded. A test checks it against
+            the built model.
         tiny_kwargs: overrides giving a tiny configuration for CPU tests.
         test_patch_size: spatial input size used with ``tiny_kwargs`` in tests.
         needs_fixed_input: the network is built for one input size (UNETR: ``img_size``), so the
@@ -50,6 +51,9 @@ class ModelInfo:
         train_defaults: trainer settings this model trains with unless the user sets them on the command
             line (names of ``TrainerSettings`` fields, e.g. RetinaNet's SGD: ``optimizer``, ``lr``,
             ``momentum``, ``weight_decay``, ``scheduler``, ``lr_step_size``).
+        flag_kwargs: the sweep flags this model takes, flag name -> builder keyword (e.g. RetinaNet's
+            ``anchor_shapes``); a flag's value reaches the builder whenever it is set (not None), so a flag with
+            a default value (``min_lesion_size``) always does. Unset flags leave the builder's own default.
     """
 
     name: str
@@ -68,6 +72,7 @@ class ModelInfo:
     context_slices: int = 0
     any_channels: bool = False
     train_defaults: dict[str, Any] = field(default_factory=dict)
+    flag_kwargs: dict[str, str] = field(default_factory=dict)
 
     @property
     def in_channels(self) -> int:
@@ -77,13 +82,14 @@ class ModelInfo:
 
 _BUILDERS: dict[str, ModelBuilder] = {}
 _INFO: dict[str, ModelInfo] = {}
+_DEFAULT_OUTPUTS: dict[str, int] = {}  # model kind -> create_model's default out_channels, set by the task registry
 
 
 def register_model(*, family: str, **meta: Any) -> Callable[[ModelBuilder], ModelBuilder]:
     """Decorator registering ``fn`` under its own name with :class:`ModelInfo` metadata.
 
     Raises:
-        ValueError: if the name is already registered or ``task`` is unknown.
+        ValueError: if the name is already registered or ``spatial_dims`` is not 2 or 3.
     """
 
     def decorator(fn: ModelBuilder) -> ModelBuilder:
@@ -94,8 +100,6 @@ def register_model(*, family: str, **meta: Any) -> Callable[[ModelBuilder], Mode
                 f"names must be unique"
             )
         info = ModelInfo(name=name, family=family, **dict(dict(any_channels="modalities" not in meta), **meta))
-        if info.task not in TASKS:
-            raise ValueError(f"model {name!r}: task {info.task!r} is not one of {TASKS}")
         if info.spatial_dims not in (2, 3):
             raise ValueError(f"model {name!r}: spatial_dims must be 2 or 3, got {info.spatial_dims}")
         _BUILDERS[name] = fn
@@ -147,13 +151,44 @@ def model_info(name: str) -> ModelInfo:
     return _INFO[name]
 
 
+def set_default_outputs(kind: str, out_channels: int) -> None:
+    """Make ``out_channels`` :func:`create_model`'s default for models of ``kind``.
+
+    The task registry (``engine.tasks``) calls this for the kinds its tasks serve, so models/ names no kind.
+
+    Raises:
+        ValueError: ``kind`` already has another default, or ``out_channels`` < 1.
+    """
+    if out_channels < 1:
+        raise ValueError(f"default out_channels of {kind!r} models must be >= 1, got {out_channels}")
+    if _DEFAULT_OUTPUTS.get(kind, out_channels) != out_channels:
+        raise ValueError(f"{kind!r} models already default to out_channels={_DEFAULT_OUTPUTS[kind]}, "
+                         f"not {out_channels}")
+    _DEFAULT_OUTPUTS[kind] = out_channels
+
+
+def default_out_channels(kind: str) -> int | None:
+    """:func:`create_model`'s default ``out_channels`` for models of ``kind``; None until a task sets one."""
+    return _DEFAULT_OUTPUTS.get(kind)
+
+
 def create_model(name: str, **kwargs: Any) -> nn.Module:
     """Build registered model ``name``; ``kwargs`` override the entry's defaults.
 
-    ``in_channels`` defaults to the entry's channel count, ``out_channels`` to 4 (BraTS labels) for
-    segmentation models and to 1 (one foreground class) for the lesion detectors.
+    ``in_channels`` defaults to the entry's channel count, ``out_channels`` to the default of the model's kind
+    (:func:`default_out_channels`: BraTS's 4 labels for segmentation, one foreground class for the lesion
+    detectors), which the task registry sets when ``engine.tasks`` is imported.
+
+    Raises:
+        ValueError: unknown name, or no ``out_channels`` given and none set for the model's kind.
     """
     info = model_info(name)
     kwargs.setdefault("in_channels", info.in_channels)
-    kwargs.setdefault("out_channels", 4 if info.task == "segmentation" else 1)
+    if "out_channels" not in kwargs:
+        default = default_out_channels(info.task)
+        if default is None:
+            raise ValueError(f"create_model({name!r}): no default out_channels for {info.task!r} models; pass "
+                             "out_channels, or import engine.tasks, whose task registry sets the default of each "
+                             "kind a task serves")
+        kwargs["out_channels"] = default
     return _BUILDERS[name](**kwargs)

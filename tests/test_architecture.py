@@ -141,3 +141,112 @@ def test_graph_counts_function_level_and_type_checking_imports(tmp_path, monkeyp
     graph = import_graph()
     assert graph["pkg.a"] == {"pkg.b"} and graph["pkg.b"] == {"pkg.a"}
     assert cycles(graph) == [["pkg.a", "pkg.b"]]
+
+
+MAX_PARAMETERS = 8  # per function or method in engine/, self/cls not counted: more settings travel as objects
+
+
+def parameter_count(node: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
+    """Positional (incl. positional-only), keyword-only, ``*args`` and ``**kwargs`` parameters, less a leading
+    ``self`` or ``cls``."""
+    args = node.args
+    positional = [a.arg for a in args.posonlyargs + args.args]
+    count = len(positional) + len(args.kwonlyargs) + (args.vararg is not None) + (args.kwarg is not None)
+    return count - (positional[:1] in (["self"], ["cls"]))
+
+
+def long_signatures(source: str, filename: str, limit: int = MAX_PARAMETERS) -> list[str]:
+    """``file:line name (n parameters)`` of every function or method (nested ones too) in ``source`` taking more
+    than ``limit`` parameters, in line order."""
+    functions = [node for node in ast.walk(ast.parse(source, filename=filename))
+                 if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))]
+    return [f"{filename}:{node.lineno} {node.name} ({parameter_count(node)} parameters)"
+            for node in sorted(functions, key=lambda n: n.lineno) if parameter_count(node) > limit]
+
+
+def test_parameter_counter_on_a_source_string():
+    source = ("def six(a, b, /, c, *args, d, **kwargs):\n    pass\n"
+              "class C:\n    def eight(self, a, b, c, d, e, f, g, h):\n        pass\n"
+              "    @classmethod\n    def nine(cls, a, b, c, d, e, f, g, h, i):\n        pass\n"
+              "async def also_nine(a, b, c, d, e, f, g, h, *, i=1):\n    def inner(*a, **k):\n        pass\n"
+              "def static_nine(x, a, b, c, d, e, f, g, h):\n    pass\n")
+    assert long_signatures(source, "x.py") == ["x.py:7 nine (9 parameters)", "x.py:9 also_nine (9 parameters)",
+                                               "x.py:12 static_nine (9 parameters)"]
+    assert long_signatures(source, "x.py", limit=5) == ["x.py:1 six (6 parameters)", "x.py:4 eight (8 parameters)",
+                                                        "x.py:7 nine (9 parameters)", "x.py:9 also_nine (9 parameters)",
+                                                        "x.py:12 static_nine (9 parameters)"]
+
+
+def test_engine_functions_take_at_most_eight_parameters():
+    found = [entry for path in sorted((ROOT / "engine").rglob("*.py"))
+             for entry in long_signatures(path.read_text(), str(path.relative_to(ROOT)))]
+    assert found == [], f"take more than {MAX_PARAMETERS} parameters (group settings into a dataclass): {found}"
+
+
+# Who may name a registered task, model kind, label kind or model family in code that decides on it (a comparison,
+# a dict key, a match case): the task modules and the model registry own those names; dataio defines the label
+# kinds (``LABEL_KINDS``, ``DatasetInfo``) and the label conventions, one of which is also called ``binary``.
+# Everything else asks the registries. tests/, benchmarks/ and scripts/ are not scanned (SKIP_TOP).
+NAME_OWNERS = ("engine/tasks/", "models/", "dataio/")
+
+
+def registered_names() -> set[str]:
+    """Task names, folder-evaluation names, model kinds, label kinds and model families of the live registries."""
+    from dataio.types import LABEL_KINDS
+    from engine.tasks import TASK_ENTRIES, folder_task_names
+    from models import list_models, model_info
+
+    infos = [model_info(name) for name in list_models()]
+    entries = list(TASK_ENTRIES.values())
+    return ({e.name for e in entries} | set(folder_task_names()) | set(LABEL_KINDS)
+            | {k for e in entries for k in (*e.model_kinds, *e.label_kinds)} | {i.task for i in infos}
+            | {i.family for i in infos})
+
+
+def _literals(node: ast.AST) -> list[ast.Constant]:
+    """``node`` itself when it is a constant, the constant items when it is a literal tuple, list or set."""
+    if isinstance(node, ast.Constant):
+        return [node]
+    if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+        return [e for e in node.elts if isinstance(e, ast.Constant)]
+    return []
+
+
+def _named_constants(node: ast.AST) -> list[ast.Constant]:
+    """Constants that ``node`` decides on: compared (==, !=, is, in against a literal tuple/list/set), used as a
+    dict literal key or ``dict(...)`` keyword, or matched by a ``case``."""
+    if isinstance(node, ast.Compare):
+        return [c for side in (node.left, *node.comparators) for c in _literals(side)]
+    if isinstance(node, ast.Dict):
+        return [k for k in node.keys if isinstance(k, ast.Constant)]
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "dict":
+        return [ast.Constant(value=k.arg, lineno=k.value.lineno) for k in node.keywords if k.arg]
+    if isinstance(node, ast.match_case):
+        return [p.value for p in ast.walk(node.pattern)
+                if isinstance(p, ast.MatchValue) and isinstance(p.value, ast.Constant)]
+    return []
+
+
+def name_uses(source: str, filename: str, names: set[str]) -> list[str]:
+    """``file:line 'name'`` of every place in ``source`` that decides on one of ``names`` (see
+    :func:`_named_constants`), in line order."""
+    uses = {(c.lineno, c.value) for node in ast.walk(ast.parse(source, filename=filename))
+            for c in _named_constants(node) if isinstance(c.value, str) and c.value in names}
+    return [f"{filename}:{line} {value!r}" for line, value in sorted(uses)]
+
+
+def test_name_finder_on_a_source_string():
+    source = ('if kind == "toy" or "toy" != other or x in ("a", "toy"):\n    pass\n'
+              'table = {"toy": 1, "plain": 2}\nmore = dict(toy=1)\n'
+              'match kind:\n    case "toy":\n        pass\n'
+              'call("toy", task="toy")\nif x in kinds or y == "plain":\n    pass\n')
+    assert name_uses(source, "x.py", {"toy"}) == ["x.py:1 'toy'", "x.py:3 'toy'", "x.py:4 'toy'", "x.py:6 'toy'"]
+
+
+def test_no_task_kind_or_family_is_named_outside_engine_tasks_and_models():
+    names = registered_names()
+    assert {"brats_segmentation", "segmentation", "binary", "brats", "retinanet", "detseg3d"} <= names
+    found = [use for path in sorted(project_modules().values())
+             if not (rel := path.relative_to(ROOT).as_posix()).startswith(NAME_OWNERS)
+             for use in name_uses(path.read_text(), rel, names)]
+    assert found == [], f"decide on a task, kind or family name outside its owners (ask the registries): {found}"

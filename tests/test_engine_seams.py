@@ -3,6 +3,7 @@ the reducer, refusal to overwrite results, and the task-free runner and trainer.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from engine.evaluate.checkpoints import RunSpec, evaluate_run
 from engine.options.config import parse_config
 from engine.results.job_results import JobFolder
 from engine.results.reducer import IncrementalReducer, reduce_results
-from engine.tasks import SegmentationTask, brats_segmentation
+from engine.tasks import SegmentationTask
 from engine.trainer import TrainerHooks
 from experiment_runner import run_integrated_experiment
 from metrics.regions import BRATS_SPEC
@@ -45,8 +46,9 @@ class TwoLossTask(SegmentationTask):
 
 def test_a_toy_task_runs_through_a_sweep_without_engine_edits(tmp_path: Path, cache_dir: Path,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(task_registry.TASK_BUILDERS, ("segmentation", "brats"),
-                        lambda dataset, loss, lesions: TwoLossTask(BRATS_SPEC, loss=loss, name="two_loss"))
+    brats = task_registry.TASK_ENTRIES["brats_segmentation"]
+    monkeypatch.setitem(task_registry.TASK_ENTRIES, "brats_segmentation", dataclasses.replace(
+        brats, build=lambda dataset, loss, lesions: TwoLossTask(BRATS_SPEC, loss=loss, name="two_loss")))
     out = tmp_path / "out"
     assert integrated_experiment.main(tiny_flags(out, cache_dir, "--models", "unet3d_xs", "--epochs", "2")) == 0
     epochs = pd.read_csv(out / EPOCHS_CSV)
@@ -215,8 +217,9 @@ def test_task_registry_refuses_duplicates_and_unknown_pairs() -> None:
     from dataio.types import DatasetInfo
     from models import ModelInfo
 
+    brats = task_registry.TASK_ENTRIES["brats_segmentation"]
     with pytest.raises(ValueError, match="already registered"):
-        task_registry.register_task("segmentation", "brats", lambda d, loss, lesions: brats_segmentation(loss))
+        task_registry.register_task(dataclasses.replace(brats, name="brats_again"))
     with pytest.raises(ValueError, match="no task for that pair"):
         task_registry.task_for(ModelInfo(name="det", family="x", task="detection"), DatasetInfo(name="ct"))
 

@@ -96,6 +96,16 @@ def test_checkpoints_record_the_phantoms_and_their_task(ich_sweep: Path) -> None
     assert job["trainer"]["optimizer"] == "sgd" and job["trainer"]["momentum"] == 0.9  # RetinaNet's own recipe
 
 
+def test_each_job_records_result_columns_that_pick_the_metric_columns_the_prefixes_did(ich_sweep: Path) -> None:
+    from engine.results.reducer import metric_columns
+
+    for model in MODELS:
+        folder = ich_sweep / JOBS_DIR / f"{model}_seed_24"
+        recorded = json.loads((folder / "job.json").read_text())["result_columns"]
+        run = pd.read_csv(folder / TABLES["runs"][0])
+        assert metric_columns(run, recorded) == metric_columns(run) and "map" in recorded, model
+
+
 def test_reevaluation_gives_the_sweeps_values_and_writes_boxes(ich_sweep: Path, tmp_path: Path) -> None:
     out = tmp_path / "eval"
     assert evaluate_experiment.main(["--results_dir", str(ich_sweep), "--output_dir", str(out),

@@ -65,7 +65,8 @@ EFFICIENCY_COLUMNS = ["params", "flops_torch", "flops_thop", "flops_input", "pam
 # the timed runs last under 0.1 s, too short for the process CPU clock);
 # latency_flag = "" (clean) or "busy" and/or "noisy" joined by "+", e.g. "busy+noisy"
 # prefixes of test-metric columns in the runs table (segmentation, BraTS lesion-wise, lesion track: AP/mAP/mAR,
-# FROC and the summed per-case lesion counts)
+# FROC and the summed per-case lesion counts): how the reducer picks the metric columns of job folders written
+# before each job recorded its task's result columns in job.json (``result_columns``), and of tables without jobs
 METRIC_PREFIXES = ("dice_", "hd95_", "precision_", "recall_", "lesion_dice_", "lesion_hd95_", "ap_", "map", "mar",
                    "froc_", "lesions", "fp_components", "n_pred_boxes")
 STATUSES = ("ok", "failed", "diverged", "oom")

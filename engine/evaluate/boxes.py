@@ -4,7 +4,9 @@ Input: ``{case_id: {"pred_boxes": [[x1, y1, z1, x2, y2, z2], ...], "pred_scores"
 ...]}}``, boxes over array axes 0, 1, 2 in voxels, max exclusive (MONAI's convention; a single voxel at
 (10, 20, 30) is ``[10, 20, 30, 11, 21, 31]``). A case may have no boxes (empty lists). Output: the metric
 names of every volbench table (``ap_10`` ... ``froc_cpm``) at the top level, the summed per-case counts,
-``n_cases``, the rules used, and ``per_case`` rows (lesions, found, missed, false positives).
+``n_cases``, the rules used, and ``per_case`` rows (lesions, found, missed, false positives). The boxes are scored
+by the test accumulator of the task registry's box-file task (``engine.tasks.box_file_task``: detection), so
+they get exactly the metrics of a detector's test cases.
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from engine.tasks.lesion_metrics import SUMMED_COLUMNS, LesionAccumulator, LesionSettings
-
+from engine.tasks import box_file_task
+from engine.tasks.lesion_metrics import SUMMED_COLUMNS, LesionSettings
 from engine.tasks.lesion_outputs import BOX_CONVENTION
 
 
@@ -64,16 +66,16 @@ def _plain(value: Any) -> Any:
 
 def evaluate_boxes_json(path: Path, settings: LesionSettings) -> dict[str, Any]:
     """Lesion metrics of the detections in ``path`` (see the module docstring)."""
-    accumulator = LesionAccumulator(settings)
+    accumulator = box_file_task(settings).new_accumulator(stage="test")
     for case_id, entry in read_boxes_json(path).items():
         accumulator.add_boxes(case_id, entry["pred_boxes"], entry["pred_scores"], entry["gt_boxes"])
-    aggregate = accumulator.aggregate()
-    out: dict[str, Any] = {k: _plain(v) for k, v in aggregate.items()}
-    out.update(n_cases=len(accumulator.rows), source=str(path), box_convention=BOX_CONVENTION.replace(
+    per_case = accumulator.per_case()
+    out: dict[str, Any] = {k: _plain(v) for k, v in accumulator.aggregate().items()}
+    out.update(n_cases=len(per_case), source=str(path), box_convention=BOX_CONVENTION.replace(
         " of the original image", ""), hit_rule=settings.hit_rule, hit_iou=settings.iou_threshold,
         count_score_threshold=settings.score_threshold, summed=list(SUMMED_COLUMNS),
         no_lesion_rule="AP, mAR and FROC are NaN when no case holds a lesion",
-        per_case=accumulator.per_case())
+        per_case=per_case)
     if all(math.isnan(out[k]) for k in ("map", "froc_cpm")):
         out["note"] = "no ground-truth lesion in any case"
     return out

@@ -30,7 +30,7 @@ from utils.schema import CONFIG_JSON, JOBS_DIR, RUN_KEYS, SPLITS_JSON, STAGE_PAM
 
 from engine.options.data_options import DATA_FIELDS
 from engine.results.job_results import read_result_csv
-from engine.results.reducer import collect_tables, results_lock, write_tables
+from engine.results.reducer import collect_tables, metric_columns, results_lock, sweep_metric_columns, write_tables
 from engine.options.stats_options import StatsOptions, stats_options_from_config
 
 log = logging.getLogger(__name__)
@@ -87,6 +87,13 @@ def folder_tables(folder: Path) -> dict[str, pd.DataFrame]:
     if (folder / STAGE_PAM_CSV).is_file():
         tables["stage_pam"] = pd.read_csv(folder / STAGE_PAM_CSV)
     return tables
+
+
+def folder_metric_columns(folder: Path, tables: dict[str, pd.DataFrame]) -> set[str]:
+    """A compared folder's metric columns: those its jobs recorded, else (no job folders) its run columns named by
+    the prefixes (``engine.results.reducer.metric_columns``)."""
+    recorded = sweep_metric_columns(folder)
+    return recorded if recorded is not None else set(metric_columns(tables["runs"]))
 
 
 def check_unique_runs(folders: Sequence[Path], tables: Sequence[dict[str, pd.DataFrame]]) -> None:
@@ -158,13 +165,14 @@ def compare_sweeps(folders: Sequence[Path], output_dir: Path, **stats_overrides:
             raise ValueError(f"--compare: {folder} has no finished runs")
     check_unique_runs(folders, tables)
     union = union_tables(tables)
+    metrics = set().union(*(folder_metric_columns(f, own) for f, own in zip(folders, tables)))
     models = list(dict.fromkeys([*(m for c in configs for m in c.get("resolved_models") or []),
                                  *union["runs"]["model"].astype(str)]))
     options = stats_options_from_config(configs[0], **stats_overrides)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     with results_lock(output_dir):
-        written = write_tables(output_dir, union, options, models)
+        written = write_tables(output_dir, union, options, models, metrics)
         atomic_write_json(output_dir / CONFIG_JSON, _record(folders, configs, models, options))
         shutil.copyfile(folders[0] / SPLITS_JSON, output_dir / SPLITS_JSON)
     log.info("--compare: %d runs of %d models from %d folders in %s", len(union["runs"]), len(models), len(folders),

@@ -6,17 +6,19 @@ have a label and every label a prediction (``ValueError`` naming the files other
 folder, ``{case}_probabilities.nii[.gz]`` / ``.npy`` files beside ``{case}`` (written by
 ``evaluate_experiment.py --save_probabilities``) are probability maps, not label maps, and are skipped.
 
-Labels of both files are read in ``label_convention`` and mapped to internal labels (``task="brats"``,
-regions WT/TC/ET and classes NCR/ED of ``BRATS_SPEC``), or binarised (``task="binary"``: every non-zero
-voxel is foreground, region ``lesion``). Metrics are ``metrics.segmentation.case_metrics``, the function
-the sweep uses: Dice, HD95 in mm (spacing of the label file's header, or of the prediction's header when
-the label is a ``.npy`` file; 1 mm when neither has a header; ``spacing`` overrides all), precision and
-recall, with the empty-mask rules of ``metrics.surface.EMPTY_MASK_RULES``. When both files are NIfTI their
-voxel axes must agree (same spacing and axis directions of the affines, within 1e-3): a prediction
-stored flipped or permuted relative to its label would otherwise be compared voxel by voxel, wrongly.
+``task`` is a folder evaluation of the task registry (``engine.tasks.folder_task_names()``), which says how
+labels are read and which regions are scored: ``brats`` maps both files from ``label_convention`` to internal
+labels (regions WT/TC/ET and classes NCR/ED of ``BRATS_SPEC``), ``binary`` binarises them (every non-zero
+voxel is foreground, region ``lesion``) and adds the lesion metrics. Metrics are
+``metrics.segmentation.case_metrics``, the function the sweep uses: Dice, HD95 in mm (spacing of the label
+file's header, or of the prediction's header when the label is a ``.npy`` file; 1 mm when neither has a
+header; ``spacing`` overrides all), precision and recall, with the empty-mask rules of
+``metrics.surface.EMPTY_MASK_RULES``. When both files are NIfTI their voxel axes must agree (same spacing and
+axis directions of the affines, within 1e-3): a prediction stored flipped or permuted relative to its label
+would otherwise be compared voxel by voxel, wrongly.
 
-``task="binary"`` adds the lesion metrics (``engine.tasks.lesion_metrics``): boxes of the 26-connected
-components of the predicted mask, scored by the highest value of the case's probability map in
+The lesion metrics (``engine.tasks.lesion_metrics``) are boxes of the 26-connected components of the
+predicted mask, scored by the highest value of the case's probability map in
 ``prob_dir`` (file ``{case}_probabilities``, else ``{case}``, .nii[.gz] or .npy: a 3D map is the foreground
 probability; a 4D map holds one channel per class, channels last for NIfTI and first for .npy, and its
 last channel is the foreground), or 1.0 without ``prob_dir``; per-case lesion counts join the rows, and
@@ -34,18 +36,16 @@ from typing import Any, Sequence
 import nibabel as nib
 import numpy as np
 
-from dataio.conventions import CONVENTIONS, to_internal
+from dataio.conventions import CONVENTIONS
 from dataio.nifti_io import load_label, read_header
+from engine.tasks import FolderEvaluation, folder_evaluation, folder_task_names
 from engine.tasks.lesion_metrics import LesionAccumulator, LesionSettings
 from metrics.lesions import boxes_from_mask, scored_boxes
-from metrics.regions import BRATS_SPEC, MetricSpec, binary_spec
 from metrics.segmentation import SegmentationMetricAccumulator
 from metrics.surface import EMPTY_MASK_RULES
-from utils.schema import DEFAULT_BINARY_REGION
 
 logger = logging.getLogger(__name__)
 
-TASKS = ("brats", "binary")
 EXTENSIONS = (".nii.gz", ".nii", ".npy")
 SEG_SUFFIXES = ("_seg", "-seg")
 SPACING_TOLERANCE = 1e-3
@@ -129,19 +129,10 @@ def read_label_file(path: Path, spacing: Sequence[float] | None = None) -> tuple
     return array, tuple(spacing) if spacing is not None else header_spacing
 
 
-def _to_task_labels(array: np.ndarray, task: str, convention: str, path: Path) -> np.ndarray:
+def _to_task_labels(array: np.ndarray, evaluation: FolderEvaluation, convention: str, path: Path) -> np.ndarray:
     if array.ndim != 3:
         raise ValueError(f"{path} has shape {array.shape}; expected a 3D label map")
-    if task == "binary":
-        return (np.asarray(array) != 0).astype(np.uint8)
-    return to_internal(array, convention, source=str(path))
-
-
-def task_spec(task: str) -> MetricSpec:
-    """``BRATS_SPEC`` for ``brats``, ``binary_spec("lesion")`` for ``binary``."""
-    if task not in TASKS:
-        raise ValueError(f"--task {task!r} is not one of {TASKS}")
-    return BRATS_SPEC if task == "brats" else binary_spec(DEFAULT_BINARY_REGION)
+    return evaluation.read_labels(array, convention, str(path))
 
 
 def _check_same_axes(pair: CasePair) -> None:
@@ -177,8 +168,9 @@ def evaluate_pair(pair: CasePair, accumulator: SegmentationMetricAccumulator, *,
         ref_spacing = pred_spacing
     if lesions is not None:
         _add_lesions(lesions, pair.case_id, pred, ref, prob_files)
-    return accumulator.update(_to_task_labels(pred, task, convention, pair.prediction),
-                              _to_task_labels(ref, task, convention, pair.label), ref_spacing, pair.case_id)
+    evaluation = folder_evaluation(task)
+    return accumulator.update(_to_task_labels(pred, evaluation, convention, pair.prediction),
+                              _to_task_labels(ref, evaluation, convention, pair.label), ref_spacing, pair.case_id)
 
 
 def metric_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -231,16 +223,18 @@ def evaluate_folder(pred_dir: Path, label_dir: Path, *, task: str = "brats", lab
         ValueError: unknown task/convention, unmatched files, shape or spacing mismatches, label values
             outside the convention -- each naming the file.
     """
-    spec = task_spec(task)
+    evaluation = folder_evaluation(task)
+    spec = evaluation.spec
     if label_convention not in CONVENTIONS:
         raise ValueError(f"--label_convention {label_convention!r} is not one of {CONVENTIONS}")
     if spacing is not None and (len(spacing) != 3 or any(s <= 0 for s in spacing)):
         raise ValueError(f"--spacing needs three values > 0 (mm), got {list(spacing)}")
-    if prob_dir is not None and task != "binary":
-        raise ValueError("--prob_dir scores lesion boxes, which only --task binary computes")
+    if prob_dir is not None and not evaluation.lesions:
+        with_lesions = [name for name in folder_task_names() if folder_evaluation(name).lesions]
+        raise ValueError(f"--prob_dir scores lesion boxes, which only --task {' or '.join(with_lesions)} computes")
     pairs = match_pairs(Path(pred_dir), Path(label_dir))
     accumulator = SegmentationMetricAccumulator(spec=spec, include_hd95=include_hd95)
-    lesion_acc = LesionAccumulator(lesions or LesionSettings()) if task == "binary" else None
+    lesion_acc = LesionAccumulator(lesions or LesionSettings()) if evaluation.lesions else None
     prob_files = _index(Path(prob_dir), "--prob_dir") if prob_dir is not None else None
     for pair in pairs:
         evaluate_pair(pair, accumulator, task=task, convention=label_convention, spacing=spacing, lesions=lesion_acc,

@@ -3,27 +3,21 @@
 Lesions (ground truth and predicted) are 26-connected components of at least ``min_lesion_size`` voxels.
 A prediction hits a lesion when their IoU is >= 0.1 (``lesion_hit iou``) or when the prediction's centre
 lies in the lesion's box (``centre``); the same rule serves FROC and the per-case found/missed/false-positive
-counts. The model flags (``--anchor_shapes``, ``--max_rois``, ...) reach the builders of the families that
-take them (``MODEL_FLAG_KWARGS``); unset flags leave each model's own default.
+counts. Those matching flags are declared by the tasks that own them (``engine.tasks``: ``TaskFlag``) and
+gathered here from the task registry. The model flags (``--anchor_shapes``, ``--max_rois``, ...) reach the
+builders of the models whose registry entry takes them (``ModelInfo.flag_kwargs``); unset flags leave each
+model's own default.
 """
 
 from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
 
-HIT_RULES = ("iou", "centre")
+from metrics.lesions import HIT_RULES
 
-# flag -> (model family, builder kwarg): the flag's value overrides that kwarg of every model of the family
-MODEL_FLAG_KWARGS: dict[str, tuple[str, str]] = {
-    "anchor_shapes": ("retinanet", "anchor_shapes"),
-    "max_rois": ("detseg3d", "max_rois"),
-    "roi_batch_size": ("detseg3d", "roi_batch_size"),
-    "roi_size": ("detseg3d", "roi_size"),
-    "seg_lambda": ("detseg3d", "seg_lambda"),
-    "neg_ratio": ("detseg3d", "neg_ratio"),
-}
+from engine.tasks import task_flags
 
 
 @dataclass
@@ -76,17 +70,30 @@ class LesionOptions:
         ]
         return [message for ok, message in checks if not ok]
 
-    def model_flag_kwargs(self, family: str) -> dict[str, Any]:
-        """Builder kwargs the set model flags give a model of ``family``."""
+    def model_flag_kwargs(self, flag_kwargs: Mapping[str, str]) -> dict[str, Any]:
+        """Builder kwargs that the flags give a model taking ``flag_kwargs`` (``ModelInfo.flag_kwargs``: flag ->
+        kwarg): every flag that is set (not None); sequences become tuples, sequences of sequences lists of lists.
+
+        Raises:
+            ValueError: a flag of ``flag_kwargs`` is not one of these options.
+        """
         out: dict[str, Any] = {}
-        for flag, (flag_family, kwarg) in MODEL_FLAG_KWARGS.items():
+        for flag, kwarg in flag_kwargs.items():
+            if not hasattr(self, flag):
+                raise ValueError(f"a model takes flag --{flag}, which the sweep does not define")
             value = getattr(self, flag)
-            if flag_family == family and value is not None:
-                out[kwarg] = [list(s) for s in value] if flag == "anchor_shapes" else (
-                    tuple(value) if isinstance(value, (list, tuple)) else value)
-        if family == "detseg3d":
-            out.setdefault("min_lesion_size", self.min_lesion_size)
+            if value is not None:
+                out[kwarg] = _builder_value(value)
         return out
+
+
+def _builder_value(value: Any) -> Any:
+    """A flag value as builders take it: lists of triples as lists of lists, other sequences as tuples."""
+    if not isinstance(value, (list, tuple)):
+        return value
+    if value and isinstance(value[0], (list, tuple)):
+        return [list(v) for v in value]
+    return tuple(value)
 
 
 def _triples(values: list[int]) -> list[list[int]]:
@@ -105,26 +112,13 @@ class _TriplesAction(argparse.Action):
 
 
 def add_lesion_matching_arguments(g: argparse._ArgumentGroup, *, recorded: bool = False) -> None:
-    """Flags of lesion matching and the BraTS lesion-wise rules; ``recorded`` (the evaluation CLI): defaults are
-    None, meaning the value the sweep or checkpoint recorded, else volbench's default."""
+    """The flags of the registered tasks (lesion matching, the BraTS lesion-wise rules: ``engine.tasks.task_flags``);
+    ``recorded`` (the evaluation CLI): defaults are None, meaning the value the sweep or checkpoint recorded, else
+    volbench's default."""
     then = "the recorded value, else " if recorded else ""
-    g.add_argument("--min_lesion_size", type=int, default=1, metavar="VOXELS",
-                   help="smallest 26-connected component counted as a lesion, in the reference and in predictions "
-                        f"(default: {then}1)")
-    g.add_argument("--lesion_hit", choices=HIT_RULES, default="iou",
-                   help="when a prediction hits a lesion, for FROC and the per-case counts: IoU >= 0.1, or the "
-                        f"prediction's centre inside the lesion box (default: {then}iou)")
-    g.add_argument("--lesion_score_threshold", type=float, default=0.5,
-                   help=f"per-case lesion counts use predictions scored at least this; AP and FROC use all (default: "
-                        f"{then}0.5)")
-    g.add_argument("--lesionwise_dilation", type=int, default=3,
-                   help=f"BraTS lesion-wise metrics: dilations of each reference lesion for matching (default: {then}3)")
-    g.add_argument("--lesionwise_min_size", type=int, default=50, metavar="VOXELS",
-                   help="BraTS lesion-wise metrics: reference lesions of this many voxels or fewer are dropped "
-                        f"(default: {then}50)")
-    if recorded:
-        for action in g._group_actions:
-            action.default = None
+    for flag in task_flags():
+        g.add_argument(f"--{flag.name}", default=None if recorded else flag.default,
+                       help=f"{flag.help} (default: {then}{flag.default})", **flag.options)
 
 
 def add_lesion_arguments(p: argparse.ArgumentParser) -> None:
@@ -145,8 +139,7 @@ def add_lesion_arguments(p: argparse.ArgumentParser) -> None:
                    help="DetSeg3D: hard-negative training RoIs per positive RoI (default: model's, 1)")
 
 
-MATCHING_FLAGS = ("min_lesion_size", "lesion_hit", "lesion_score_threshold", "lesionwise_dilation",
-                  "lesionwise_min_size")
+MATCHING_FLAGS = tuple(flag.name for flag in task_flags())  # recorded in each checkpoint's meta
 
 
 def lesion_options_for_evaluation(args: argparse.Namespace, recorded: dict[str, Any] | None) -> LesionOptions:

@@ -1,9 +1,10 @@
 """Per-job result folders: each job writes its own rows, atomically, into ``jobs/<job>/``.
 
 Files (names from ``utils.schema.TABLES``): ``job.json`` (model, seed, fold, index in the sweep's job
-order), ``epochs.csv`` (rewritten as each epoch ends), ``per_case.csv``, ``confusion.csv``,
-``attention.csv``, ``stage_pam.csv`` (the job that measured its model's efficiency) and ``run.csv``, written
-last: a job folder with a ``run.csv`` is finished (ok or not); without one it is in progress or was killed.
+order, ``result_columns``: the metric columns its task adds to the run table, and the trainer settings),
+``epochs.csv`` (rewritten as each epoch ends), ``per_case.csv``, ``confusion.csv``, ``attention.csv``,
+``stage_pam.csv`` (the job that measured its model's efficiency) and ``run.csv``, written last: a job folder
+with a ``run.csv`` is finished (ok or not); without one it is in progress or was killed.
 The training state of an unfinished job lives beside them as ``latest.pth``.
 """
 
@@ -50,6 +51,12 @@ class JobFolder:
             return json.loads((self.path / JOB_JSON).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return None
+
+    def result_columns(self) -> list[str] | None:
+        """The metric columns the job recorded (its task's ``result_columns``); None for folders written before
+        jobs recorded them."""
+        columns = (self.job() or {}).get("result_columns")
+        return None if columns is None else [str(c) for c in columns]
 
     def write_table(self, table: str, rows: list[dict[str, Any]]) -> None:
         """Replace table ``table`` of this job with ``rows`` (nothing is written for no rows)."""

@@ -7,6 +7,10 @@ from them (finished jobs only, in the sweep's job order); it runs at the end of 
 recomputing only its model's comparison row, so an N-job sweep spends O(N) on result writing.
 Both hold the results folder's file lock while they write, so processes sharing a folder lose no row.
 
+The metric columns of the runs table (those the comparison averages and the statistics test) are those the jobs
+recorded in their ``job.json`` (``result_columns``, from their task); job folders written before jobs recorded them,
+and tables without job folders, go by the column-name prefixes of ``utils.schema.METRIC_PREFIXES``.
+
 The full reduce also writes the comparison statistics (``engine.results.comparison_stats``): the extended
 ``model_comparison.csv`` (bootstrap CIs, counts, out-of-fold means, variance shares, Pareto fronts),
 ``statistical_tests.csv`` and ``ranking.csv``, with the ``--baseline``/``--stats_seed``/``--bootstrap_resamples``
@@ -21,7 +25,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Collection, Iterable
 
 import numpy as np
 import pandas as pd
@@ -60,21 +64,45 @@ def _ordered(table: str, frame: pd.DataFrame) -> pd.DataFrame:
     return order_columns(frame, TABLES[table][2])
 
 
-def metric_columns(runs: pd.DataFrame) -> list[str]:
-    """Test-metric columns of the runs table (``dice_*``, ``hd95_*``, ``precision_*``, ``recall_*``, ...)."""
-    return [c for c in runs.columns if c.startswith(METRIC_PREFIXES)]
+def metric_columns(runs: pd.DataFrame, recorded: Collection[str] | None = None) -> list[str]:
+    """Test-metric columns of the runs table, in its column order: those in ``recorded`` (what the jobs recorded,
+    :func:`sweep_metric_columns`), or with ``None`` those named by the prefixes (``dice_*``, ``hd95_*``, ...)."""
+    if recorded is None:
+        return [c for c in runs.columns if c.startswith(METRIC_PREFIXES)]
+    return [c for c in runs.columns if c in recorded]
 
 
-def comparison_row(model: str, group: pd.DataFrame) -> dict[str, Any]:
+def job_metric_columns(folder: JobFolder, runs: pd.DataFrame | None = None) -> set[str]:
+    """The metric columns of a finished job: what its job.json records, else (folders written before jobs recorded
+    them) the columns of its run table (``runs``, read when None) named by the prefixes."""
+    recorded = folder.result_columns()
+    if recorded is not None:
+        return set(recorded)
+    runs = folder.read_table("runs") if runs is None else runs
+    return set() if runs is None else set(metric_columns(runs))
+
+
+def sweep_metric_columns(output_dir: Path) -> set[str] | None:
+    """The metric columns of the finished jobs under ``output_dir/jobs`` (:func:`job_metric_columns`); None when
+    the folder has no job folders (its tables go by the prefixes)."""
+    jobs_root = Path(output_dir) / JOBS_DIR
+    if not jobs_root.is_dir():
+        return None
+    finished = [f for f in job_folders(jobs_root) if f.table_path("runs").is_file()]
+    return set().union(*(job_metric_columns(f) for f in finished))
+
+
+def comparison_row(model: str, group: pd.DataFrame, metrics: Collection[str] | None = None) -> dict[str, Any]:
     """One model's comparison row: n_runs, n_ok, its efficiency as measured, mean/std over ok runs of every
-    metric and of train_time_s (NaN-skipping; ``std`` with ddof=1, NaN for one run)."""
+    metric (``metrics``: :func:`metric_columns`) and of train_time_s (NaN-skipping; ``std`` with ddof=1, NaN for
+    one run)."""
     ok = group[group["status"] == "ok"]
     row: dict[str, Any] = dict(model=model, n_runs=len(group), n_ok=len(ok))
     measured = group.dropna(subset=[c for c in ("params",) if c in group.columns])
     for col in EFFICIENCY_COLUMNS:
         if col in group.columns:
             row[col] = measured[col].iloc[0] if len(measured) else np.nan
-    for col in metric_columns(group) + [c for c in ("train_time_s",) if c in group.columns]:
+    for col in metric_columns(group, metrics) + [c for c in ("train_time_s",) if c in group.columns]:
         values = pd.to_numeric(ok[col], errors="coerce")
         row[f"{col}_mean"] = values.mean() if values.notna().any() else np.nan
         row[f"{col}_std"] = values.std(ddof=1) if values.notna().sum() > 1 else np.nan
@@ -91,9 +119,9 @@ def rank_comparison(rows: list[dict[str, Any]]) -> pd.DataFrame:
     return order_columns(table, ["model", "rank", "n_runs", "n_ok"])
 
 
-def build_comparison(runs: pd.DataFrame) -> pd.DataFrame:
+def build_comparison(runs: pd.DataFrame, metrics: Collection[str] | None = None) -> pd.DataFrame:
     """One row per model (in order of first appearance): see :func:`comparison_row` and :func:`rank_comparison`."""
-    return rank_comparison([comparison_row(m, g) for m, g in runs.groupby("model", sort=False)])
+    return rank_comparison([comparison_row(m, g, metrics) for m, g in runs.groupby("model", sort=False)])
 
 
 def collect_tables(output_dir: Path) -> dict[str, pd.DataFrame]:
@@ -123,10 +151,11 @@ def _job_tables(folder: JobFolder) -> dict[str, pd.DataFrame]:
 
 
 def write_tables(output_dir: Path, tables: dict[str, pd.DataFrame], options: StatsOptions | None = None,
-                 models: list[str] | None = None) -> list[Path]:
+                 models: list[str] | None = None, metrics: Collection[str] | None = None) -> list[Path]:
     """Write every sweep-level table of ``tables``, the comparison and the statistics (:func:`write_statistics`)
     atomically; returns the files. ``options``/``models`` (the statistics flags, the sweep's model order): read
-    from ``output_dir/config.json`` when None (:func:`recorded_stats`)."""
+    from ``output_dir/config.json`` when None (:func:`recorded_stats`); ``metrics``: the recorded metric columns
+    (:func:`metric_columns`)."""
     written = []
     for table, frame in tables.items():
         path = Path(output_dir) / (STAGE_PAM_CSV if table == "stage_pam" else TABLES[table][1])
@@ -134,14 +163,14 @@ def write_tables(output_dir: Path, tables: dict[str, pd.DataFrame], options: Sta
         written.append(path)
     if "runs" in tables:
         path = Path(output_dir) / COMPARISON_CSV
-        basic = build_comparison(tables["runs"])
+        basic = build_comparison(tables["runs"], metrics)
         atomic_write_csv(path, basic)  # stays as it is if a statistic below fails
         written.append(path)
         if options is None or models is None:
             recorded, order = recorded_stats(output_dir)
             options, models = options or recorded, models if models is not None else order
         try:
-            written += write_statistics(output_dir, tables, basic, options, models)
+            written += write_statistics(output_dir, tables, basic, options, models, metrics)
         except Exception:  # the statistics are derived: a failure there must not lose the sweep's tables
             log.exception("the comparison statistics of %s failed; %s holds the basic comparison", output_dir,
                           COMPARISON_CSV)
@@ -161,14 +190,14 @@ def recorded_stats(output_dir: Path) -> tuple[StatsOptions, list[str]]:
 
 
 def write_statistics(output_dir: Path, tables: dict[str, pd.DataFrame], basic: pd.DataFrame, options: StatsOptions,
-                     models: list[str]) -> list[Path]:
+                     models: list[str], metrics: Collection[str] | None = None) -> list[Path]:
     """Write the extended ``model_comparison.csv``, ``statistical_tests.csv`` and ``ranking.csv``
     (``engine.results.comparison_stats``) from the tables of ok runs; a statistics file that cannot be computed (no
     per-case rows) is removed, so none is left from an earlier reduce."""
     output_dir = Path(output_dir)
     runs = tables["runs"]
     per_case, val_cases = tables.get("per_case"), tables.get("val_cases")
-    comparison = extend_comparison(basic, runs, metric_columns(runs), per_case, val_cases, options,
+    comparison = extend_comparison(basic, runs, metric_columns(runs, metrics), per_case, val_cases, options,
                                    boxes=tables.get("boxes"))  # AP/FROC intervals by bootstrapping scans
     atomic_write_csv(output_dir / COMPARISON_CSV, comparison)
     written = [output_dir / COMPARISON_CSV]
@@ -194,7 +223,7 @@ def reduce_results(output_dir: Path) -> list[Path]:
         raise ValueError(f"{output_dir} has no {JOBS_DIR}/ folder: it was made before per-job results "
                          "(or is not a sweep folder); its tables are left as they are")
     with results_lock(output_dir):
-        return write_tables(output_dir, collect_tables(output_dir))
+        return write_tables(output_dir, collect_tables(output_dir), metrics=sweep_metric_columns(output_dir))
 
 
 class IncrementalReducer:
@@ -222,7 +251,7 @@ class IncrementalReducer:
         with results_lock(self.output_dir):
             for table, frame in tables.items():
                 self._append(table, frame)
-            self._update_comparison(folder, run, model_jobs)
+            self._update_comparison(folder, run, model_jobs, job_metric_columns(folder, tables["runs"]))
             if str(run["model"]) not in self._pam_models:  # a model's figures are measured once
                 self._update_stage_pam()
                 self._pam_models.add(str(run["model"]))
@@ -253,13 +282,14 @@ class IncrementalReducer:
         merged = pd.concat([read_result_csv(path), frame], ignore_index=True, sort=False)  # new columns: rare
         atomic_write_csv(path, _ordered(table, merged))
 
-    def _update_comparison(self, folder: JobFolder, run: dict[str, Any], model_jobs: list[JobFolder]) -> None:
+    def _update_comparison(self, folder: JobFolder, run: dict[str, Any], model_jobs: list[JobFolder],
+                           metrics: Collection[str]) -> None:
         model = str(run["model"])
         if model not in self._model_runs:
             self._model_runs[model] = {f.path.name: r for f in model_jobs
                                        if f.path != folder.path and (r := f.run_row()) is not None}
         self._model_runs[model][folder.path.name] = run
-        own = comparison_row(model, pd.DataFrame(list(self._model_runs[model].values())))
+        own = comparison_row(model, pd.DataFrame(list(self._model_runs[model].values())), metrics)
         path = self.output_dir / COMPARISON_CSV
         others = [{k: v for k, v in r.items() if not is_extended_column(k)}  # basic until the full reduce
                   for r in read_result_csv(path).to_dict("records") if str(r["model"]) != model] \

@@ -21,6 +21,8 @@ from dataio.types import CachedCase
 from metrics.lesionwise import lesionwise_scores
 from metrics.regions import MetricSpec, region_mask
 
+from engine.tasks.flags import TaskFlag
+
 LESIONWISE_METRICS = ("lesion_dice", "lesion_hd95")
 
 
@@ -38,6 +40,15 @@ class LesionwiseSettings:
         if options is None:
             return cls()
         return cls(dilation=int(options.lesionwise_dilation), min_lesion_size=int(options.lesionwise_min_size))
+
+
+# the flags of the lesion-wise rules (fields of engine.options.lesion_options.LesionOptions), owned by BraTS
+LESIONWISE_FLAGS: tuple[TaskFlag, ...] = (
+    TaskFlag("lesionwise_dilation", LesionwiseSettings.dilation,
+             "BraTS lesion-wise metrics: dilations of each reference lesion for matching", dict(type=int)),
+    TaskFlag("lesionwise_min_size", LesionwiseSettings.min_lesion_size, "BraTS lesion-wise metrics: reference lesions "
+             "of this many voxels or fewer are dropped", dict(type=int, metavar="VOXELS")),
+)
 
 
 class LesionwiseAccumulator:

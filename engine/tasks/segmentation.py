@@ -20,16 +20,20 @@ import torch
 import torch.nn as nn
 from torch.utils.data import Dataset
 
+from dataio.conventions import to_internal
 from dataio.sampling import PatchDataset, SliceDataset
-from dataio.types import CachedCase
+from dataio.types import CachedCase, DatasetInfo
 from losses import create_loss
 from metrics.regions import BRATS_SPEC, MetricSpec, binary_spec
 from metrics.segmentation import SegmentationMetricAccumulator
+from utils.schema import DEFAULT_BINARY_REGION
 
 from engine.inference import InferenceSettings, case_logits
 from engine.tasks.base import Selection, Task
-from engine.tasks.lesion_metrics import LESION_RUN_COLUMNS, LesionAccumulator, LesionSettings, prediction_from_probability
-from engine.tasks.lesionwise import LESIONWISE_METRICS, LesionwiseAccumulator, LesionwiseSettings
+from engine.tasks.lesion_metrics import (LESION_FLAGS, LESION_RUN_COLUMNS, LesionAccumulator, LesionSettings,
+                                         prediction_from_probability)
+from engine.tasks.lesionwise import LESIONWISE_FLAGS, LESIONWISE_METRICS, LesionwiseAccumulator, LesionwiseSettings
+from engine.tasks.registry import FolderEvaluation, TaskEntry, meta_region, register_task
 
 
 def logits_of(output: Any) -> torch.Tensor:
@@ -190,3 +194,39 @@ def binary_segmentation(region: str, loss: str = "nnunet", lesions: LesionSettin
     a two-class softmax output (Dice + CE), plus the lesion metrics (``lesions``, default settings)."""
     return SegmentationTask(binary_spec(region), loss=loss, name="binary_segmentation",
                             lesions=lesions or LesionSettings())
+
+
+def internal_labels(array: np.ndarray, convention: str, source: str) -> np.ndarray:
+    """BraTS folder evaluation maps the file's ``convention`` to internal labels (``ValueError`` naming ``source``)."""
+    return to_internal(array, convention, source=source)
+
+
+def foreground_labels(array: np.ndarray, convention: str, source: str) -> np.ndarray:
+    """Binary folder evaluation reads every non-zero voxel as foreground, whatever the label convention."""
+    return (np.asarray(array) != 0).astype(np.uint8)
+
+
+def _brats(dataset: DatasetInfo, loss: str, lesions: Any) -> SegmentationTask:
+    return brats_segmentation(loss, LesionwiseSettings.of(lesions))
+
+
+def _brats_from_meta(meta: dict[str, Any], lesions: Any) -> SegmentationTask:
+    return brats_segmentation(lesionwise=LesionwiseSettings.of(lesions))
+
+
+def _binary(dataset: DatasetInfo, loss: str, lesions: Any) -> SegmentationTask:
+    return binary_segmentation(dataset.region, loss, LesionSettings.of(lesions))
+
+
+def _binary_from_meta(meta: dict[str, Any], lesions: Any) -> SegmentationTask:
+    return binary_segmentation(meta_region(meta), lesions=LesionSettings.of(lesions))
+
+
+register_task(TaskEntry(
+    name="brats_segmentation", model_kinds=("segmentation",), label_kinds=("brats",), build=_brats,
+    rebuild=_brats_from_meta, legacy_n_classes=(BRATS_SPEC.n_classes, None), default_outputs=BRATS_SPEC.n_classes,
+    flags=LESIONWISE_FLAGS, folder=FolderEvaluation("brats", BRATS_SPEC, internal_labels)))
+register_task(TaskEntry(
+    name="binary_segmentation", model_kinds=("segmentation",), label_kinds=("binary",), build=_binary,
+    rebuild=_binary_from_meta, legacy_n_classes=(2,), flags=LESION_FLAGS,
+    folder=FolderEvaluation("binary", binary_spec(DEFAULT_BINARY_REGION), foreground_labels, lesions=True)))

@@ -278,12 +278,13 @@ class RetinaNetModel(nn.Module):
                 scores.cpu().numpy().astype(np.float32).reshape(-1))
 
 
-# num_params: create_model's default build (4 channels in, 1 class: the registry's convention for detectors); the
+# num_params: create_model's default build (4 channels in, 1 class: the detection task's default); the
 # CT build (1 channel, 1 class) has 20,902,741. Forward FLOPs: 356 G at 96x96x32, 2.6 T at 128^3.
 @register_model(
     family="retinanet", task="detection", spatial_dims=3, divisibility=16, default_patch_size=(96, 96, 32),
     paper=PAPER, num_params=20_968_597, tiny_kwargs=TINY, test_patch_size=(32, 32, 16),
-    train_defaults=dict(optimizer="sgd", momentum=0.9, lr=1e-2, weight_decay=3e-5, scheduler="step", lr_step_size=50))
+    train_defaults=dict(optimizer="sgd", momentum=0.9, lr=1e-2, weight_decay=3e-5, scheduler="step", lr_step_size=50),
+    flag_kwargs=dict(anchor_shapes="anchor_shapes"))
 def retinanet(*, in_channels: int = 1, out_channels: int = 1, **kwargs: Any) -> nn.Module:
     """ResNet-50 FPN RetinaNet; ``out_channels`` = foreground classes. kwargs: any :class:`RetinaNetModel` setting."""
     return RetinaNetModel(in_channels=in_channels, num_classes=out_channels, **kwargs)
