@@ -1,10 +1,16 @@
 """Losses of the detect-then-segment model (DetSeg3D): CenterNet-style detection terms and per-RoI Dice + BCE.
 
-- Heatmap: MONAI ``FocalLoss`` with sigmoid (``use_softmax=False``, gamma 2, no alpha, mean over cells)
-  on the heatmap LOGITS against the Gaussian target (soft targets in [0, 1]).
+- Heatmap: CenterNet's penalty-reduced focal loss (Law & Deng 2018; Zhou et al. 2019) on the heatmap LOGITS
+  against the Gaussian target ``y`` in [0, 1]: ``-(1 - p)^alpha log p`` at the peak cells (``y == 1``) and
+  ``-(1 - y)^beta p^alpha log(1 - p)`` elsewhere, alpha 2, beta 4, summed over the batch and divided by the
+  number of peak cells (lesions; at least 1), so each lesion weighs the same whatever the patch size. (A
+  sigmoid focal loss averaged over every cell, as MONAI's ``FocalLoss`` on soft targets, divides the lesion
+  terms by the cell count, a few hundred per patch, and treats every cell of ``y > 0.5`` as a lesion centre.)
 - Size / offset: L1 at the lesion centre cells only, ``sum |pred - target|`` over those cells and the
   3 axes divided by ``3 * n_pos`` (mean absolute error per coordinate, ``n_pos`` = centre cells in the
-  batch); exactly 0 (still attached to the graph) when the batch has no lesion.
+  batch); exactly 0 (still attached to the graph) when the batch has no lesion. Sizes are compared as
+  logarithms (``|log pred - log target|``, a relative error), so a lesion of one voxel and one of forty
+  weigh the same; offsets as they are.
 - RoI segmentation: per RoI, smoothed soft Dice loss ``1 - (2 sum(p t) + s) / (sum p + sum t + s)`` with
   ``s = 1`` (an empty target with an empty prediction gives ~0) plus BCE-with-logits averaged over the
   RoI's voxels; then the mean over RoIs, so each RoI (lesion) weighs the same whatever its size.
@@ -14,13 +20,25 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from monai.losses import FocalLoss
 from torch import nn
 
+SIZE_FLOOR = 1e-3  # cells: below any real size (a voxel is 1/8 cell at stride 8)
 
-def heatmap_focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0) -> torch.Tensor:
-    """Sigmoid focal loss of heatmap logits (B, 1, d, h, w) against a Gaussian target of the same shape."""
-    return FocalLoss(use_softmax=False, gamma=gamma, reduction="mean")(logits, target.to(logits.dtype))
+
+def heatmap_focal_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float = 2.0,
+                       beta: float = 4.0) -> torch.Tensor:
+    """CenterNet focal loss of heatmap logits (B, 1, d, h, w) against a Gaussian target of the same shape
+    (peak cells exactly 1), normalised by the number of peak cells in the batch (at least 1); see the module
+    docstring. Computed from the logits (``logsigmoid``), so it stays finite for any logit."""
+    if logits.shape != target.shape:
+        raise ValueError(f"heatmap logits {tuple(logits.shape)} and target {tuple(target.shape)} differ in shape")
+    x, y = logits.float(), target.float()
+    p = torch.sigmoid(x)
+    peak = y >= 1.0
+    pos = (1 - p).pow(alpha) * F.logsigmoid(x)
+    neg = (1 - y).pow(beta) * p.pow(alpha) * F.logsigmoid(-x)
+    n_peaks = peak.sum().clamp(min=1)
+    return -(torch.where(peak, pos, neg).sum() / n_peaks).to(logits.dtype)
 
 
 def masked_l1(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -70,24 +88,31 @@ class RoIDiceBCELoss(nn.Module):
         return f"smooth={self.smooth}"
 
 
+def _log(size: torch.Tensor) -> torch.Tensor:
+    """Log of positive sizes; cells without a size (0, masked out by the L1) get a finite value."""
+    return size.clamp(min=SIZE_FLOOR).log()
+
+
 class CenterNetDetectionLoss(nn.Module):
-    """``w_heatmap * focal(heatmap logits) + w_size * L1(size) + w_offset * L1(offset)``, weights 1, 1, 1.
+    """``w_heatmap * focal(heatmap logits) + w_size * L1(log size) + w_offset * L1(offset)``, weights 1, 1, 1.
 
     ``forward`` returns the three weighted terms as a dict (``heatmap``, ``size``, ``offset``).
     """
 
-    def __init__(self, w_heatmap: float = 1.0, w_size: float = 1.0, w_offset: float = 1.0, gamma: float = 2.0) -> None:
+    def __init__(self, w_heatmap: float = 1.0, w_size: float = 1.0, w_offset: float = 1.0, alpha: float = 2.0,
+                 beta: float = 4.0) -> None:
         super().__init__()
         self.w_heatmap, self.w_size, self.w_offset = float(w_heatmap), float(w_size), float(w_offset)
-        self.gamma = float(gamma)
+        self.alpha, self.beta = float(alpha), float(beta)
 
     def forward(self, heat_logits: torch.Tensor, size: torch.Tensor, offset: torch.Tensor,
                 targets: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {
-            "heatmap": self.w_heatmap * heatmap_focal_loss(heat_logits, targets["heatmap"], self.gamma),
-            "size": self.w_size * masked_l1(size, targets["size"], targets["mask"]),
+            "heatmap": self.w_heatmap * heatmap_focal_loss(heat_logits, targets["heatmap"], self.alpha, self.beta),
+            "size": self.w_size * masked_l1(_log(size), _log(targets["size"]), targets["mask"]),
             "offset": self.w_offset * masked_l1(offset, targets["offset"], targets["mask"]),
         }
 
     def extra_repr(self) -> str:
-        return f"w_heatmap={self.w_heatmap}, w_size={self.w_size}, w_offset={self.w_offset}, gamma={self.gamma}"
+        return (f"w_heatmap={self.w_heatmap}, w_size={self.w_size}, w_offset={self.w_offset}, alpha={self.alpha}, "
+                f"beta={self.beta}")

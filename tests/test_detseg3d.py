@@ -66,13 +66,13 @@ def test_extract_rois_peaks_threshold_nms_and_decoding() -> None:
     size[:, 1, 1, 1] = size[:, 1, 1, 2] = 3.0
     heat[4, 4, 4] = 0.5
     heat[1, 4, 4] = 0.05  # below the threshold
-    size[:, 4, 4, 4] = torch.tensor([0.1, 2.0, 20.0])  # 0.8 / 16 / 160 voxels -> clipped to 8 / 16 / 64
+    size[:, 4, 4, 4] = torch.tensor([0.1, 2.0, 20.0])  # 0.8 / 16 / 160 voxels -> clipped to 1 / 16 / 64
     offset[:, 4, 4, 4] = torch.tensor([0.25, 0.5, 0.75])
     boxes, scores = R.extract_rois(heat, size, offset, threshold=0.1, nms_iou=0.3, max_rois=64)
     assert boxes.shape == (2, 6) and scores.tolist() == pytest.approx([0.9, 0.5])
     centre = (boxes[1, :3] + boxes[1, 3:]) / 2
     np.testing.assert_allclose(centre, (torch.tensor([4, 4, 4]) + torch.tensor([0.25, 0.5, 0.75])) * 8)
-    np.testing.assert_allclose(boxes[1, 3:] - boxes[1, :3], [8, 16, 64])
+    np.testing.assert_allclose(boxes[1, 3:] - boxes[1, :3], [1, 16, 64])
     np.testing.assert_allclose(boxes[0], [0, 0, 0, 24, 24, 24])  # the first of the tie (cell 1,1,1)
     # without NMS (IoU threshold 1) the duplicate survives
     boxes2, _ = R.extract_rois(heat, size, offset, threshold=0.1, nms_iou=1.0, max_rois=64)
@@ -150,9 +150,11 @@ def test_detection_loss_terms() -> None:
     logits = torch.zeros(1, 1, 2, 2, 2, requires_grad=True)
     target = torch.zeros(1, 1, 2, 2, 2)
     target[0, 0, 0, 0, 0] = 1
-    from monai.losses import FocalLoss
-
-    torch.testing.assert_close(heatmap_focal_loss(logits, target), FocalLoss(use_softmax=False)(logits, target))
+    target[0, 0, 1, 0, 0] = 0.5
+    # p = 0.5 everywhere: peak 0.25 log 2, the 0.5 cell 0.5^4 0.25 log 2, the six zeros 0.25 log 2 each; one peak
+    expected = math.log(2) * 0.25 * (1 + 0.5**4 + 6)
+    assert float(heatmap_focal_loss(logits, target).detach()) == pytest.approx(expected, rel=1e-6)
+    assert math.isfinite(float(heatmap_focal_loss(torch.full((1, 1, 2, 2, 2), 80.0), target)))
     pred = torch.zeros(1, 3, 2, 2, 2)
     tgt = torch.zeros(1, 3, 2, 2, 2)
     tgt[0, :, 1, 1, 1] = torch.tensor([3.0, 6.0, 9.0])
@@ -164,7 +166,7 @@ def test_detection_loss_terms() -> None:
 
 
 # ----------------------------------------------------------------------------- training RoIs
-@pytest.mark.parametrize("neg_ratio,expected", [(1.0, 2), (0.5, 1), (2.0, 4)])
+@pytest.mark.parametrize("neg_ratio,expected", [(1.0, 3), (0.5, 2), (2.0, 6)])
 def test_hard_negatives_never_overlap_a_lesion_and_follow_neg_ratio(neg_ratio: float, expected: int) -> None:
     model = _tiny(neg_ratio=neg_ratio)
     label = np.zeros((64, 64, 64), dtype=np.uint8)
@@ -182,8 +184,9 @@ def test_hard_negatives_never_overlap_a_lesion_and_follow_neg_ratio(neg_ratio: f
     size, offset = torch.ones(3, 8, 8, 8), torch.full((3, 8, 8, 8), 0.5)
     torch.manual_seed(1)
     pos, neg = model.training_rois(heat_logits, size, offset, t["boxes"], t["all_boxes"])
-    assert pos.shape == (2, 6)  # the lesion plain + one jittered copy
+    assert pos.shape == (3, 6)  # the lesion plain, the proposal hitting it (IoU 512 / 1000), one jittered copy
     np.testing.assert_allclose(pos[0], [20, 20, 20, 30, 30, 30])
+    np.testing.assert_allclose(pos[1], [24, 24, 24, 32, 32, 32])  # the peak at cell (3, 3, 3): 8^3 around 28
     assert neg.shape == (expected, 6)
     assert not R.boxes_overlap_any(neg, torch.from_numpy(t["all_boxes"])).any()
     np.testing.assert_allclose(neg[0], [0, 0, 56, 8, 8, 64])  # the highest peak off every component
@@ -236,8 +239,9 @@ def test_predict_on_a_scan_not_a_multiple_of_8() -> None:
     model = _tiny(infer_threshold=0.0)  # every local maximum becomes a RoI
     model.train()
     image = torch.randn(1, 37, 29, 19)
-    prob, boxes, scores = model.predict(image)
+    prob, boxes, scores, peak = model.predict(image)
     assert model.training  # mode restored
+    assert peak == pytest.approx(float(scores[0]))  # the highest local maximum is the heatmap's maximum
     assert prob.shape == (37, 29, 19) and prob.dtype == np.float32
     assert boxes.dtype == np.float32 and scores.dtype == np.float32
     assert boxes.ndim == 2 and boxes.shape[1] == 6 and 0 < len(boxes) <= TINY["max_rois"]
@@ -247,12 +251,13 @@ def test_predict_on_a_scan_not_a_multiple_of_8() -> None:
     assert np.all(boxes[:, 3:] > boxes[:, :3])
     assert 0 <= prob.min() and prob.max() <= 1
     inside = np.zeros(prob.shape, dtype=bool)
-    for b in boxes:
+    for b in model.crop_boxes(torch.from_numpy(boxes)):
         inside[R.paste_region(b.tolist(), prob.shape)] = True
-    assert np.all(prob[~inside] == 0)
+    assert np.all(prob[~inside] == 0)  # pasted over the crop boxes only
     # the default inference threshold on an untrained detector finds nothing: empty RoIs, zero probability
-    prob0, boxes0, scores0 = _tiny().predict(image)
+    prob0, boxes0, scores0, peak0 = _tiny().predict(image)
     assert prob0.shape == (37, 29, 19) and boxes0.shape == (0, 6) and scores0.shape == (0,) and prob0.max() == 0
+    assert 0 < peak0 < 0.1  # below the threshold, still reported
 
 
 def test_forward_shape_and_gradient_reaches_every_parameter() -> None:
@@ -280,3 +285,124 @@ def test_builder_contract() -> None:
     n_det = sum(p.numel() for p in model.detector.parameters())
     n_seg = sum(p.numel() for p in model.segmenter.parameters())
     assert (n_det, n_seg) == (8_522_823, 4_738_058)  # detector 8.52M as measured for the original
+
+
+# ----------------------------------------------------------------------------- box and heatmap calibration
+HEAD_CT_LESION = (slice(21, 26), slice(34, 41), slice(9, 10))  # 5 x 7 x 1 voxels: one 5 mm slice of a head CT
+
+
+def _thin_lesion() -> np.ndarray:
+    label = np.zeros((64, 64, 16), dtype=np.uint8)
+    label[HEAD_CT_LESION] = 1
+    return label
+
+
+class _OracleDetector(torch.nn.Module):
+    """Detector maps equal to the targets of ``label``: heatmap logits, sizes (cells) and offsets."""
+
+    def __init__(self, label: np.ndarray) -> None:
+        super().__init__()
+        t = R.make_targets(label, [s // 8 for s in label.shape])
+        self.maps = [torch.from_numpy(t[k])[None] for k in ("heatmap", "size", "offset")]
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        heat, size, offset = self.maps
+        return torch.logit(heat.clamp(1e-4, 1 - 1e-4)), size, offset
+
+
+def test_a_lesion_box_encoded_into_targets_decodes_back_to_itself() -> None:
+    label = _thin_lesion()
+    t = R.make_targets(label, (8, 8, 2))
+    np.testing.assert_array_equal(t["boxes"], [[21, 34, 9, 26, 41, 10]])
+    heat, size, offset = (torch.from_numpy(t[k]) for k in ("heatmap", "size", "offset"))
+    boxes, scores = R.extract_rois(heat[0], size, offset, threshold=0.1)
+    assert boxes.shape == (1, 6) and float(scores[0]) == 1.0  # the Gaussian's centre is its only local maximum
+    np.testing.assert_allclose(boxes[0], t["boxes"][0], atol=1e-5)
+
+
+def test_detseg3d_reports_the_lesion_box_and_segments_a_wider_crop() -> None:
+    """A detector whose maps are perfect gives the lesion's own box (IoU 1; clipped to 8 voxels per axis it
+    would be 8 x 8 x 8, IoU 35 / 512 < 0.1 with this 5 x 7 x 1 lesion), while the segmenter's crop keeps
+    ``min_box`` voxels of context per axis around the same centre."""
+    model = _tiny().eval()
+    label = _thin_lesion()
+    model.detector = _OracleDetector(label)
+    found = model.predict(torch.zeros(1, *label.shape))
+    prob, boxes, scores = found[:3]
+    np.testing.assert_allclose(boxes, [[21, 34, 9, 26, 41, 10]], atol=1e-4)
+    assert scores.tolist() == pytest.approx([1.0], abs=1e-3) and found.peak == pytest.approx(1.0, abs=1e-3)
+    crop = model.crop_boxes(torch.from_numpy(boxes))[0]
+    np.testing.assert_allclose(crop, [19.5, 33.5, 5.5, 27.5, 41.5, 13.5], atol=1e-4)
+    inside = np.zeros(label.shape, dtype=bool)
+    inside[R.paste_region(crop.tolist(), label.shape)] = True
+    assert prob[inside].min() > 0 and prob[~inside].max() == 0  # pasted over the crop box
+
+
+def test_a_peak_decoding_outside_the_scan_is_dropped_and_each_mask_stays_with_its_box() -> None:
+    """A scan of 13 slices is padded to 16; a peak of the padding whose box lies beyond slice 13 is dropped
+    before the crops, so the lesion's own crop is what is pasted over it."""
+    label = np.zeros((64, 64, 16), dtype=np.uint8)
+    label[HEAD_CT_LESION] = 1
+    model = _tiny().eval()
+    model.detector = _OracleDetector(label)
+    heat, size, offset = model.detector.maps
+    heat[0, 0, 2, 4, 1] = 0.9  # the lesion's peak, now second
+    heat[0, 0, 6, 6, 1] = 1.0  # decodes to slices [14.7, 15.7): padding only
+    size[0, :, 6, 6, 1] = torch.tensor([1.0, 1.0, 1 / 8])
+    offset[0, :, 6, 6, 1] = torch.tensor([0.5, 0.5, 0.9])
+    model.segmenter = _Intensity()
+    image = torch.from_numpy(label[None, :, :, :13].astype(np.float32))
+    prob, boxes, scores, _ = model.predict(image)
+    np.testing.assert_allclose(boxes, [[21, 34, 9, 26, 41, 10]], atol=1e-4)
+    assert scores.tolist() == pytest.approx([0.9], abs=1e-3)
+    found = prob >= 0.5
+    assert 2 * (found & (label[:, :, :13] > 0)).sum() / (found.sum() + label.sum()) > 0.5
+
+
+class _Intensity(torch.nn.Module):
+    """A segmenter whose logits follow the crop's intensity (foreground above 0.5)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 20 * (x - 0.5)
+
+
+@pytest.mark.parametrize("feature_shape", [(4, 4, 2), (16, 16, 8)])
+def test_heatmap_loss_pushes_a_lesion_peak_up_whatever_the_patch_size(feature_shape: tuple[int, int, int]) -> None:
+    """At the focal prior (p = 0.01) the loss's gradient raises the centre cell with an O(1) force that does not
+    shrink with the number of cells, and lowers the Gaussian's neighbours (target exp(-1/2) ~ 0.61 < 1): only
+    the centre is a positive."""
+    label = np.zeros([8 * s for s in feature_shape], dtype=np.uint8)
+    label[9:14, 10:17, 4:5] = 1  # centre (11.5, 13.5, 4.5) voxels: cell (1, 1, 0)
+    target = torch.from_numpy(R.make_targets(label, feature_shape)["heatmap"])[None]
+    logits = torch.full(target.shape, -math.log(99.0), requires_grad=True)
+    heatmap_focal_loss(logits, target).backward()
+    grad = logits.grad[0, 0]
+    assert float(target[0, 0, 2, 1, 0]) == pytest.approx(math.exp(-0.5))
+    assert float(grad[1, 1, 0]) == pytest.approx(-(0.99**3) + 2 * 0.01 * 0.99**2 * math.log(0.01), rel=1e-4)
+    assert float(grad[2, 1, 0]) > 0 and float(grad[1, 2, 0]) > 0
+    assert float(grad.sum()) < 0  # the net force is upwards: the peak is learnable from the prior
+
+
+def test_detector_maps_are_the_same_in_training_and_at_inference() -> None:
+    """Trained one patch per step, a batch-statistics norm computes another function at inference."""
+    model = _tiny()
+    image, _ = _batch()
+    model.train()
+    with torch.no_grad():
+        trained = model.detector(image[:1])
+    model.eval()
+    with torch.no_grad():
+        inferred = model.detector(image[:1])
+    for a, b in zip(trained, inferred):
+        torch.testing.assert_close(a, b)
+
+
+def test_the_size_loss_reaches_the_size_head_whatever_its_output() -> None:
+    """A size head whose output at every cell is far below the target still gets a gradient (no dead zone)."""
+    model = _tiny().train()
+    with torch.no_grad():
+        model.detector.size_head[-1].bias.fill_(-10.0)
+    image, label = _batch()
+    model.training_losses(image, label)["size"].backward()
+    assert float(model.detector.size_head[-1].weight.grad.abs().sum()) > 0
+    assert float(model.detector.size_head[-1].bias.grad.sum()) < 0  # descent raises the sizes

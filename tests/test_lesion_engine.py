@@ -20,9 +20,12 @@ from engine.options.config import ExperimentConfig, parse_config
 from engine.options.lesion_options import LesionOptions
 from engine.tasks.lesion_outputs import box_records, save_lesion_prediction
 from engine.tasks import binary_segmentation
+from engine.tasks.detect_segment import DetectSegmentTask
+from engine.tasks.detection import DetectionTask
 from engine.tasks.lesion_metrics import LesionAccumulator, LesionPrediction, LesionSettings
 from engine.trainer_settings import TrainerSettings
 from metrics.detection import LESION_COLUMNS
+from models import model_info
 
 RECIPE = dict(optimizer="sgd", momentum=0.9, lr=1e-2, weight_decay=3e-5, scheduler="step", lr_step_size=50)
 
@@ -54,9 +57,10 @@ def test_a_models_recipe_fills_only_the_training_flags_left_unset() -> None:
 def test_lesion_flags_are_validated_and_reach_their_model_family() -> None:
     config = parse_config(["--max_rois", "12", "--roi_size", "16", "16", "16", "--anchor_shapes", "4", "4", "2",
                            "--min_lesion_size", "3"])
-    assert config.model_flag_kwargs("detseg3d") == dict(max_rois=12, roi_size=(16, 16, 16), min_lesion_size=3)
-    assert config.model_flag_kwargs("retinanet") == dict(anchor_shapes=[[4, 4, 2]])
-    assert config.model_flag_kwargs("unet3d") == {}
+    flags = {name: model_info(name).flag_kwargs for name in ("detseg3d", "retinanet", "unet3d_xs")}
+    assert config.model_flag_kwargs(flags["detseg3d"]) == dict(max_rois=12, roi_size=(16, 16, 16), min_lesion_size=3)
+    assert config.model_flag_kwargs(flags["retinanet"]) == dict(anchor_shapes=[[4, 4, 2]])
+    assert config.model_flag_kwargs(flags["unet3d_xs"]) == {}
     for bad, message in ((["--lesion_score_threshold", "2"], "lesion_score_threshold"),
                          (["--min_lesion_size", "0"], "min_lesion_size"), (["--roi_size", "4", "4", "4"], "roi_size")):
         with pytest.raises(SystemExit):
@@ -91,6 +95,23 @@ def test_lesion_accumulator_counts_lesions_and_sums_them_per_run() -> None:
     assert aggregate["lesions"] == 2 and aggregate["fp_components"] == 1 and aggregate["n_cases"] == 2
     assert set(LESION_COLUMNS) <= set(aggregate)
     assert 0 < aggregate["ap_10"] <= 1 and 0 <= aggregate["froc_cpm"] <= 1
+    assert aggregate["proposals_mean"] == 1.5 and aggregate["max_score"] == pytest.approx(0.9)
+
+
+def test_detector_validation_rows_show_the_proposals_per_scan_and_the_highest_score() -> None:
+    """A detector that proposes nothing still shows how far its best score is from its threshold."""
+    acc = LesionAccumulator(LesionSettings())
+    acc.update(_case(_lesion_label(), "a"), LesionPrediction(np.zeros((0, 6), np.float32), np.zeros(0, np.float32),
+                                                             peak_score=0.07))
+    acc.update(_case(np.zeros((16, 16, 8)), "b"), LesionPrediction(np.array([[7, 0, 0, 9, 2, 2]], np.float32),
+                                                                   np.array([0.04], np.float32)))
+    aggregate = acc.aggregate()
+    assert aggregate["proposals_mean"] == 0.5 and aggregate["max_score"] == pytest.approx(0.07)
+    for task in (DetectionTask("ich"), DetectSegmentTask("ich")):
+        row = task.validation_row(aggregate, None)
+        assert row["val_proposals_mean"] == 0.5 and row["val_max_score"] == pytest.approx(0.07)
+        assert "val_map" in row and "val_n_pred_boxes" not in row
+    assert math.isnan(LesionAccumulator(LesionSettings()).aggregate()["proposals_mean"])
 
 
 def test_lesion_accumulator_shares_equal_one_process() -> None:

@@ -6,7 +6,9 @@ its own targets from the label patch (heatmap, sizes, offsets, RoI masks) and re
 Prediction: the model's ``predict`` over the whole scan gives the pasted foreground probability and
 the RoIs with their confidences. Metrics: the mask's Dice, HD95 (mm), precision and recall of the binary
 region (probability >= 0.5) plus the lesion metrics of the RoIs (``engine.tasks.lesion_metrics``).
-Selection: the highest validation ``dice_mean`` (the region's Dice), as for segmentation models.
+Selection: the highest validation ``dice_mean`` (the region's Dice), as for segmentation models. Each
+validation also reports the RoIs per scan (``proposals_mean``) and the highest heatmap probability
+(``max_score``, what a RoI must exceed the model's ``infer_threshold`` by).
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from metrics.regions import binary_spec
 
 from engine.inference import InferenceSettings, case_tensor
 from engine.tasks.base import Selection
-from engine.tasks.detection import DetectionTask
+from engine.tasks.detection import DetectionTask, region_task_entry
+from engine.tasks.registry import register_task
 from engine.tasks.lesion_metrics import LESION_RUN_COLUMNS, LesionAccumulator, LesionPrediction, LesionSettings
 
 
@@ -31,7 +34,7 @@ class DetectSegmentTask(DetectionTask):
 
     name = "detect_segment"
     selection = Selection(metric="dice_mean", mode="max", column="best_val_dice")
-    validation_prefixes = ("dice_", "map", "mar", "ap_", "froc_cpm")
+    validation_prefixes = ("dice_", *DetectionTask.validation_prefixes)
     may_skip_parameters = True  # a batch whose RoIs are all cut off can leave segmenter weights without gradient
 
     def __init__(self, region: str, lesions: LesionSettings | None = None) -> None:
@@ -43,9 +46,10 @@ class DetectSegmentTask(DetectionTask):
         return model(image, batch["label"].to(device, non_blocking=True))
 
     def predict_case(self, model: nn.Module, case: CachedCase, settings: InferenceSettings) -> LesionPrediction:
-        probability, boxes, scores = model.predict(case_tensor(case, settings.modalities))
-        return LesionPrediction(boxes=np.asarray(boxes, dtype=np.float32), scores=np.asarray(scores, dtype=np.float32),
-                                probability=np.asarray(probability, dtype=np.float32))
+        found = model.predict(case_tensor(case, settings.modalities))
+        return LesionPrediction(boxes=np.asarray(found.boxes, dtype=np.float32),
+                                scores=np.asarray(found.scores, dtype=np.float32),
+                                probability=np.asarray(found.probability, dtype=np.float32), peak_score=found.peak)
 
     def new_accumulator(self, *, stage: str, with_loss: bool = False) -> LesionAccumulator:
         return LesionAccumulator(self.lesions, mask_spec=self.spec, include_hd95=stage == "test")
@@ -53,3 +57,6 @@ class DetectSegmentTask(DetectionTask):
     def result_columns(self) -> tuple[str, ...]:
         r = self.region
         return (f"dice_{r}", "dice_mean", f"hd95_{r}", f"precision_{r}", f"recall_{r}", *LESION_RUN_COLUMNS)
+
+
+register_task(region_task_entry(DetectSegmentTask, "detect_segment"))

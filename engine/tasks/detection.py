@@ -8,7 +8,8 @@ Boxes are MONAI's ``[x1, y1, z1, x2, y2, z2]`` over array axes 0, 1, 2, max excl
 Prediction: the model's ``detect`` over the whole scan (sliding windows of the training patch).
 Metrics: ``engine.tasks.lesion_metrics`` (AP/mAP/mAR, FROC, per-case counts); no mask, so no Dice.
 Selection: the highest validation ``map``. Validation reports no loss (``val_loss`` NaN): a detector's
-loss over a whole scan depends on its anchor sampling, not on the prediction being scored.
+loss over a whole scan depends on its anchor sampling, not on the prediction being scored; it reports the
+boxes per scan (``proposals_mean``) and the highest box score (``max_score``) beside AP/mAR/FROC.
 """
 
 from __future__ import annotations
@@ -29,7 +30,9 @@ from metrics.lesions import boxes_from_mask
 
 from engine.inference import InferenceSettings, case_tensor
 from engine.tasks.base import Selection, Task
-from engine.tasks.lesion_metrics import LESION_RUN_COLUMNS, LesionAccumulator, LesionPrediction, LesionSettings
+from engine.tasks.lesion_metrics import (LESION_FLAGS, LESION_RUN_COLUMNS, LesionAccumulator, LesionPrediction,
+                                         LesionSettings)
+from engine.tasks.registry import TaskEntry, meta_region, register_task
 
 ZOOM = dict(prob=0.2, min_zoom=0.8, max_zoom=1.2)  # the RetinaNet seed's zoom range
 
@@ -57,7 +60,7 @@ class DetectionTask(Task):
 
     name = "detection"
     selection = Selection(metric="map", mode="max", column="best_val_map")
-    validation_prefixes = ("map", "mar", "ap_", "froc_cpm")
+    validation_prefixes = ("map", "mar", "ap_", "froc_cpm", "proposals_mean", "max_score")
     supports_tta = False  # boxes of flipped scans would need merging (weighted box fusion): not offered
 
     def __init__(self, region: str, lesions: LesionSettings | None = None) -> None:
@@ -100,3 +103,15 @@ class DetectionTask(Task):
 
     def checkpoint_meta(self) -> dict[str, Any]:
         return dict(super().checkpoint_meta(), regions={self.region: [1]})
+
+
+def region_task_entry(cls: type[DetectionTask], kind: str, **extra: Any) -> TaskEntry:
+    """The registry entry of lesion task ``cls`` (one foreground region, one output) for ``kind`` models on
+    binary data, owning the lesion flags; ``extra``: further :class:`TaskEntry` fields."""
+    return TaskEntry(name=cls.name, model_kinds=(kind,), label_kinds=("binary",),
+                     build=lambda dataset, loss, lesions: cls(dataset.region, LesionSettings.of(lesions)),
+                     rebuild=lambda meta, lesions: cls(meta_region(meta), LesionSettings.of(lesions)),
+                     default_outputs=1, flags=LESION_FLAGS, **extra)
+
+
+register_task(region_task_entry(DetectionTask, "detection", box_files=True))

@@ -9,7 +9,10 @@ probability. Ground-truth lesions are the 26-connected components of the referen
 Per case: ``lesions``, ``lesions_found``, ``lesions_missed``, ``fp_components`` (predictions scored at
 least ``score_threshold``, matched by the FROC hit rule) and ``n_pred_boxes``; the run's value of each
 count is its sum over the cases. Per dataset: AP/mAP/mAR and FROC over every case (``metrics.detection``),
-NaN when the cases hold no lesion. Table ``boxes`` (:meth:`LesionAccumulator.tables`): each case's boxes, for the
+NaN when the cases hold no lesion, and what shows at once whether a detector proposes anything:
+``proposals_mean`` (predicted boxes per case) and ``max_score`` (the highest confidence over the cases: the
+prediction's ``peak_score`` where the model gives one, e.g. DetSeg3D's heatmap peak, else its highest box
+score, 0 without boxes). Table ``boxes`` (:meth:`LesionAccumulator.tables`): each case's boxes, for the
 scan bootstrap of those dataset-level metrics in the comparison statistics. Models that output a mask also get Dice, HD95 (mm), precision and
 recall of the mask per case (``mask_spec``).
 """
@@ -24,9 +27,11 @@ import numpy as np
 from dataio.types import CachedCase
 from metrics.detection import LESION_CASE_COLUMNS, LESION_COLUMNS, CaseBoxes, detection_metrics, lesion_counts
 from metrics.lesion_bootstrap import box_rows
-from metrics.lesions import boxes_from_mask, scored_boxes
+from metrics.lesions import HIT_RULES, boxes_from_mask, scored_boxes
 from metrics.regions import MetricSpec
 from metrics.segmentation import SegmentationMetricAccumulator
+
+from engine.tasks.flags import TaskFlag
 
 SUMMED_COLUMNS = (*LESION_CASE_COLUMNS, "n_pred_boxes")
 
@@ -43,11 +48,25 @@ class LesionSettings:
 
     @classmethod
     def of(cls, options: Any) -> "LesionSettings":
-        """From the lesion flags (``LesionOptions`` or a config extending it); defaults when ``None``."""
+        """From the lesion flags (``LesionOptions`` or a config extending it; settings stay as they are);
+        defaults when ``None``."""
         if options is None:
             return cls()
+        if isinstance(options, cls):
+            return options
         return cls(min_size=int(options.min_lesion_size), hit_rule=str(options.lesion_hit),
                    score_threshold=float(options.lesion_score_threshold))
+
+
+# the flags of lesion matching (fields of engine.options.lesion_options.LesionOptions), owned by every lesion task
+LESION_FLAGS: tuple[TaskFlag, ...] = (
+    TaskFlag("min_lesion_size", LesionSettings.min_size, "smallest 26-connected component counted as a lesion, in the "
+             "reference and in predictions", dict(type=int, metavar="VOXELS")),
+    TaskFlag("lesion_hit", LesionSettings.hit_rule, "when a prediction hits a lesion, for FROC and the per-case "
+             "counts: IoU >= 0.1, or the prediction's centre inside the lesion box", dict(choices=HIT_RULES)),
+    TaskFlag("lesion_score_threshold", LesionSettings.score_threshold, "per-case lesion counts use predictions scored "
+             "at least this; AP and FROC use all", dict(type=float)),
+)
 
 
 @dataclass
@@ -58,6 +77,7 @@ class LesionPrediction:
     boxes: np.ndarray
     scores: np.ndarray
     probability: np.ndarray | None = None
+    peak_score: float | None = None  # highest confidence before any threshold (None: the highest box score)
 
     def labels(self) -> np.ndarray | None:
         """The binary mask (probability >= 0.5) as uint8 labels, or ``None`` for box-only models."""
@@ -81,6 +101,7 @@ class LesionAccumulator:
         self.masks = SegmentationMetricAccumulator(mask_spec, include_hd95=include_hd95) if mask_spec else None
         self.cases: dict[str, CaseBoxes] = {}
         self.rows: dict[str, dict[str, Any]] = {}
+        self.peaks: dict[str, float] = {}  # each case's highest confidence (``max_score``)
 
     def update(self, case: CachedCase, prediction: LesionPrediction) -> None:
         """Add one labelled case."""
@@ -88,6 +109,8 @@ class LesionAccumulator:
             return
         gt = boxes_from_mask(np.asarray(case.label) > 0, min_size=self.settings.min_size)
         self.add_boxes(case.case_id, prediction.boxes, prediction.scores, gt)
+        if prediction.peak_score is not None:
+            self.peaks[case.case_id] = max(self.peaks[case.case_id], float(prediction.peak_score))
         labels = prediction.labels()
         if self.masks is not None and labels is not None:
             self.masks.update(labels, np.asarray(case.label, dtype=np.uint8), case.spacing, case.case_id,
@@ -103,6 +126,7 @@ class LesionAccumulator:
                                score_threshold=s.score_threshold)
         self.cases[case_id] = entry
         self.rows[case_id] = dict(case_id=case_id, **counts, n_pred_boxes=len(entry.pred_scores))
+        self.peaks[case_id] = float(entry.pred_scores.max(initial=0.0))
 
     def per_case(self) -> list[dict[str, Any]]:
         masks = {r["case_id"]: r for r in self.masks.per_case()} if self.masks else {}
@@ -113,6 +137,8 @@ class LesionAccumulator:
         out["n_cases"] = len(self.rows)
         for column in SUMMED_COLUMNS:
             out[column] = float(sum(row[column] for row in self.rows.values()))
+        out["proposals_mean"] = out["n_pred_boxes"] / len(self.rows) if self.rows else float("nan")
+        out["max_score"] = max(self.peaks.values(), default=float("nan"))
         s = self.settings
         out.update(detection_metrics(list(self.cases.values()), rule=s.hit_rule, iou_threshold=s.iou_threshold,
                                      max_detections=s.max_detections))
@@ -131,17 +157,18 @@ class LesionAccumulator:
     def mean_loss(self) -> float | None:
         return None
 
-    def share(self) -> tuple[Any, dict[str, CaseBoxes], dict[str, dict[str, Any]]]:
-        return (self.masks.share() if self.masks else None), dict(self.cases), dict(self.rows)
+    def share(self) -> tuple[Any, dict[str, CaseBoxes], dict[str, dict[str, Any]], dict[str, float]]:
+        return (self.masks.share() if self.masks else None), dict(self.cases), dict(self.rows), dict(self.peaks)
 
-    def merge(self, shares: list[tuple[Any, dict[str, CaseBoxes], dict[str, dict[str, Any]]]],
+    def merge(self, shares: list[tuple[Any, dict[str, CaseBoxes], dict[str, dict[str, Any]], dict[str, float]]],
               order: list[str]) -> None:
         if self.masks is not None:
-            self.masks.merge([m for m, _, _ in shares if m is not None], order=order)
-        for _, cases, rows in shares:
+            self.masks.merge([m for m, *_ in shares if m is not None], order=order)
+        for _, cases, rows, peaks in shares:
             for case_id in cases:
                 self.cases.setdefault(case_id, cases[case_id])
                 self.rows.setdefault(case_id, rows[case_id])
+                self.peaks.setdefault(case_id, peaks[case_id])
         position = {c: i for i, c in enumerate(order)}
         key = lambda item: position.get(item[0], len(position))  # noqa: E731
         self.cases = dict(sorted(self.cases.items(), key=key))

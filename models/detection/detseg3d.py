@@ -1,15 +1,27 @@
 """DetSeg3D: a CenterNet-style 3D lesion detector (stride 8) followed by a U-Net on each RoI.
 
-After kevinkwshin/DetSeg3D ``main.py`` (MODEL_SPECS 2.1), with these deliberate differences: the focal
-loss is applied to the heatmap logits (the original applied MONAI's FocalLoss to probabilities), the
-detection terms have equal weights 1/1/1, RoI peaks go through 3D NMS, training RoIs are the ground-truth
-boxes (plain and jittered) plus hard negatives, and the RoI U-Net uses instance norm.
+After kevinkwshin/DetSeg3D ``main.py`` (MODEL_SPECS 2.1), with these deliberate differences:
 
-Stage 1, detector (BN + ReLU throughout): init Convolution 3^3 (in -> c); three levels, each a MONAI
+- the heatmap loss is CenterNet's penalty-reduced focal loss on the logits, normalised by the number of
+  lesions (the original applied MONAI's FocalLoss, a mean over every cell, to probabilities); the size loss
+  compares log sizes (:mod:`losses.detection`); the detection terms have equal weights 1/1/1;
+- the size head predicts log sizes (``exp`` instead of the original ReLU, whose zero output at a lesion's
+  centre gets no gradient);
+- the detector uses GroupNorm (8 groups) instead of BatchNorm: trained on one patch per step, BatchNorm
+  normalises each patch by its own statistics but a scan at inference by its running averages, so the
+  heatmap learnt in training shifts at inference (higher off the lesions, lower at their centres);
+- each RoI has two boxes: the decoded *detection box* (reported and scored against the lesions' boxes) and a
+  *crop box* of the same centre with sizes clipped to ``[min_box, max_box]`` (segmented and pasted back), so
+  a lesion thinner than ``min_box`` (one 5 mm slice of a head CT) keeps a box that can overlap its own;
+- RoI peaks go through 3D NMS; training RoIs are the ground-truth boxes (plain and jittered) and the
+  detector's proposals that hit a lesion, plus hard negatives; the RoI U-Net uses instance norm.
+
+Stage 1, detector (GroupNorm + ReLU throughout): init Convolution 3^3 (in -> c); three levels, each a MONAI
 ``ResidualUnit`` (2 subunits, 3^3) then a stride-2 ``Convolution`` (c -> 2c -> 4c -> 8c); a fusion
-``ResidualUnit`` (8c); three heads, each Convolution 3^3 (8c -> 4c, BN, ReLU) + 1^3 conv:
+``ResidualUnit`` (8c); three heads, each Convolution 3^3 (8c -> 4c, GroupNorm, ReLU) + 1^3 conv:
 heatmap (1 channel, logits; bias initialised to the focal prior -log((1 - 0.01) / 0.01)),
-size (3 channels, ReLU, in cells = voxels / 8), offset (3 channels, sigmoid, in [0, 1) of a cell).
+size (3 channels, ``exp`` of the head's output clipped to +-``LOG_SIZE_LIMIT`` with gradients passing the clip,
+in cells = voxels / 8; about 1 cell at initialisation), offset (3 channels, sigmoid, in [0, 1) of a cell).
 
 Stage 2, RoI segmenter: MONAI ``UNet`` (3D, in_channels -> 1 logit, channels ``seg_channels``, strides 2,
 2 residual units, dropout 0.1, instance norm, so each RoI is segmented independently of its mini-batch).
@@ -21,7 +33,7 @@ Conventions are those of :mod:`models.detection.roi` (boxes ``[x1, y1, z1, x2, y
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -38,10 +50,28 @@ from . import roi as R
 PAPER = "DetSeg3D (CenterNet-style detector + RoI U-Net)"
 STRIDE = 8
 HEATMAP_PRIOR = 0.01
+PROPOSAL_HIT_IOU = 0.1  # a training proposal whose detection box reaches this IoU with a lesion's box is a positive
+LOG_SIZE_LIMIT = 6.0  # sizes within exp(+-6) cells (0.02 to 3200 voxels at stride 8): no overflow, no zero
+
+
+class Detections(NamedTuple):
+    """One scan's :meth:`DetSeg3D.predict`: probability (D, H, W), boxes (N, 6) and scores (N,) float32, and the
+    highest heatmap probability of the scan (``peak``)."""
+
+    probability: np.ndarray
+    boxes: np.ndarray
+    scores: np.ndarray
+    peak: float
+
+
+def _norm(channels: int) -> tuple[str, dict[str, int]]:
+    """MONAI norm argument of the detector: GroupNorm of ``gcd(channels, 8)`` groups (affine, as many
+    parameters as BatchNorm)."""
+    return ("GROUP", {"num_groups": math.gcd(channels, 8)})
 
 
 def _conv(cin: int, cout: int, strides: int = 1) -> Convolution:
-    return Convolution(3, cin, cout, strides=strides, kernel_size=3, act="RELU", norm="BATCH")
+    return Convolution(3, cin, cout, strides=strides, kernel_size=3, act="RELU", norm=_norm(cout))
 
 
 class CenterNetDetector3D(nn.Module):
@@ -55,10 +85,11 @@ class CenterNetDetector3D(nn.Module):
         for k in range(3):
             cin = c * 2**k
             levels.append(nn.Sequential(
-                ResidualUnit(3, cin, cin, strides=1, kernel_size=3, subunits=2, act="RELU", norm="BATCH"),
+                ResidualUnit(3, cin, cin, strides=1, kernel_size=3, subunits=2, act="RELU", norm=_norm(cin)),
                 _conv(cin, 2 * cin, strides=2)))
         self.encoder = nn.Sequential(*levels)
-        self.fusion = ResidualUnit(3, 8 * c, 8 * c, strides=1, kernel_size=3, subunits=2, act="RELU", norm="BATCH")
+        self.fusion = ResidualUnit(3, 8 * c, 8 * c, strides=1, kernel_size=3, subunits=2, act="RELU",
+                                   norm=_norm(8 * c))
         self.heatmap_head = nn.Sequential(_conv(8 * c, 4 * c), nn.Conv3d(4 * c, 1, 1))
         self.size_head = nn.Sequential(_conv(8 * c, 4 * c), nn.Conv3d(4 * c, 3, 1))
         self.offset_head = nn.Sequential(_conv(8 * c, 4 * c), nn.Conv3d(4 * c, 3, 1))
@@ -67,7 +98,9 @@ class CenterNetDetector3D(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         f = self.fusion(self.encoder(self.init_conv(x)))
-        return self.heatmap_head(f), F.relu(self.size_head(f)), torch.sigmoid(self.offset_head(f))
+        log_size = self.size_head(f)  # the clip passes gradients straight through: no output stops learning
+        log_size = log_size + (log_size.clamp(-LOG_SIZE_LIMIT, LOG_SIZE_LIMIT) - log_size).detach()
+        return self.heatmap_head(f), log_size.exp(), torch.sigmoid(self.offset_head(f))
 
 
 def _pad_to(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, ...]]:
@@ -90,12 +123,14 @@ class DetSeg3D(nn.Module):
         max_rois: RoIs kept per image (after NMS) at inference, and cap of positive and of negative RoIs
             per image in training.
         roi_batch_size: RoIs per segmenter mini-batch.
-        train_threshold: heatmap probability above which a peak counts as a detector proposal in training;
-            hard negatives come from those first, then from the highest remaining peaks (so, with peaks
-            sorted by score, the negatives are the highest non-overlapping peaks either way).
+        train_threshold: heatmap probability above which a peak counts as a detector proposal in training:
+            one that hits a lesion is a positive RoI; hard negatives come from those first, then from the
+            highest remaining peaks (so, with peaks sorted by score, the negatives are the highest
+            non-overlapping peaks either way).
         infer_threshold: heatmap probability a peak must exceed to become a RoI at inference.
         nms_iou: 3D NMS drops a box whose IoU with a higher-scoring kept box is above this.
-        min_box, max_box: RoI box sizes are clipped to ``[min_box, max_box]`` voxels per axis.
+        min_box, max_box: crop box sizes (what the segmenter sees) are clipped to ``[min_box, max_box]``
+            voxels per axis; detection boxes to ``[1, max_box]`` (:data:`models.detection.roi.MIN_DETECTION_BOX`).
         min_lesion_size: smallest 26-connected component (voxels) counted as a lesion.
         neg_ratio: hard-negative RoIs per positive RoI in training (``ceil(neg_ratio * max(n_pos, 1))``
             per image, so a lesion-free patch gets ``ceil(neg_ratio)``).
@@ -152,22 +187,31 @@ class DetSeg3D(nn.Module):
 
     def _rois(self, heat_logits: torch.Tensor, size: torch.Tensor, offset: torch.Tensor, *, threshold: float | None,
               fallback: bool, straight_through: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Detection boxes (N, 6) and scores (N,) of one image's maps (:func:`models.detection.roi.extract_rois`)."""
         return R.extract_rois(torch.sigmoid(heat_logits[0]), size, offset, threshold=threshold, nms_iou=self.nms_iou,
-                              max_rois=self.max_rois, stride=STRIDE, min_size=self.min_box, max_size=self.max_box,
-                              fallback=fallback, straight_through=straight_through)
+                              max_rois=self.max_rois, stride=STRIDE, max_size=self.max_box, fallback=fallback,
+                              straight_through=straight_through)
+
+    def crop_boxes(self, boxes: torch.Tensor, straight_through: bool = False) -> torch.Tensor:
+        """Crop boxes of detection (or lesion) boxes: same centres, sizes clipped to ``[min_box, max_box]``."""
+        return R.crop_boxes(boxes, self.min_box, self.max_box, straight_through)
 
     def _detect_segment(self, x: torch.Tensor, *, fallback: bool, differentiable: bool
-                        ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
-        """Full pass: probabilities (B, 1, D, H, W) and per-image RoI boxes and scores (unclipped)."""
+                        ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
+        """Full pass: probabilities (B, 1, D, H, W), per-image detection boxes (clipped to the image; those left
+        without volume dropped) and scores, and each image's highest heatmap probability (B,)."""
         xp, shape = _pad_to(x, STRIDE)
         heat, size, offset = self.detector(xp)
-        boxes, scores, crops = [], [], []
+        boxes, scores, cropped, crops = [], [], [], []
         for b in range(x.shape[0]):
             bx, sc = self._rois(heat[b], size[b], offset[b], threshold=self.infer_threshold, fallback=fallback,
                                 straight_through=differentiable)
+            inside = R.in_image(bx, shape)  # a peak of the zero padding can decode to a box outside the scan
+            bx, sc = R.clip_boxes(bx, shape)[inside], sc[inside]
             boxes.append(bx)
             scores.append(sc)
-            crops.append(R.crop_and_resize(x[b], bx, self.roi_size))
+            cropped.append(self.crop_boxes(bx, straight_through=differentiable))
+            crops.append(R.crop_and_resize(x[b], cropped[b], self.roi_size))
         probs = torch.sigmoid(self._segment(torch.cat(crops, dim=0)))
         out, start = [], 0
         for b in range(x.shape[0]):
@@ -176,8 +220,9 @@ class DetSeg3D(nn.Module):
             start += n
             if differentiable and n:  # straight-through: value x1, gradient reaches the heatmap head
                 p = p * (scores[b] / scores[b].detach()).view(-1, 1, 1, 1, 1)
-            out.append(R.paste_rois(p, boxes[b], shape)[0])
-        return torch.stack(out)[:, None], boxes, scores
+            out.append(R.paste_rois(p, cropped[b], shape)[0])
+        peaks = torch.sigmoid(heat.detach().flatten(1).amax(dim=1))
+        return torch.stack(out)[:, None], boxes, scores, peaks
 
     # ------------------------------------------------------------------ API
     def forward(self, x: torch.Tensor, label: torch.Tensor | None = None) -> Any:
@@ -201,9 +246,11 @@ class DetSeg3D(nn.Module):
         """Losses of one training batch: image (B, C, *patch), label (B, *patch) integer 0/1.
 
         Returns ``{"heatmap", "size", "offset", "seg"}`` (``seg`` already times ``seg_lambda``); the trainer
-        sums them. Training RoIs per image: each lesion's box once plain and once jittered (positives,
-        at most ``max_rois``), plus ``ceil(neg_ratio * max(n_pos, 1))`` hard negatives (at most ``max_rois``):
-        the detector's highest local-maximum peaks whose predicted box has IoU 0 with every
+        sums them. Training RoIs per image (crop boxes): positives, at most ``max_rois``: each lesion's box,
+        the detector's peaks above ``train_threshold`` whose detection box has IoU >= 0.1 with a lesion's
+        box (so the segmenter learns the crops it gets at inference, not only centred ones), and a jittered
+        copy of each lesion's box; plus ``ceil(neg_ratio * max(n_pos, 1))`` hard negatives (at most
+        ``max_rois``): the detector's highest local-maximum peaks whose crop box has IoU 0 with every
         foreground component's box, those above ``train_threshold`` first. Targets: the label crop
         resampled to ``roi_size`` and thresholded at 0.5; all zero for negatives.
         """
@@ -242,53 +289,59 @@ class DetSeg3D(nn.Module):
     def training_rois(self, heat: torch.Tensor, size: torch.Tensor, offset: torch.Tensor, lesion_boxes: np.ndarray,
                       component_boxes: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Training RoIs of one image from its detector maps (heat logits (1, d, h, w), size, offset (3, d, h, w))
-        and its lesion / component boxes: ``(positives (P, 6), hard negatives (Q, 6))``, see
+        and its lesion / component boxes: ``(positives (P, 6), hard negatives (Q, 6))`` crop boxes, see
         :meth:`training_losses`."""
         gt = torch.as_tensor(lesion_boxes, dtype=torch.float32, device=heat.device).reshape(-1, 6)
         comps = torch.as_tensor(component_boxes, dtype=torch.float32, device=heat.device).reshape(-1, 6)
-        pos = self.positive_boxes(gt)
         cand, sc = self._rois(heat.detach(), size.detach(), offset.detach(), threshold=None, fallback=False)
+        hits = R.hits_any(cand, gt, PROPOSAL_HIT_IOU) & (sc > self.train_threshold)
+        pos = self.positive_boxes(gt, cand[hits])
+        crops = self.crop_boxes(cand)
         n_neg = min(self.max_rois, math.ceil(self.neg_ratio * max(pos.shape[0], 1)))
-        neg = cand[R.select_hard_negatives(cand, sc, comps, n_neg, self.train_threshold)]
+        neg = crops[R.select_hard_negatives(crops, sc, comps, n_neg, self.train_threshold)]
         return pos, neg.to(pos)
 
-    def positive_boxes(self, gt: torch.Tensor) -> torch.Tensor:
-        """Training positives from lesion boxes (N, 6): each box plain then a jittered copy, sizes clipped
-        to ``[min_box, max_box]`` around the centre; at most ``max_rois`` (plain boxes first)."""
+    def positive_boxes(self, gt: torch.Tensor, proposals: torch.Tensor | None = None) -> torch.Tensor:
+        """Training positives (crop boxes): each lesion box (N, 6), then the detector's ``proposals`` that hit a
+        lesion (as the segmenter will see them at inference), then a jittered copy of each lesion box; at most
+        ``max_rois``, in that order."""
         if gt.shape[0] == 0:
             return gt.new_zeros((0, 6))
-        both = torch.cat([gt, R.jitter_boxes(gt, self.roi_jitter)], dim=0)
-        centre, sz = (both[:, :3] + both[:, 3:]) / 2, both[:, 3:] - both[:, :3]
-        return R.centre_size_to_box(centre, sz.clamp(self.min_box, self.max_box))[: self.max_rois]
+        hits = gt.new_zeros((0, 6)) if proposals is None else proposals.to(gt)
+        boxes = torch.cat([gt, hits, R.jitter_boxes(gt, self.roi_jitter)], dim=0)
+        return self.crop_boxes(boxes)[: self.max_rois]
 
     @torch.no_grad()
-    def predict(self, image: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def predict(self, image: torch.Tensor) -> Detections:
         """Whole-scan inference of one image (C, D, H, W), in eval mode without gradients.
 
         Returns:
-            ``(probability (D, H, W) float32, boxes (N, 6) float32, scores (N,) float32)``: the pasted
-            foreground probability (0 outside every RoI; all 0 when no peak exceeds ``infer_threshold``,
-            there is no fallback here), the RoI boxes clipped to the image, and their heatmap peak values,
-            sorted descending.
+            :class:`Detections`: the pasted foreground probability (D, H, W) float32 (0 outside every crop
+            box; all 0 when no peak exceeds ``infer_threshold``, there is no fallback here), the detection
+            boxes (N, 6) clipped to the image and their heatmap peak values (N,), sorted descending, and the
+            scan's highest heatmap probability (a float, proposals or not).
         """
         was_training = self.training
         self.eval()
         try:
-            prob, boxes, scores = self._detect_segment(image[None], fallback=False, differentiable=False)
+            prob, boxes, scores, peaks = self._detect_segment(image[None], fallback=False, differentiable=False)
         finally:
             self.train(was_training)
-        bx = R.clip_boxes(boxes[0].float(), image.shape[1:])
-        return (prob[0, 0].float().cpu().numpy(), bx.cpu().numpy().astype(np.float32),
-                scores[0].float().cpu().numpy().astype(np.float32))
+        return Detections(prob[0, 0].float().cpu().numpy(), boxes[0].float().cpu().numpy().astype(np.float32),
+                          scores[0].float().cpu().numpy().astype(np.float32), float(peaks[0]))
 
 
 _DEFAULT_PATCH = (96, 96, 32)
 TINY = dict(base_channels=4, seg_channels=(4, 8, 16, 32), roi_size=(16, 16, 16), max_rois=8)
+# sweep flags -> builder kwargs: the RoI settings when set, and the lesion size rule of the sweep always
+FLAG_KWARGS = dict(max_rois="max_rois", roi_batch_size="roi_batch_size", roi_size="roi_size", seg_lambda="seg_lambda",
+                   neg_ratio="neg_ratio", min_lesion_size="min_lesion_size")
 
 
 @register_model(family="detseg3d", task="detect_segment", spatial_dims=3, divisibility=STRIDE,
                 default_patch_size=_DEFAULT_PATCH, paper=PAPER, num_params=13_268_657, tiny_kwargs=TINY,
-                test_patch_size=(32, 32, 16), train_defaults=dict(optimizer="adamw", lr=1e-4, scheduler="cosine"))
+                test_patch_size=(32, 32, 16), train_defaults=dict(optimizer="adamw", lr=1e-4, scheduler="cosine"),
+                flag_kwargs=FLAG_KWARGS)
 def detseg3d(*, in_channels: int = 1, out_channels: int = 1, **kwargs: Any) -> nn.Module:
     """DetSeg3D; ``out_channels`` must be 1 (one foreground probability)."""
     if out_channels != 1:

@@ -7,6 +7,11 @@ Conventions (shared by every function here):
   ``i + 0.5``); MONAI's ``StandardMode``. A lesion occupying voxels 4..11 on an axis has ``x1 = 4, x2 = 12``.
 - Feature cell ``k`` at stride ``s`` spans voxels ``[s k, s k + s)``. A box centre ``c`` (voxels) lies in
   cell ``floor(c / s)`` with offset ``c / s - floor(c / s)`` in ``[0, 1)``; sizes are in cells (voxels / s).
+  :func:`make_targets` then :func:`decode_boxes` at the centre cell gives the lesion's box back exactly.
+- Two boxes per RoI: the *detection box* (the decoded centre and size, at least ``MIN_DETECTION_BOX`` voxels
+  per axis: what is reported and scored against the lesions' boxes) and the *crop box*
+  (:func:`crop_boxes`: the same centre, sizes clipped to the segmenter's ``[min_box, max_box]``, so a lesion
+  one slice thick is still cropped with context; what is cropped and pasted back).
 - Crops sample the image trilinearly (``grid_sample``, ``align_corners=False``) at the centres of a
   ``roi_size`` grid spanning the box, reading zeros outside the image: a crop + trilinear resize that
   reads the real neighbours at the box edge. Paste-back samples the RoI map at the centres of the
@@ -22,10 +27,11 @@ from typing import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from monai.data.box_utils import non_max_suppression
+from monai.data.box_utils import box_iou, non_max_suppression
 from scipy import ndimage
 
 STRUCTURE_26 = np.ones((3, 3, 3), dtype=bool)
+MIN_DETECTION_BOX = 1.0  # voxels per axis: a lesion is at least one voxel
 
 
 # --------------------------------------------------------------------------- targets
@@ -100,8 +106,9 @@ def clamp_size(size: torch.Tensor, lo: float, hi: float, straight_through: bool 
 
 
 def decode_boxes(cells: torch.Tensor, size: torch.Tensor, offset: torch.Tensor, *, stride: int = 8,
-                 min_size: float = 8.0, max_size: float = 64.0, straight_through: bool = False) -> torch.Tensor:
-    """Boxes (N, 6) from integer cells (N, 3), predicted sizes (N, 3, cells) and offsets (N, 3).
+                 min_size: float = MIN_DETECTION_BOX, max_size: float = 64.0,
+                 straight_through: bool = False) -> torch.Tensor:
+    """Detection boxes (N, 6) from integer cells (N, 3), predicted sizes (N, 3, cells) and offsets (N, 3).
 
     Centre = (cell + offset) * stride; size = size * stride clipped to ``[min_size, max_size]`` voxels.
     """
@@ -109,10 +116,29 @@ def decode_boxes(cells: torch.Tensor, size: torch.Tensor, offset: torch.Tensor, 
     return centre_size_to_box(centre, clamp_size(size * stride, min_size, max_size, straight_through))
 
 
+def crop_boxes(boxes: torch.Tensor, min_size: float, max_size: float, straight_through: bool = False) -> torch.Tensor:
+    """Crop boxes of (N, 6) boxes: the same centres, sizes clipped to ``[min_size, max_size]`` voxels per axis."""
+    centre, size = (boxes[:, :3] + boxes[:, 3:]) / 2, boxes[:, 3:] - boxes[:, :3]
+    return centre_size_to_box(centre, clamp_size(size, min_size, max_size, straight_through))
+
+
 def clip_boxes(boxes: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
     """Clip (N, 6) boxes to an image of spatial ``shape`` (D, H, W)."""
     hi = torch.tensor(list(shape) * 2, dtype=boxes.dtype, device=boxes.device)
     return torch.minimum(boxes.clamp(min=0), hi)
+
+
+def in_image(boxes: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """(N,) bool: box ``i`` keeps a positive volume once clipped to an image of spatial ``shape`` (D, H, W)."""
+    clipped = clip_boxes(boxes.detach(), shape)
+    return (clipped[:, 3:] > clipped[:, :3]).all(dim=1)
+
+
+def hits_any(boxes: torch.Tensor, others: torch.Tensor, iou: float) -> torch.Tensor:
+    """(N,) bool: box ``i`` has IoU >= ``iou`` with some box of ``others`` (MONAI's 3D ``box_iou``)."""
+    if boxes.shape[0] == 0 or others.shape[0] == 0:
+        return torch.zeros(boxes.shape[0], dtype=torch.bool, device=boxes.device)
+    return (box_iou(boxes.detach().float(), others.to(boxes).float()) >= iou).any(dim=1)
 
 
 def boxes_overlap_any(boxes: torch.Tensor, others: torch.Tensor) -> torch.Tensor:
@@ -142,13 +168,13 @@ def jitter_boxes(boxes: torch.Tensor, jitter: float, generator: torch.Generator 
 
 # --------------------------------------------------------------------------- RoI extraction
 def extract_rois(heat: torch.Tensor, size: torch.Tensor, offset: torch.Tensor, *, threshold: float | None,
-                 nms_iou: float = 0.3, max_rois: int = 64, stride: int = 8, min_size: float = 8.0,
+                 nms_iou: float = 0.3, max_rois: int = 64, stride: int = 8, min_size: float = MIN_DETECTION_BOX,
                  max_size: float = 64.0, fallback: bool = False,
                  straight_through: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """RoIs of one image from its detector maps.
 
     Candidates are the local maxima of the heatmap probability ``heat`` (d, h, w) over a 3^3 neighbourhood
-    (ties all kept) with probability above ``threshold`` (``None``: every local maximum); their boxes
+    (ties all kept) with probability above ``threshold`` (``None``: every local maximum); their detection boxes
     come from :func:`decode_boxes`; MONAI's 3D NMS removes a box whose IoU with a higher-scoring kept box
     exceeds ``nms_iou``; the top ``max_rois`` survivors by score are returned, scores descending.
     With ``fallback`` and no candidate, the ``max_rois`` highest cells are returned instead (no NMS).
