@@ -98,6 +98,7 @@ def test_a_toy_kind_runs_through_sweep_checkpoint_and_folder_evaluation(toy_kind
     assert evaluated["dice_mean"].iloc[0] == pytest.approx(runs["dice_mean"].iloc[0], nan_ok=True)
     assert evaluated[TOY_COLUMN].iloc[0] == pytest.approx(runs[TOY_COLUMN].iloc[0])
     assert len(pd.read_csv(again / PER_CASE_CSV)) == len(pd.read_csv(out / PER_CASE_CSV))
+    assert f"{TOY_COLUMN}_mean" in pd.read_csv(again / "model_comparison.csv").columns  # the task's columns again
 
     label = np.zeros((8, 8, 4), dtype=np.uint8)
     label[2:6, 2:6, 1:3] = 2

@@ -252,11 +252,13 @@ def check_runs(plan: list[RunSpec]) -> None:
 
 @dataclass
 class RunResult:
-    """Outcome of one evaluated run: its table row, its per-case rows and its prediction folder."""
+    """Outcome of one evaluated run: its table row, its per-case rows, its prediction folder and its task's
+    result columns (the metric columns of the comparison, as a sweep's job records them)."""
 
     row: dict[str, Any]
     per_case: list[dict[str, Any]]
     prediction_dir: Path | None
+    metric_columns: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -303,7 +305,8 @@ def evaluate_run(run: RunSpec, cases: list[CachedCase], *, device: torch.device,
     logger.info("%s: %d cases (%d labelled), dice_mean %.4f", run.label, len(cases), row["n_labelled_cases"],
                 float(row.get("dice_mean", float("nan"))))
     del model
-    return RunResult(row=row, per_case=per_case, prediction_dir=output.directory)
+    return RunResult(row=row, per_case=per_case, prediction_dir=output.directory,
+                     metric_columns=tuple(task.result_columns()))
 
 
 def select_cases(cases: list[CachedCase], ids: list[str] | None, source: str) -> list[CachedCase]:
@@ -352,25 +355,28 @@ def write_evaluation(output_dir: Path, results: list[RunResult], context: dict[s
         written.append(output_dir / PER_CASE_CSV)
     runs = pd.DataFrame([res.row for res in results])
     atomic_write_csv(output_dir / RUNS_CSV, runs)
-    basic = build_comparison(runs)
+    metrics = {c for res in results for c in res.metric_columns} or None  # None: by the metric prefixes
+    basic = build_comparison(runs, metrics)
     atomic_write_csv(output_dir / COMPARISON_CSV, basic)
     atomic_write_json(output_dir / EVALUATION_SUMMARY_JSON, summary_of(results, context))
     written += [output_dir / RUNS_CSV, output_dir / COMPARISON_CSV, output_dir / EVALUATION_SUMMARY_JSON]
-    return written + _statistics(output_dir, runs, pd.DataFrame(per_case) if per_case else None, basic, results_dir)
+    tables = {"runs": runs, "per_case": pd.DataFrame(per_case)} if per_case else {"runs": runs}
+    return written + _statistics(output_dir, tables, basic, metrics, results_dir)
 
 
-def _statistics(output_dir: Path, runs: pd.DataFrame, per_case: pd.DataFrame | None, basic: pd.DataFrame,
+def _statistics(output_dir: Path, tables: dict[str, pd.DataFrame], basic: pd.DataFrame, metrics: set[str] | None,
                 results_dir: Path | None) -> list[Path]:
-    """The sweep's comparison statistics over the evaluated runs (flags recorded by ``results_dir``, else the
-    defaults; model order as evaluated); a failure is logged and leaves the basic comparison."""
+    """The sweep's comparison statistics over the evaluated runs' ``tables`` (``runs``, ``per_case`` when any) and
+    ``metrics`` (flags recorded by ``results_dir``, else the defaults; model order as evaluated); a failure is
+    logged and leaves the basic comparison."""
     from engine.results.reducer import recorded_stats, write_statistics
     from engine.options.stats_options import StatsOptions
 
     options, order = recorded_stats(results_dir) if results_dir is not None else (StatsOptions(), [])
+    runs = tables["runs"]
     models = [m for m in order if m in set(runs["model"])] or list(dict.fromkeys(runs["model"].astype(str)))
-    tables = {"runs": runs} if per_case is None else {"runs": runs, "per_case": per_case}
     try:
-        return write_statistics(output_dir, tables, basic, options, models)
+        return write_statistics(output_dir, tables, basic, options, models, metrics)
     except Exception:  # derived tables: the evaluation's own rows are already written
         logger.exception("the comparison statistics of %s failed; %s holds the basic comparison", output_dir,
                          COMPARISON_CSV)
