@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Callable, Sequence
 
 from dataio.conventions import CONVENTIONS
 from engine.options.cli_parser import add_list_models_argument
@@ -139,13 +138,3 @@ def add_output_json(container: Container, *, required: bool) -> None:
     """``--output_json`` of ``boxes``."""
     container.add_argument("--output_json", type=Path, default=None, required=required, metavar="FILE",
                            help="--boxes_json: the lesion metrics as JSON (default: none, required)")
-
-
-def add_selected(group: Container, add: Callable[[Container], None], names: Sequence[str]) -> None:
-    """Add to ``group`` only the flags ``names`` (dests) of the flag group that ``add`` declares, e.g. the lesion
-    matching flags that apply to box files. The actions are moved as ``argparse``'s ``parents`` moves them."""
-    scratch = argparse.ArgumentParser(add_help=False).add_argument_group()
-    add(scratch)
-    for action in scratch._group_actions:
-        if action.dest in names:
-            group._add_action(action)

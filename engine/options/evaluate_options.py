@@ -21,7 +21,7 @@ from engine.options.config import add_data_arguments
 from engine.options.evaluate_flags import (add_boxes_json, add_case_arguments, add_checkpoint_outputs,
                                            add_checkpoint_sources, add_folder_arguments, add_inference_arguments,
                                            add_label_arguments, add_model_selection, add_output_csv, add_output_json,
-                                           add_pred_dir, add_selected, add_spacing_argument)
+                                           add_pred_dir, add_spacing_argument)
 from engine.options.lesion_options import (MATCHING_FLAGS, LesionOptions, add_lesion_matching_arguments,
                                            lesion_options_for_evaluation)
 from engine.options.stats_options import add_stats_arguments
@@ -204,8 +204,7 @@ class FoldersOptions(CommandOptions):
         group = parser.add_argument_group("evaluation")
         add_folder_arguments(group)
         add_spacing_argument(group)
-        add_selected(parser.add_argument_group("lesions (--task binary)"), add_lesion_matching_arguments,
-                     FOLDER_LESION_FLAGS)
+        add_lesion_matching_arguments(parser.add_argument_group("lesions (--task binary)"), names=FOLDER_LESION_FLAGS)
         add_output_csv(parser.add_argument_group("output"), required=True)
 
     @classmethod
@@ -234,7 +233,7 @@ class BoxesOptions(CommandOptions):
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
         add_boxes_json(parser.add_argument_group("what to evaluate"), required=True)
-        add_selected(parser.add_argument_group("lesions"), add_lesion_matching_arguments, BOX_LESION_FLAGS)
+        add_lesion_matching_arguments(parser.add_argument_group("lesions"), names=BOX_LESION_FLAGS)
         add_output_json(parser.add_argument_group("output"), required=True)
 
     @classmethod

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Collection, Mapping
 
 from metrics.lesions import HIT_RULES
 
@@ -111,12 +111,15 @@ class _TriplesAction(argparse.Action):
             parser.error(str(exc))
 
 
-def add_lesion_matching_arguments(g: argparse._ArgumentGroup, *, recorded: bool = False) -> None:
+def add_lesion_matching_arguments(g: argparse._ArgumentGroup, *, recorded: bool = False,
+                                  names: Collection[str] | None = None) -> None:
     """The flags of the registered tasks (lesion matching, the BraTS lesion-wise rules: ``engine.tasks.task_flags``);
     ``recorded`` (the evaluation CLI): defaults are None, meaning the value the sweep or checkpoint recorded, else
-    volbench's default."""
+    volbench's default; ``names``: only these flags (None: all)."""
     then = "the recorded value, else " if recorded else ""
     for flag in task_flags():
+        if names is not None and flag.name not in names:
+            continue
         g.add_argument(f"--{flag.name}", default=None if recorded else flag.default,
                        help=f"{flag.help} (default: {then}{flag.default})", **flag.options)
 
