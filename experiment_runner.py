@@ -30,7 +30,7 @@ from engine.options.data_options import DATA_FIELDS
 from engine.results.efficiency_store import ensure_efficiency, read_efficiency
 from engine.evaluation import EvaluationRequest, EvaluationResult, evaluate_cases
 from engine.inference import InferenceSettings
-from engine.results.job_results import JobFolder
+from engine.results.job_results import JobFolder, write_submission
 from engine.options.lesion_options import MATCHING_FLAGS
 from engine.model_setup import ModelSetup
 from engine.parallel import resolve_mode, select_jobs, wrap_for_ddp
@@ -45,6 +45,7 @@ from utils.checkpoint import load_checkpoint
 from utils.device import resolve_device
 from utils.distributed import (barrier, destroy_process_group, dist_env, init_process_group,
                                process_device)
+from utils.schema import SUBMISSION_FILES
 from utils.seeding import seed_everything
 
 __all__ = ["Job", "ModelPlan", "SweepData", "evaluate_model", "make_jobs", "plan_models", "prepare_data",
@@ -70,7 +71,7 @@ def inference_settings(setup: ModelSetup, config: ExperimentConfig, device: torc
                        tta: bool = False) -> InferenceSettings:
     return InferenceSettings(modalities=setup.modalities, roi_size=setup.roi_size, overlap=config.val_overlap,
                              device=device, spatial_dims=setup.spatial_dims,
-                             context_slices=setup.info.context_slices, amp=config.amp, tta=tta)
+                             context_slices=setup.context_slices, amp=config.amp, tta=tta)
 
 
 def checkpoint_info(plan: ModelPlan, job: Job, config: ExperimentConfig, data: SweepData) -> dict[str, Any]:
@@ -80,7 +81,7 @@ def checkpoint_info(plan: ModelPlan, job: Job, config: ExperimentConfig, data: S
     setup = plan.setup
     flags = {k: v for k, v in config.to_dict().items() if k in DATA_FIELDS} if data.from_flags else None
     meta = dict(seed=job.seed, fold=job.fold, modalities=list(setup.modalities), spatial_dims=setup.spatial_dims,
-                patch_size=list(setup.patch_size), context_slices=setup.info.context_slices,
+                patch_size=list(setup.patch_size), context_slices=setup.context_slices,
                 dataset_version=config.dataset_version if data.from_flags else data.info.name, data=flags,
                 val_overlap=config.val_overlap, lesion_flags={k: getattr(config, k) for k in MATCHING_FLAGS},
                 **plan.task.checkpoint_meta())
@@ -129,12 +130,11 @@ def train_model(job: Job, plan: ModelPlan, data: SweepData, config: ExperimentCo
     ddp = context.mode == "ddp"
     trained = wrap_for_ddp(model, context.device, sync_bn=config.sync_bn,
                            find_unused=plan.task.may_skip_parameters) if ddp else model
-    info = plan.setup.info
     dataset = plan.task.train_dataset(data.subset(job.train_ids), modalities=plan.setup.modalities,
                                       spatial_dims=plan.setup.spatial_dims, patch_size=plan.setup.patch_size,
-                                      context_slices=info.context_slices,
+                                      rules=plan.setup.sample_rules(),
                                       samples_per_volume=config.samples_per_volume, seed=job.seed)
-    loader = make_train_loader(dataset, LoaderSettings(batch_size=config.batch_size, num_workers=config.num_workers,
+    loader = make_train_loader(dataset, LoaderSettings(batch_size=plan.trainer.batch_size, num_workers=config.num_workers,
                                                        sharing_strategy=config.sharing_strategy), seed=job.seed,
                                distributed=ddp)
     checkpoint = Path(context.output_dir) / job.checkpoint_name()
@@ -198,7 +198,10 @@ def run_job(job: Job, plan: ModelPlan, data: SweepData, config: ExperimentConfig
         if writes:
             folder.write_table("epochs", [dict(keys, **r) for r in fit_result.epoch_rows])
             for table, rows in test.all_tables().items():
-                folder.write_table(table, [dict(keys, **r) for r in rows])
+                if table in SUBMISSION_FILES:  # another tool's format, under predictions/<run>/
+                    write_submission(Path(context.output_dir), job.name, table, rows)
+                else:
+                    folder.write_table(table, [dict(keys, **r) for r in rows])
         row.update(epochs=fit_result.epochs_run, best_epoch=fit_result.best_epoch,
                    **{plan.task.selection.column: fit_result.best_metric}, n_test_cases=len(test.per_case),
                    **{k: v for k, v in test.aggregate.items() if not k.startswith("n_")},

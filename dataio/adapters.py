@@ -13,6 +13,8 @@ Layouts (file names as released):
 - msd_task01: ``Task01_BrainTumour/imagesTr/BRATS_XXX.nii.gz`` (4D: FLAIR, T1w, T1gd, T2w) + ``labelsTr/``
 - ich / synthetic_ich (head CT, one channel ``ct``, binary haemorrhage labels): ``images/`` + ``labels/``
   folders or a CSV manifest with a mask folder, see :mod:`dataio.ct_adapters`.
+- luna16 / synthetic_luna (chest CT, one channel ``ct``, binary nodule labels built from the annotation CSV):
+  ``subset0..subset9/<seriesuid>.mhd`` + ``.raw`` and ``annotations.csv``, see :mod:`dataio.luna16`.
 """
 
 from __future__ import annotations
@@ -24,24 +26,47 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from .ct_adapters import FOLDER_PATTERN, CTOptions, find_ct_cases
+from .luna16 import LUNA_PATTERN, find_luna_cases
 from .types import CaseFiles, DatasetInfo
 
 logger = logging.getLogger(__name__)
 
 DATASET_VERSIONS: tuple[str, ...] = ("synthetic", "brats2018", "brats2021", "brats2023", "msd_task01", "ich",
-                                     "synthetic_ich")
+                                     "synthetic_ich", "luna16", "synthetic_luna")
 CT_VERSIONS: tuple[str, ...] = ("ich", "synthetic_ich")  # head CT, one channel, binary haemorrhage labels
-SYNTHETIC_VERSIONS: tuple[str, ...] = ("synthetic", "synthetic_ich")  # generated when no --data_path is given
+LUNA_VERSIONS: tuple[str, ...] = ("luna16", "synthetic_luna")  # chest CT, one channel, binary nodule labels
+SYNTHETIC_VERSIONS: tuple[str, ...] = ("synthetic", "synthetic_ich", "synthetic_luna")  # generated without --data_path
+# HU window of each CT version when --hu_window is not given: ich's brain window, the LUNA chapter's clip
+DEFAULT_HU_WINDOWS: dict[str, tuple[float, float]] = {"ich": (0.0, 120.0), "synthetic_ich": (0.0, 120.0),
+                                                      "luna16": (-1000.0, 1000.0), "synthetic_luna": (-1000.0, 1000.0)}
 
 
 def dataset_info(dataset_version: str) -> DatasetInfo:
-    """Channels and label kind of a dataset version: four BraTS MRI modalities with BraTS labels, or (``ich``,
-    ``synthetic_ich``) one CT channel ``ct`` with binary labels of region ``ich``."""
+    """Channels and label kind of a dataset version: four BraTS MRI modalities with BraTS labels, or one CT channel
+    ``ct`` with binary labels: region ``ich`` (``ich``, ``synthetic_ich``) or ``nodule`` (``luna16``,
+    ``synthetic_luna``, whose lesion hit rule is LUNA16's ``radius``)."""
     if dataset_version not in DATASET_VERSIONS:
         raise ValueError(f"unknown dataset_version {dataset_version!r}; known: {', '.join(DATASET_VERSIONS)}")
     if dataset_version in CT_VERSIONS:
         return DatasetInfo(name=dataset_version, channels=("ct",), label_kind="binary", region="ich")
+    if dataset_version in LUNA_VERSIONS:
+        return DatasetInfo(name=dataset_version, channels=("ct",), label_kind="binary", region="nodule",
+                           lesion_hit="radius")
     return DatasetInfo(name=dataset_version)
+
+
+def default_hu_window(dataset_version: str, hu_window: tuple[float, float] | None = None) -> tuple[float, float]:
+    """The HU window of a CT version: ``hu_window`` when given (``--hu_window``), else the version's own
+    (:data:`DEFAULT_HU_WINDOWS`: ich [0, 120], LUNA16 [-1000, 1000]); floats.
+
+    Raises:
+        ValueError: for a version that is not CT (BraTS MRI has no HU window).
+    """
+    if dataset_version not in DEFAULT_HU_WINDOWS:
+        raise ValueError(f"--hu_window: --dataset_version {dataset_version} is not a CT version "
+                         f"({', '.join(DEFAULT_HU_WINDOWS)})")
+    window = DEFAULT_HU_WINDOWS[dataset_version] if hu_window is None else hu_window
+    return float(window[0]), float(window[1])
 
 
 _BRATS21_SUFFIX = {"t1": "t1", "t1ce": "t1ce", "t2": "t2", "flair": "flair"}
@@ -65,6 +90,8 @@ EXPECTED_PATTERN: dict[str, str] = {
     "msd_task01": "{data_path}/Task01_BrainTumour/imagesTr/BRATS_XXX.nii.gz and labelsTr/BRATS_XXX.nii.gz",
     "ich": FOLDER_PATTERN,
     "synthetic_ich": "{data_path}/images/ICHSYN_XXXXX.nii.gz + {data_path}/labels/ICHSYN_XXXXX.nii.gz",
+    "luna16": LUNA_PATTERN,
+    "synthetic_luna": LUNA_PATTERN,
 }
 
 
@@ -184,7 +211,8 @@ def discover_cases(data_path: Path | None, dataset_version: str, *, require_labe
         dataset_version: one of ``DATASET_VERSIONS``.
         require_labels: when True a case without a ``seg`` / ``labelsTr`` file is an error.
         ct: layout options of ``ich`` (manifest, test folders, patient regex, pickles); ``synthetic_ich``
-            reads its phantom folder with none of them.
+            reads its phantom folder with none of them. ``luna16`` takes ``ct.annotations`` (the annotation CSV);
+            ``synthetic_luna`` reads its phantoms' own ``annotations.csv``.
 
     Raises:
         ValueError: unknown version (lists the known ones); missing or empty dataset folder (shows the
@@ -197,6 +225,9 @@ def discover_cases(data_path: Path | None, dataset_version: str, *, require_labe
         cases = find_ct_cases(data_path, options, require_labels=require_labels)
         logger.info("found %d %s cases", len(cases), dataset_version)
         return cases
+    if dataset_version in LUNA_VERSIONS:
+        annotations = (ct or CTOptions()).annotations if dataset_version == "luna16" else None
+        return find_luna_cases(data_path, annotations=annotations, require_labels=require_labels)
     if dataset_version not in _FINDERS:
         raise ValueError(f"unknown dataset_version {dataset_version!r}; known: {', '.join(DATASET_VERSIONS)}")
     if data_path is None:

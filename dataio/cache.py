@@ -2,12 +2,17 @@
 
 Layout: ``cache_root/<key>/<case_id>/{image.npy, label.npy, meta.json}`` where ``key`` hashes the
 dataset identity, the preprocessing parameters and ``CACHE_VERSION``. The parameters choose the
-preprocessing: BraTS MRI ``{"clip_percentiles"}`` (:func:`dataio.preprocess.preprocess_case`), or CT
+preprocessing: BraTS MRI ``{"clip_percentiles"}`` (:func:`dataio.preprocess.preprocess_case`), CT
 ``{"kind": "ct", "hu_window", "target_spacing", "crop"[, "npy_spacing"]}``
-(:func:`dataio.ct_preprocess.preprocess_ct_case`), so changing the HU window or the spacing rebuilds.
+(:func:`dataio.ct_preprocess.preprocess_ct_case`), or LUNA16 ``{"kind": "luna", "hu_window",
+"nodule_hu_threshold", "crop"}`` (:func:`dataio.luna_preprocess.preprocess_luna_case`), so changing the HU window,
+the spacing or the nodule threshold rebuilds.
 An entry is written into a temporary folder (``meta.json`` last) that is then renamed into place, so a
 killed process never leaves an entry that is later trusted. An entry is reused only if its ``meta.json``
-is valid and every source file still has the recorded size and mtime; otherwise it is rebuilt.
+is valid and every source file still has the recorded size and mtime (and, for annotated cases, the case's
+findings are those recorded); otherwise it is rebuilt. ``meta.json`` keeps the case's findings (LUNA16), read
+back as ``CachedCase.findings``; entries written before findings were recorded read back ``None``, which is
+right for them (only the LUNA16 versions, whose entries have their own ``"kind": "luna"`` keys, list findings).
 """
 
 from __future__ import annotations
@@ -29,31 +34,56 @@ from filelock import FileLock
 from utils.atomic import atomic_write_json
 from utils.progress import progress as progress_bar
 
-from .adapters import CT_VERSIONS, DATASET_VERSIONS, dataset_info, discover_cases
+from .adapters import CT_VERSIONS, DATASET_VERSIONS, LUNA_VERSIONS, dataset_info, default_hu_window, discover_cases
 from .ct_adapters import CTOptions, headerless
 from .ct_preprocess import CT_PREPROCESS_PARAMS, preprocess_ct_case
+from .luna_preprocess import LUNA_PREPROCESS_PARAMS, preprocess_luna_case
 from .preprocess import preprocess_case
 from .synthetic import FORMAT_VERSION, ensure_synthetic_brats, validate_synthetic_args
 from .synthetic_ct import CT_FORMAT_VERSION, SYNTHETIC_CT_SIZE, ensure_synthetic_ct
-from .types import MODALITY_ORDER, CachedCase, CaseFiles, CropBox, LoadedDataset
+from .synthetic_luna import LUNA_FORMAT_VERSION, SYNTHETIC_LUNA_SIZE, ensure_synthetic_luna
+from .types import MODALITY_ORDER, CachedCase, CaseFiles, CropBox, Finding, LoadedDataset
 
 logger = logging.getLogger(__name__)
 
 CACHE_VERSION = 1
 DEFAULT_CACHE_ROOT = Path(os.environ.get("VOLBENCH_CACHE", "~/.cache/volbench")).expanduser()
 PREPROCESS_PARAMS = ("clip_percentiles",)
+_KNOWN_PARAMS = {"ct": CT_PREPROCESS_PARAMS, "luna": LUNA_PREPROCESS_PARAMS}
+_PREPROCESSORS = {"ct": preprocess_ct_case, "luna": preprocess_luna_case}
 _TMP_PREFIX = ".tmp-"
 _FOREIGN_TMP_MAX_AGE_S = 6 * 3600  # temp folders of other hosts are only removed when this old
 
 
 def _source_stats(case: CaseFiles) -> list[dict[str, Any]]:
-    """Path, size and mtime (ns) of every file the case is built from."""
+    """Path, size and mtime (ns) of every file the case is built from; then, for a case with findings, the
+    findings themselves (centre, diameter, excluded), so that an edited annotation row rebuilds only its case."""
     files = list(case.images.values()) + [p for p in (case.image_4d, case.label) if p is not None]
-    stats = []
-    for path in files:
+    stats: list[dict[str, Any]] = []
+    for path in [*files, *case.extra_files]:
         st = Path(path).stat()
         stats.append({"path": str(Path(path).resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns})
+    if case.findings is not None:
+        stats.append({"findings": [[*map(float, f.centre_ras_mm), float(f.diameter_mm), bool(f.excluded)]
+                                   for f in case.findings]})
     return stats
+
+
+def findings_to_json(findings: tuple[Finding, ...] | None) -> list[dict[str, Any]] | None:
+    """Findings as JSON-able dicts (``None`` stays ``None``)."""
+    if findings is None:
+        return None
+    return [{"centre_ras_mm": [float(v) for v in f.centre_ras_mm], "diameter_mm": float(f.diameter_mm),
+             "excluded": bool(f.excluded), "origin": f.origin} for f in findings]
+
+
+def findings_from_json(items: list[dict[str, Any]] | None) -> tuple[Finding, ...] | None:
+    """Inverse of :func:`findings_to_json`."""
+    if items is None:
+        return None
+    return tuple(Finding(centre_ras_mm=tuple(float(v) for v in f["centre_ras_mm"]),  # type: ignore[arg-type]
+                         diameter_mm=float(f["diameter_mm"]), excluded=bool(f.get("excluded", False)),
+                         origin=str(f.get("origin", ""))) for f in items)
 
 
 def _host() -> str:
@@ -124,7 +154,7 @@ class PreprocessedCache:
     def get_or_create(self, cases: list[CaseFiles], dataset_id: str, params: dict, *,
                       progress: bool = True) -> list[CachedCase]:
         """Cached cases in the order of ``cases``, preprocessing (with ``params``) those not cached yet."""
-        known = CT_PREPROCESS_PARAMS if params.get("kind") == "ct" else PREPROCESS_PARAMS
+        known = _KNOWN_PARAMS.get(params.get("kind"), PREPROCESS_PARAMS)  # type: ignore[arg-type]
         unknown = sorted(set(params) - set(known))
         if unknown:
             raise ValueError(f"unknown preprocessing parameters {unknown}; known: {known}")
@@ -164,7 +194,7 @@ class PreprocessedCache:
     def _build(self, key_dir: Path, case: CaseFiles, params: dict, sources: list[dict[str, Any]]) -> None:
         """Preprocess ``case`` into a temp folder (meta.json last) and rename it into place."""
         kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in params.items() if k != "kind"}
-        cached = preprocess_ct_case(case, **kwargs) if params.get("kind") == "ct" else preprocess_case(case, **kwargs)
+        cached = _PREPROCESSORS.get(params.get("kind"), preprocess_case)(case, **kwargs)  # type: ignore[arg-type]
         if cached.label is not None and cached.foreground_voxels is None:
             cached.foreground_voxels = int(np.count_nonzero(cached.label))
         tmp = key_dir / f"{_TMP_PREFIX}{case.case_id}.{_host()}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
@@ -210,7 +240,8 @@ class PreprocessedCache:
             crop=CropBox(start=tuple(meta["crop"]["start"]), stop=tuple(meta["crop"]["stop"])),
             convention=meta["convention"],
             channel_names=tuple(meta.get("channel_names", MODALITY_ORDER)),  # entries before channel names: BraTS
-            foreground_voxels=meta.get("foreground_voxels"))  # None in entries written before it was recorded
+            foreground_voxels=meta.get("foreground_voxels"),  # None in entries written before it was recorded
+            findings=findings_from_json(meta.get("findings")))  # None: no findings listed, or an older entry
 
 
 def _meta(cached: CachedCase, params: dict, sources: list[dict[str, Any]]) -> dict[str, Any]:
@@ -222,6 +253,7 @@ def _meta(cached: CachedCase, params: dict, sources: list[dict[str, Any]]) -> di
         "convention": cached.convention, "has_label": cached.label is not None,
         "channel_names": list(cached.channel_names), "foreground_voxels": cached.foreground_voxels,
         "image_shape": list(cached.image.shape), "params": params, "sources": sources,
+        "findings": findings_to_json(cached.findings),
     }
 
 
@@ -239,30 +271,45 @@ def synthetic_ct_root(cache_root: Path, n_cases: int, size: tuple[int, int, int]
     return Path(cache_root).expanduser() / "synthetic_ct" / _synthetic_id(n_cases, tuple(size), seed)
 
 
+def synthetic_luna_root(cache_root: Path, n_cases: int, size: tuple[int, int, int], seed: int) -> Path:
+    """Folder under the cache where the LUNA16-layout phantoms of these parameters live."""
+    return Path(cache_root).expanduser() / "synthetic_luna" / _synthetic_id(n_cases, tuple(size), seed)
+
+
 def default_synthetic_size(dataset_version: str) -> tuple[int, int, int]:
-    """Phantom size when ``--synthetic_size`` is not given: 64 x 64 x 16 for CT, 64 x 64 x 64 for BraTS."""
+    """Phantom size when ``--synthetic_size`` is not given: 64 x 64 x 16 for head CT, 64 x 64 x 32 for LUNA16,
+    64 x 64 x 64 for BraTS."""
+    if dataset_version in LUNA_VERSIONS:
+        return SYNTHETIC_LUNA_SIZE
     return SYNTHETIC_CT_SIZE if dataset_version in CT_VERSIONS else (64, 64, 64)
+
+
+# synthetic version -> (root under the cache, writer, lock-file suffix, format version)
+_PHANTOM_SETS = {"synthetic": (synthetic_root, ensure_synthetic_brats, "", FORMAT_VERSION),
+                 "synthetic_ich": (synthetic_ct_root, ensure_synthetic_ct, ".ct", CT_FORMAT_VERSION),
+                 "synthetic_luna": (synthetic_luna_root, ensure_synthetic_luna, ".luna", LUNA_FORMAT_VERSION)}
 
 
 def _phantoms(data_path: Path | None, dataset_version: str, cache_root: Path, n_cases: int,
               size: tuple[int, int, int], seed: int) -> tuple[Path, str]:
     """Write (once, under a file lock) the phantoms of a synthetic version; returns their folder and dataset id."""
-    ct = dataset_version == "synthetic_ich"
+    where, ensure, suffix, version = _PHANTOM_SETS[dataset_version]
     name = _synthetic_id(n_cases, size, seed)
-    where = synthetic_ct_root if ct else synthetic_root
     root = Path(data_path).expanduser() if data_path is not None else where(cache_root, n_cases, size, seed)
     root.parent.mkdir(parents=True, exist_ok=True)
-    lock = f".{root.name}.ct.lock" if ct else f".{root.name}.lock"
-    with FileLock(str(root.parent / lock)):  # one writer of a phantom folder at a time
-        (ensure_synthetic_ct if ct else ensure_synthetic_brats)(root, n_cases, size, seed)
+    with FileLock(str(root.parent / f".{root.name}{suffix}.lock")):  # one writer of a phantom folder at a time
+        ensure(root, n_cases, size, seed)
     # the folder is part of the identity too, so two phantom folders do not evict each other's entries
-    if ct:
-        return root, f"synthetic_ich:{name}:format{CT_FORMAT_VERSION}:{root.resolve()}"
-    return root, f"synthetic:{name}:format{FORMAT_VERSION}:{root.resolve()}"
+    return root, f"{dataset_version}:{name}:format{version}:{root.resolve()}"
 
 
-def _ct_params(ct: CTOptions, cases: list[CaseFiles]) -> dict[str, Any]:
-    params: dict[str, Any] = {"kind": "ct", "hu_window": [float(v) for v in ct.hu_window],
+def _luna_params(ct: CTOptions, dataset_version: str) -> dict[str, Any]:
+    return {"kind": "luna", "hu_window": list(default_hu_window(dataset_version, ct.hu_window)),
+            "nodule_hu_threshold": float(ct.nodule_hu_threshold), "crop": "body"}
+
+
+def _ct_params(ct: CTOptions, cases: list[CaseFiles], dataset_version: str) -> dict[str, Any]:
+    params: dict[str, Any] = {"kind": "ct", "hu_window": list(default_hu_window(dataset_version, ct.hu_window)),
                               "target_spacing": None if ct.target_spacing is None
                               else [float(v) for v in ct.target_spacing], "crop": "head"}
     if headerless(cases):  # --spacing only matters (and only keys the cache) for .npy / pickled files
@@ -278,11 +325,14 @@ def open_dataset(data_path: Path | None, dataset_version: str, *, cache_root: Pa
     """Discover, preprocess (cached) and return a dataset: its info, its cases sorted by case id, and the
     ids of the cases of separate test folders (``ct.test_image_dir``).
 
-    With ``dataset_version="synthetic"`` (BraTS MRI) or ``"synthetic_ich"`` (head CT) phantoms are generated
-    first: under ``data_path`` when given, else under ``cache_root/synthetic/n{N}_s{D}x{H}x{W}_seed{S}/``
-    (CT: ``cache_root/synthetic_ct/...``). ``synthetic_size`` ``None``: :func:`default_synthetic_size`.
-    ``max_samples`` keeps the first N sorted cases (before preprocessing). ``clip_percentiles`` shape the
-    BraTS preprocessing, ``ct`` (HU window, target spacing, layouts) the CT one.
+    With ``dataset_version="synthetic"`` (BraTS MRI), ``"synthetic_ich"`` (head CT) or ``"synthetic_luna"`` (chest
+    CT, LUNA16 layout) phantoms are generated first: under ``data_path`` when given, else under
+    ``cache_root/synthetic/n{N}_s{D}x{H}x{W}_seed{S}/`` (``synthetic_ct/...``, ``synthetic_luna/...``).
+    ``synthetic_size`` ``None``: :func:`default_synthetic_size`. ``max_samples`` keeps the first N sorted cases
+    (before preprocessing). ``clip_percentiles`` shape the BraTS preprocessing, ``ct`` (HU window, target spacing,
+    layouts; LUNA16's annotation file and nodule threshold) the CT ones; ``ct.hu_window`` ``None`` takes the
+    version's own window (:func:`dataio.adapters.default_hu_window`). For the LUNA16 versions the returned
+    ``subsets`` maps each case id to its subset number.
 
     Raises:
         ValueError: unknown version, missing ``--data_path`` for a real dataset, ``--max_samples`` < 1,
@@ -294,7 +344,7 @@ def open_dataset(data_path: Path | None, dataset_version: str, *, cache_root: Pa
         raise ValueError(f"--max_samples must be >= 1 (or omitted for all cases), got {max_samples}")
     cache_root = Path(cache_root).expanduser()
     ct = ct or CTOptions()
-    if dataset_version in ("synthetic", "synthetic_ich"):
+    if dataset_version in _PHANTOM_SETS:
         size = validate_synthetic_args(synthetic_cases, synthetic_size or default_synthetic_size(dataset_version),
                                        synthetic_seed)
         data_path, dataset_id = _phantoms(data_path, dataset_version, cache_root, synthetic_cases, size,
@@ -303,13 +353,17 @@ def open_dataset(data_path: Path | None, dataset_version: str, *, cache_root: Pa
         dataset_id = f"manifest:{Path(ct.manifest).expanduser().resolve()}:{dataset_version}"
     elif data_path is None:
         raise ValueError(f"--data_path is required for --dataset_version {dataset_version} "
-                         "(only 'synthetic' works without data)")
+                         f"(only the phantom versions {', '.join(_PHANTOM_SETS)} work without data)")
     else:
         dataset_id = f"{Path(data_path).expanduser().resolve()}:{dataset_version}"
+        if dataset_version == "luna16" and ct.annotations:  # its own entries: switching files does not evict them
+            dataset_id += f":annotations={ct.annotations}"
     cases = discover_cases(None if data_path is None else Path(data_path), dataset_version,
                            require_labels=require_labels, ct=ct)
     if dataset_version in CT_VERSIONS:
-        params = _ct_params(ct, cases)
+        params = _ct_params(ct, cases, dataset_version)
+    elif dataset_version in LUNA_VERSIONS:
+        params = _luna_params(ct, dataset_version)
     else:
         params = {"clip_percentiles": [float(p) for p in clip_percentiles]}
     if max_samples is not None:
@@ -319,7 +373,8 @@ def open_dataset(data_path: Path | None, dataset_version: str, *, cache_root: Pa
     logger.info("%d %s cases ready (%d preprocessed, %d from cache %s)", len(loaded), dataset_version,
                 cache.stats["built"], cache.stats["reused"], cache_root)
     return LoadedDataset(info=dataset_info(dataset_version), cases=loaded,
-                         test_ids=tuple(c.case_id for c in cases if c.fixed_split == "test"))
+                         test_ids=tuple(c.case_id for c in cases if c.fixed_split == "test"),
+                         subsets={c.case_id: c.subset for c in cases if c.subset is not None})
 
 
 def load_dataset(data_path: Path | None, dataset_version: str, *, cache_root: Path = DEFAULT_CACHE_ROOT,

@@ -34,6 +34,8 @@ DATASET_CONVENTION: dict[str, str] = {
     "msd_task01": "msd",
     "ich": "binary",
     "synthetic_ich": "binary",
+    "luna16": "binary",
+    "synthetic_luna": "binary",
 }
 
 

@@ -41,7 +41,8 @@ FOLDER_PATTERN = ("{data_path}/images/CASE.{nii.gz,nii,npy} + {data_path}/labels
 
 @dataclass
 class CTOptions:
-    """Options of the CT layouts and preprocessing (CLI flags in brackets; spacings in mm, HU in Hounsfield units).
+    """Options of the CT layouts and preprocessing (CLI flags in brackets; spacings in mm, HU in Hounsfield units):
+    the ``ich`` layouts, and (``annotations``, ``nodule_hu_threshold``, ``use_subset_folds``) LUNA16's.
     The sweep's ``DataOptions`` extends this class, so each flag is declared once.
 
     Attributes:
@@ -49,9 +50,14 @@ class CTOptions:
         patient_regex: patient id from the file stem (``--patient_regex``); ``None``: one patient per file.
         manifest, mask_dir: the CSV layout (``--manifest``, ``--mask_dir``).
         spacing: voxel spacing of files without a header, ``.npy`` / ``.pkl`` (``--spacing``).
-        hu_window: HU range mapped to [0, 1] with clipping (``--hu_window``).
+        hu_window: HU range mapped to [0, 1] with clipping (``--hu_window``); ``None``: the dataset's own
+            (:func:`dataio.adapters.default_hu_window`: ich [0, 120], LUNA16 [-1000, 1000]).
         target_spacing: resample to this spacing (``--target_spacing``); ``None``: keep each scan's grid.
         allow_pickle: read ``.pkl`` / ``.pickle`` files (``--allow_pickle``).
+        annotations: LUNA16 annotation CSV (``--annotations``); ``None``: ``annotations.csv`` of the data folder.
+        nodule_hu_threshold: LUNA16 nodule masks keep the voxels above this HU (``--nodule_hu_threshold``).
+        use_subset_folds: LUNA16 cross-validation folds from the release's subsets (``--use_subset_folds``,
+            :func:`dataio.luna16.subset_splits`); not used by the data loading itself.
     """
 
     test_image_dir: str | None = None
@@ -60,9 +66,12 @@ class CTOptions:
     manifest: str | None = None
     mask_dir: str | None = None
     spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
-    hu_window: tuple[float, float] = (0.0, 120.0)
+    hu_window: tuple[float, float] | None = None
     target_spacing: tuple[float, float, float] | None = None
     allow_pickle: bool = False
+    annotations: str | None = None
+    nodule_hu_threshold: float = -700.0
+    use_subset_folds: bool = False
 
 
 def _compile(regex: str | None) -> re.Pattern[str] | None:

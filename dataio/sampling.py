@@ -15,6 +15,10 @@ Conventions:
   present, then a random voxel of that class as the patch centre (so the centre voxel is
   foreground; near the border the patch is zero-padded rather than shifted). Other samples use a
   uniform centre that keeps the patch inside the volume where the volume is large enough.
+- Centre jitter (``SampleRules.centre_jitter`` = j > 0, 2D slices only): a foreground-forced centre is moved
+  in-plane by an offset drawn uniformly from [-j, j] on each of D and H (then clipped into the volume), so the
+  foreground voxel lies anywhere in the middle of the crop: the LUNA chapter's random 64 x 64 crops of
+  96 x 96 chunks centred on a nodule are j = 16. j = 0 draws nothing (results as before).
 - Randomness comes from ``numpy.random.default_rng([seed, epoch, index])``, so a sample depends
   only on (seed, epoch, index), never on the number of workers or the order of requests.
 - Indices may be plain ints or ``(epoch, index)`` pairs (see ``dataio.loaders``): the pair form
@@ -24,6 +28,7 @@ Conventions:
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from fractions import Fraction
 from math import ceil
 from typing import Sequence
@@ -38,6 +43,22 @@ from dataio.types import CachedCase
 logger = logging.getLogger(__name__)
 
 MAX_FG_COORDS = 10_000  # foreground voxel coordinates kept per class and case
+DEFAULT_FOREGROUND_FRACTION = 1 / 3
+
+
+@dataclass(frozen=True)
+class SampleRules:
+    """How a model's training samples are drawn (see the module docstring; sizes in voxels).
+
+    Attributes:
+        foreground_fraction: share of samples centred on a foreground voxel (1.0: positive samples only).
+        centre_jitter: in-plane jitter of a foreground centre (2D slices), voxels.
+        context_slices: 2D models: neighbouring slices on each side read as extra channels.
+    """
+
+    foreground_fraction: float = DEFAULT_FOREGROUND_FRACTION
+    centre_jitter: int = 0
+    context_slices: int = 0
 
 
 def sample_patch_center(
@@ -263,20 +284,27 @@ class SliceDataset(_CaseSampler):
 
     def __init__(self, cases: list[CachedCase], modalities: tuple[str, ...], patch_size: tuple[int, int],
                  samples_per_volume: int = 4, foreground_fraction: float = 1 / 3, augment: bool = True,
-                 seed: int = 0, context_slices: int = 0) -> None:
+                 seed: int = 0, context_slices: int = 0, centre_jitter: int = 0) -> None:
         super().__init__(cases, modalities, samples_per_volume, foreground_fraction, seed)
         if len(patch_size) != 2 or min(patch_size) < 1:
             raise ValueError(f"patch_size must be 2 positive ints for 2D slices, got {tuple(patch_size)}")
         if context_slices < 0:
             raise ValueError(f"context_slices must be >= 0, got {context_slices}")
+        if centre_jitter < 0:
+            raise ValueError(f"centre_jitter must be >= 0 voxels, got {centre_jitter}")
         self.patch_size = tuple(int(p) for p in patch_size)
         self.context_slices = int(context_slices)
+        self.centre_jitter = int(centre_jitter)
         self.augment = build_augmentation(2, self.patch_size) if augment else None
 
     def __getitem__(self, index: int | tuple[int, int]) -> dict:
         _, case, rng, fg = self._resolve(index)
         depth = case.label.shape[-1]
         center = sample_patch_center(case.label.shape, (*self.patch_size, 1), rng, fg)
+        if fg is not None and self.centre_jitter:
+            offset = rng.integers(-self.centre_jitter, self.centre_jitter + 1, size=2)
+            center = tuple(int(np.clip(c + o, 0, n - 1)) for c, o, n in zip(center[:2], offset, case.label.shape)) \
+                + (center[2],)
         z, k = center[-1], self.context_slices
         z_idx = np.clip(np.arange(z - k, z + k + 1), 0, depth - 1)
         src, dst = _crop_windows(case.label.shape[:2], center[:2], self.patch_size)

@@ -8,6 +8,9 @@ Conventions (volbench-wide):
 - Labels use the internal map {0 background, 1 NCR/NET, 2 ED, 3 ET} for BraTS, {0, 1} for binary
   datasets (CT: 1 = haemorrhage), uint8.
 - Spacing is in millimetres per voxel along (D, H, W).
+- World coordinates (``CachedCase.affine``, :class:`Finding` centres) are NIfTI-style RAS+ millimetres: x grows
+  towards the patient's Right, y Anterior, z Superior. DICOM/ITK files (LUNA16's ``.mhd`` headers and CSVs) use
+  LPS+ (x Left, y Posterior): ``x_lps = -x_ras``, ``y_lps = -y_ras``, z the same.
 """
 
 from __future__ import annotations
@@ -35,12 +38,15 @@ class DatasetInfo:
         label_kind: ``brats`` (internal BraTS labels 0-3, regions WT/TC/ET) or ``binary`` (0/1).
         region: name of the foreground region of a binary dataset, used in column names
             (``dice_<region>``); ignored for ``brats``.
+        lesion_hit: the dataset's own lesion hit rule (``--lesion_hit`` when not given): ``iou`` (box IoU >= 0.1),
+            or LUNA16's ``radius`` (a prediction's centre within the nodule's radius, world mm).
     """
 
     name: str
     channels: tuple[str, ...] = MODALITY_ORDER
     label_kind: str = "brats"
     region: str = "lesion"
+    lesion_hit: str = "iou"
 
     def __post_init__(self) -> None:
         if self.label_kind not in LABEL_KINDS:
@@ -52,6 +58,24 @@ class DatasetInfo:
     def stratify_by_lesion(self) -> bool:
         """Splits keep the share of scans with a lesion (``binary`` labels: a scan with a foreground voxel)."""
         return self.label_kind == "binary"
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One annotated finding of a scan, for lesion-wise evaluation (LUNA16 nodules).
+
+    Attributes:
+        centre_ras_mm: centre in world RAS+ millimetres (see the module docstring).
+        diameter_mm: diameter in mm; ``-1`` where the source gives none (LUNA16's excluded findings).
+        excluded: a finding that neither counts as a miss nor makes a mark a false positive (LUNA16's
+            ``annotations_excluded.csv``); ``False`` for the findings that must be detected.
+        origin: where it was listed (e.g. ``annotations.csv line 12``), for messages; not compared.
+    """
+
+    centre_ras_mm: tuple[float, float, float]
+    diameter_mm: float
+    excluded: bool = False
+    origin: str = field(default="", compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -73,6 +97,11 @@ class CaseFiles:
         origin: where the case was listed (e.g. ``manifest.csv line 3``), for error messages.
         allow_pickle: the user opted in to unpickling this case's ``.pkl`` files (``--allow_pickle``).
         fixed_split: ``"test"`` for cases of separate test folders (``--test_image_dir``); ``""`` otherwise.
+        extra_files: further files the case is read from (a ``.mhd`` header's ``.raw`` voxel file), so that the
+            cache notices when they change.
+        findings: the annotated findings of the case (LUNA16: its rows of the annotation CSV and of
+            ``annotations_excluded.csv``), from which the label is built; ``None``: the dataset lists none.
+        subset: the release's subset number of the case (LUNA16 ``subsetN``); ``None``: the release has none.
     """
 
     case_id: str
@@ -87,11 +116,15 @@ class CaseFiles:
     origin: str = ""
     allow_pickle: bool = False
     fixed_split: str = ""
+    extra_files: tuple[Path, ...] = ()
+    findings: tuple[Finding, ...] | None = None
+    subset: int | None = None
 
     @property
     def has_label(self) -> bool:
-        """True when the case is labelled (a label file, or an all-background label without a file)."""
-        return self.label is not None or self.empty_label
+        """True when the case is labelled (a label file, an all-background label without a file, or findings
+        from which the label is built)."""
+        return self.label is not None or self.empty_label or self.findings is not None
 
 
 @dataclass(frozen=True)
@@ -121,6 +154,9 @@ class CachedCase:
         channel_names: name of each image channel (BraTS: ``MODALITY_ORDER``).
         foreground_voxels: number of non-zero voxels of ``label`` (recorded when the entry is written, so
             lesion strata need not re-read labels); ``None`` for unlabelled cases and older cache entries.
+        findings: the case's annotated findings (centres in RAS+ mm; LUNA16), excluded ones included, for
+            lesion-wise evaluation; ``None``: the dataset has no annotation rows (or an older cache entry), and
+            evaluation takes the lesions from the label's connected components.
     """
 
     case_id: str
@@ -134,6 +170,7 @@ class CachedCase:
     convention: str
     channel_names: tuple[str, ...] = MODALITY_ORDER
     foreground_voxels: int | None = None
+    findings: tuple[Finding, ...] | None = None
 
     def channel_indices(self, modalities: tuple[str, ...] | list[str]) -> list[int]:
         """Indices of the named channels in ``image``; ``ValueError`` naming unknown ones."""
@@ -157,8 +194,11 @@ class LoadedDataset:
 
     ``test_ids``: cases that form the test split whatever the split seed (separate test folders,
     ``--test_image_dir``); empty when the split draws the test cases itself.
+    ``subsets``: case id -> the release's subset number (LUNA16 ``subsetN``, for ``--use_subset_folds``);
+    empty when the release has no subsets.
     """
 
     info: DatasetInfo
     cases: list[CachedCase]
     test_ids: tuple[str, ...] = ()
+    subsets: dict[str, int] = field(default_factory=dict)

@@ -66,11 +66,15 @@ class InferenceSettings:
     tta: bool = False
 
 
+SLICE_BATCH = 8  # 2D models: slices per forward pass at inference
+
+
 @torch.no_grad()
 def predict_logits(model: nn.Module, image: torch.Tensor, settings: InferenceSettings, *,
-                   sw_batch_size: int = 1) -> torch.Tensor:
+                   sw_batch_size: int = 1, slice_batch: int = SLICE_BATCH) -> torch.Tensor:
     """Logits (n_classes, D, H, W) for one image (C, D, H, W), model in eval mode, windows of
-    ``settings.roi_size`` voxels (``settings.modalities`` and ``settings.tta`` are not read here)."""
+    ``settings.roi_size`` voxels (``settings.modalities`` and ``settings.tta`` are not read here); a 2D model
+    sees ``max(sw_batch_size, slice_batch)`` slices per forward pass."""
     was_training = model.training
     model.eval()
     try:
@@ -82,7 +86,7 @@ def predict_logits(model: nn.Module, image: torch.Tensor, settings: InferenceSet
             else:
                 slices = volume_to_slices(image, settings.context_slices).to(settings.device)
                 logits = sliding_window_inference(
-                    slices, roi_size=tuple(settings.roi_size[-2:]), sw_batch_size=max(sw_batch_size, 8),
+                    slices, roi_size=tuple(settings.roi_size[-2:]), sw_batch_size=max(sw_batch_size, slice_batch),
                     predictor=model, overlap=settings.overlap, mode="gaussian")
                 logits = slices_to_volume(logits)  # (W, K, D, H) -> (K, D, H, W)
     finally:

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from dataio.sampling import DEFAULT_FOREGROUND_FRACTION, SampleRules
 from models import ModelInfo, create_model, model_info
 from utils.cpu_conv import apply_depth_split_convs
 
@@ -38,6 +39,7 @@ class ModelSetup:
     spatial_dims: int
     patch_size: tuple[int, ...]
     model_kwargs: dict[str, Any] = field(default_factory=dict)
+    context_slices: int = 0  # 2D models: neighbouring slices on each side read as extra channels
     cpu_conv: bool | None = None  # depth-split batch-1 CPU convs; None: on unless deterministic algorithms are on
 
     def build(self) -> nn.Module:
@@ -55,6 +57,13 @@ class ModelSetup:
             swapped = apply_depth_split_convs(model)
             log.debug("%s: %d convolutions take the depth split at batch 1 on the CPU", self.name, swapped)
         return model
+
+    def sample_rules(self) -> SampleRules:
+        """How this model's training samples are drawn: its foreground share and jitter, the context slices."""
+        fraction = self.info.foreground_fraction
+        return SampleRules(foreground_fraction=DEFAULT_FOREGROUND_FRACTION if fraction is None else float(fraction),
+                           centre_jitter=self.info.centre_jitter if self.spatial_dims == 2 else 0,
+                           context_slices=self.context_slices)
 
     @property
     def roi_size(self) -> tuple[int, ...]:
@@ -84,13 +93,28 @@ def resolve_patch_size(info: ModelInfo, requested: tuple[int, ...] | None,
     return tuple(round_up(int(b), info.divisibility) for b in base)
 
 
+@dataclass(frozen=True)
+class InputChoices:
+    """The user's choices of how models read the data (None: each model's own).
+
+    Attributes:
+        dim: ``--dim`` (``2d`` / ``3d``): must agree with each model's native dimensionality.
+        context_slices: ``--context_slices``: neighbouring slices on each side that a 2D model reads as extra
+            channels (``ModelInfo.context_slices`` when None); 3D models ignore it.
+    """
+
+    dim: str | None = None
+    context_slices: int | None = None
+
+
 def setup_model(name: str, *, available_modalities: tuple[str, ...], n_classes: int,
                 requested_patch: tuple[int, ...] | None, data_extent: tuple[int, int, int],
-                dim: str | None = None, overrides: dict[str, Any] | None = None,
+                inputs: InputChoices | None = None, overrides: dict[str, Any] | None = None,
                 cpu_conv: bool | None = None) -> ModelSetup:
     """Validate that ``name`` can run on this data and decide how it is built.
 
     ``cpu_conv``: see :attr:`ModelSetup.cpu_conv` (pass :func:`cpu_conv_wanted` of the sweep's config).
+    ``inputs``: ``--dim`` and ``--context_slices`` (:class:`InputChoices`).
     Input channels: the model's named modalities; a model with ``any_channels`` whose modalities the
     dataset lacks takes every channel of ``available_modalities`` instead (e.g. one CT channel).
 
@@ -98,6 +122,8 @@ def setup_model(name: str, *, available_modalities: tuple[str, ...], n_classes: 
         ValueError: the dataset lacks a modality the model needs, or ``--dim`` contradicts the model.
     """
     info = model_info(name)
+    inputs = inputs or InputChoices()
+    dim, context_slices = inputs.dim, inputs.context_slices
     modalities = tuple(info.modalities)
     missing = [m for m in modalities if m not in available_modalities]
     if missing and info.any_channels:  # not tied to MRI modalities: take every channel of the dataset
@@ -109,9 +135,12 @@ def setup_model(name: str, *, available_modalities: tuple[str, ...], n_classes: 
         raise ValueError(f"model {name!r} is a {info.spatial_dims}D network; --dim {dim} does not apply to it "
                          f"(leave --dim unset to use each model's native dimensionality)")
     patch = resolve_patch_size(info, requested_patch, data_extent)
-    kwargs: dict[str, Any] = dict(in_channels=len(modalities) * (2 * info.context_slices + 1), out_channels=n_classes)
+    context = 0 if info.spatial_dims == 3 else (info.context_slices if context_slices is None else int(context_slices))
+    if context < 0:
+        raise ValueError(f"--context_slices must be >= 0, got {context}")
+    kwargs: dict[str, Any] = dict(in_channels=len(modalities) * (2 * context + 1), out_channels=n_classes)
     kwargs.update(overrides or {})
     if info.needs_fixed_input:  # e.g. UNETR: the network is built for exactly the window size
         kwargs["img_size"] = tuple(patch)
     return ModelSetup(name=name, info=info, modalities=modalities, spatial_dims=info.spatial_dims,
-                      patch_size=patch, model_kwargs=kwargs, cpu_conv=cpu_conv)
+                      patch_size=patch, model_kwargs=kwargs, context_slices=context, cpu_conv=cpu_conv)

@@ -12,12 +12,14 @@ from typing import Any
 
 import numpy as np
 
+from dataio.luna16 import subset_splits
 from dataio.splits import iter_folds, load_splits, make_splits
 from dataio.types import CachedCase, DatasetInfo, LoadedDataset
 from engine.options.config import ExperimentConfig
-from engine.model_setup import ModelSetup, cpu_conv_wanted, setup_model
+from engine.model_setup import InputChoices, ModelSetup, cpu_conv_wanted, setup_model
 from engine.tasks import Task, task_for
 from engine.trainer_settings import TrainerSettings
+from losses import loss_spec
 from models import model_info
 from utils.schema import SPLITS_JSON, checkpoint_name, job_name
 
@@ -77,8 +79,9 @@ class ModelPlan:
 
 
 def prepare_data(config: ExperimentConfig, output_dir: Path, dataset: LoadedDataset | None = None) -> SweepData:
-    """Load (and cache) the dataset, or take ``dataset``; make the split, or reuse ``--splits_file`` or (with
-    ``--resume``) the folder's ``splits.json``. Writes nothing (:func:`write_sweep_files` does)."""
+    """Load (and cache) the dataset, or take ``dataset``; make the split (``--use_subset_folds``: the release's
+    subsets as the folds), or reuse ``--splits_file`` or (with ``--resume``) the folder's ``splits.json``. Writes
+    nothing (:func:`write_sweep_files` does)."""
     from_flags = dataset is None
     dataset = config.load() if dataset is None else dataset
     by_id = {c.case_id: c for c in dataset.cases}
@@ -91,6 +94,8 @@ def prepare_data(config: ExperimentConfig, output_dir: Path, dataset: LoadedData
         if splits.get("mode") != wanted:
             raise ValueError(f"{splits_path} holds a {splits.get('mode')} split but the flags ask for {wanted} "
                              f"({'with' if config.use_5fold else 'without'} --use_5fold)")
+    elif getattr(config, "use_subset_folds", False):  # LUNA16's subsets as the folds (dataio.luna16.subset_splits)
+        splits = subset_splits(sorted(by_id), dataset.subsets)
     else:
         ids = sorted(by_id)
         # stratified by lesion presence (a scan is positive when its label has a foreground voxel) where the data ask
@@ -121,12 +126,13 @@ def plan_models(models: list[str], config: ExperimentConfig, data: SweepData) ->
     plans = {}
     for name in models:
         info = model_info(name)
-        task = task_for(info, data.info, loss=config.loss, lesions=config)
+        trainer = TrainerSettings.for_model(config, info.train_defaults, config.explicit_flags)
+        task = task_for(info, data.info, loss=loss_spec(trainer.loss, config), lesions=config)
         requested = config.patch_size or (info.test_patch_size if config.tiny else None)
         setup = setup_model(name, available_modalities=data.info.channels, n_classes=task.n_outputs,
-                            requested_patch=requested, data_extent=data.extent, dim=config.dim,
+                            requested_patch=requested, data_extent=data.extent,
+                            inputs=InputChoices(dim=config.dim, context_slices=config.context_slices),
                             overrides=_overrides(name, config), cpu_conv=cpu_conv_wanted(config))
-        trainer = TrainerSettings.for_model(config, info.train_defaults, config.explicit_flags)
         own = {k: getattr(trainer, k) for k in info.train_defaults if getattr(trainer, k) != getattr(config, k)}
         if own:
             log.info("%s trains with its own recipe for the flags left unset: %s", name,

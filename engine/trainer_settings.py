@@ -9,12 +9,15 @@ from typing import Any, Iterable
 
 @dataclass
 class TrainerSettings:
-    """Training settings: epochs, optimiser (lr per optimiser step; ``momentum`` None = the optimiser's own
+    """Training settings: epochs, batch size (samples per optimiser step per process), the loss by registry name
+    (the task builds it; a setting here so that a model's recipe can name its own, e.g. ``luna_dice``), optimiser (lr per optimiser step; ``momentum`` None = the optimiser's own
     default), per-epoch scheduler (``lr_step_size`` epochs per x0.1 step of ``step``; None = a third of the
     run), AMP (CUDA only), gradient accumulation and clipping, early-stopping ``patience`` (0 disables it),
     validation interval."""
 
     epochs: int = 10
+    batch_size: int = 1
+    loss: str = "nnunet"
     lr: float = 1e-3
     weight_decay: float = 1e-5
     optimizer: str = "adamw"

@@ -1,14 +1,16 @@
 """volbench loss registry: ``create_loss(name, **kw)``, ``list_losses()``, ``register_loss``.
 
 Every loss takes ``(logits, target)``: logits (B, C, *S) before softmax, target int64 labels
-(B, *S) (or (B, 1, *S)); 2D or 3D; any C >= 2.
-Registered: ``nnunet`` (0.7 Dice + 0.3 CE, the default) and ``standard`` (0.5 Dice + 0.5 CE).
+(B, *S) (or (B, 1, *S)); 2D or 3D; any C >= 2 unless the loss says otherwise.
+Registered: ``nnunet`` (0.7 Dice + 0.3 CE, the default), ``standard`` (0.5 Dice + 0.5 CE) and ``luna_dice``
+(the LUNA chapter's soft Dice + 8 x false-negative Dice; two-class logits only).
 Adding a loss: decorate its builder with ``@register_loss("name")`` in a module imported below.
 """
 
 from __future__ import annotations
 
-from ._registry import DEFAULT_LOSS, create_loss, list_losses, register_loss
+from ._registry import DEFAULT_LOSS, LossSpec, create_loss, is_binary_loss, list_losses, loss_spec, register_loss
 from . import segmentation  # noqa: E402,F401  (registers nnunet, standard)
+from . import luna  # noqa: E402,F401  (registers luna_dice)
 
-__all__ = ["DEFAULT_LOSS", "create_loss", "list_losses", "register_loss"]
+__all__ = ["DEFAULT_LOSS", "LossSpec", "create_loss", "is_binary_loss", "list_losses", "loss_spec", "register_loss"]

@@ -10,7 +10,9 @@ Conventions:
   ``mar``: mean over the 9 thresholds of the recall at ``max_detections`` per case.
 - Cases without lesions still add their predictions as false positives; a set without any lesion
   gives NaN for every AP / AR / FROC value (never MONAI's -1 placeholder).
-- FROC: ``metrics.froc`` (LUNA16 rules); per-case counts: ``lesion_counts`` (same hit rule as FROC).
+- FROC: ``metrics.froc`` (LUNA16 rules); per-case counts: ``lesion_counts`` (same hit rule as FROC). Under
+  rule ``radius`` both use the case's world references (``CaseBoxes.gt_centres``/``gt_diameters``) and ignore
+  predictions on excluded findings, while AP/AR keep matching the boxes by IoU.
 - Resampled scan sets (the scan bootstrap of ``model_comparison.csv``): ``metrics.lesion_bootstrap`` computes
   the same values from each case's matching, computed once.
 """
@@ -24,12 +26,12 @@ from typing import Sequence
 import numpy as np
 
 from .froc import froc_metrics
-from .lesions import CaseBoxes, HitRule, box_iou, hits
+from .lesions import CaseBoxes, HitRule, box_iou, case_hits, case_ignored, hits
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["LESION_COLUMNS", "LESION_CASE_COLUMNS", "MAP_IOU_THRESHOLDS", "CaseBoxes", "HitRule",
-           "coco_metrics", "detection_metrics", "hits", "lesion_counts", "matching_results"]
+           "case_hits", "coco_metrics", "detection_metrics", "hits", "lesion_counts", "matching_results"]
 
 LESION_COLUMNS: tuple[str, ...] = (
     "ap_10", "ap_30", "ap_50", "map", "mar", "froc_fp0.125", "froc_fp0.25", "froc_fp0.5", "froc_fp1",
@@ -97,7 +99,8 @@ def _pick(values: dict[str, float], prefix: str) -> float:
 
 def detection_metrics(cases: Sequence[CaseBoxes], *, rule: HitRule = "iou", iou_threshold: float = 0.1,
                       max_detections: int = 100) -> dict[str, float]:
-    """Every ``LESION_COLUMNS`` value: ``coco_metrics`` (IoU matching) plus ``froc_metrics`` (``rule``)."""
+    """Every ``LESION_COLUMNS`` value: ``coco_metrics`` (IoU matching of the boxes, whatever ``rule``) plus
+    ``froc_metrics`` (``rule``; ``radius`` needs the cases' world centres, see ``metrics.lesions.CaseBoxes``)."""
     out = coco_metrics(cases, max_detections=max_detections)
     out.update(froc_metrics(cases, rule=rule, iou_threshold=iou_threshold))
     return {k: out[k] for k in LESION_COLUMNS}
@@ -107,12 +110,15 @@ def lesion_counts(case: CaseBoxes, *, rule: HitRule = "iou", iou_threshold: floa
                   score_threshold: float = 0.5) -> dict[str, int]:
     """Per-case lesion counts among the predictions scored >= ``score_threshold`` (the others are ignored).
 
-    ``lesions``: ground-truth lesions; ``lesions_found``: lesions hit by at least one kept prediction;
-    ``lesions_missed``: the rest; ``fp_components``: kept predictions hitting no lesion. Hit rule as FROC.
+    ``lesions``: the rule's reference lesions (``gt_boxes``; ``gt_centres`` under ``radius``);
+    ``lesions_found``: lesions hit by at least one kept prediction; ``lesions_missed``: the rest;
+    ``fp_components``: kept predictions hitting no lesion and not ignored (``case_ignored``: under ``radius``,
+    those on an excluded finding). Hit rule as FROC (``metrics.lesions.case_hits``).
     """
     keep = case.pred_scores >= score_threshold
-    h = hits(case.pred_boxes[keep], case.gt_boxes, rule=rule, iou_threshold=iou_threshold)
-    n = len(case.gt_boxes)
+    h = case_hits(case, rule=rule, iou_threshold=iou_threshold)[keep]
+    false_pos = ~h.any(axis=1) & ~case_ignored(case, rule=rule)[keep]
+    n = h.shape[1]
     found = int(h.any(axis=0).sum())
     return {"lesions": n, "lesions_found": found, "lesions_missed": n - found,
-            "fp_components": int((~h.any(axis=1)).sum())}
+            "fp_components": int(false_pos.sum())}

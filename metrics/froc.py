@@ -1,8 +1,12 @@
-"""FROC by the LUNA16 evaluation rules (noduleCADEvaluationLIDC.py), with box hits instead of nodule radii.
+"""FROC by the LUNA16 evaluation rules (noduleCADEvaluationLIDC.py), with LUNA16's radius hits or box hits.
 
 Rules, as LUNA16 applies them:
-- A prediction hits a lesion when IoU >= ``iou_threshold`` (rule ``iou``) or when its box centre lies in
-  the lesion box (rule ``centre``); see ``metrics.lesions.hits``.
+- A prediction hits a lesion when IoU >= ``iou_threshold`` (rule ``iou``), when its box centre lies in
+  the lesion box (rule ``centre``), or when its world centre lies strictly inside the lesion's sphere (rule
+  ``radius``, LUNA16's own: squared distance < (diameter / 2)^2, diameter < 0 counted as 10 mm, references
+  ``CaseBoxes.gt_centres``/``gt_diameters``); see ``metrics.lesions.case_hits``.
+- Rule ``radius`` only: a prediction hitting no lesion but lying in an excluded finding is ignored (neither
+  a hit nor a false positive; ``metrics.lesions.case_ignored``), as LUNA16 deletes it from the candidates.
 - A lesion hit by at least one prediction is one positive candidate scored by the highest score among
   the predictions hitting it; a prediction that hits any lesion is never a false positive (one hitting
   several lesions lends its score to each of them).
@@ -28,7 +32,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .lesions import CaseBoxes, HitRule, hits
+from .lesions import CaseBoxes, HitRule, case_hits, case_ignored
 
 
 logger = logging.getLogger(__name__)
@@ -43,21 +47,22 @@ def froc_candidates(cases: Sequence[CaseBoxes], *, rule: HitRule = "iou",
     """LUNA16 candidate list over all scans: ``(is_lesion (K,) bool, score (K,) float64, n_lesions)``.
 
     One positive per lesion hit (its best hitting score), one negative per prediction hitting no
-    lesion; ``n_lesions`` counts every lesion, hit or not.
+    lesion and not ignored (``case_ignored``); ``n_lesions`` counts every lesion of the rule's references
+    (``case_hits``), hit or not.
     """
     is_lesion: list[np.ndarray] = []
     scores: list[np.ndarray] = []
     n_lesions = 0
     for case in cases:
         scores_c = np.asarray(case.pred_scores, dtype=np.float64)
-        h = hits(case.pred_boxes, case.gt_boxes, rule=rule, iou_threshold=iou_threshold)  # (N, M)
+        h = case_hits(case, rule=rule, iou_threshold=iou_threshold)  # (N, M)
         n_lesions += h.shape[1]
         found = h.any(axis=0)
         if found.any():
             best = np.where(h[:, found], scores_c[:, None], -np.inf).max(axis=0)
             is_lesion.append(np.ones(best.size, dtype=bool))
             scores.append(best)
-        false_pos = ~h.any(axis=1)
+        false_pos = ~h.any(axis=1) & ~case_ignored(case, rule=rule)
         is_lesion.append(np.zeros(int(false_pos.sum()), dtype=bool))
         scores.append(scores_c[false_pos])
     if not scores:

@@ -19,7 +19,9 @@ Rules (a resample is a sequence of scan indices, duplicates allowed, taken in th
   final recall (0 without detections). No lesion in the resample: NaN.
 - FROC (as ``metrics.froc.froc_metrics``): each scan's LUNA16 candidates (``froc_candidates``) are listed once;
   a resample concatenates them, sums the lesions, and counts every drawn scan (a scan drawn twice twice) in the
-  false-positives-per-scan denominator; ``metrics.froc.froc_values`` gives the 7 sensitivities and the CPM.
+  false-positives-per-scan denominator; ``metrics.froc.froc_values`` gives the 7 sensitivities and the CPM. Under
+  rule ``radius`` the candidates come from each scan's world references (``gt_centres``, excluded findings
+  ignored) while COCO keeps matching its boxes (``gt_boxes``).
 - Bootstrap (:func:`scan_bootstrap_ci`): the conventions of ``metrics.statistics.bootstrap_scans_ci`` (draws
   ``rng.integers(0, n, size=(n_resamples, n))`` of ``np.random.default_rng(seed)``, NaN resamples dropped,
   ``np.percentile`` "linear"; fewer than 2 scans or 2 finite resamples: NaN), with the statistic of a resample
@@ -45,54 +47,102 @@ _RECALL_POINTS = np.linspace(0.0, 1.00, 101, endpoint=True)  # COCOMetric.recall
 _AP_ROWS = tuple(MAP_IOU_THRESHOLDS.index(t) for t in (0.1, 0.3, 0.5))
 _N_COCO = 5  # ap_10, ap_30, ap_50, map, mar: the first five LESION_COLUMNS
 
-# the boxes table (utils.schema.TABLES["boxes"]): one row per scan ("case"), lesion ("gt") and predicted box
-# ("pred"), voxel boxes [x1, y1, z1, x2, y2, z2] (max exclusive); the "case" rows carry the matching settings
-BOX_KINDS = ("case", "gt", "pred")
+# the boxes table (utils.schema.TABLES["boxes"]): per scan one "case" row (the matching settings), then its rows:
+# - "gt": a reference box (x1..z2 voxels, max exclusive): what AP/mAR match, and the lesions of rules iou/centre;
+# - "nodule": a reference sphere of rule radius (cx, cy, cz, diameter: world mm; a CaseBoxes.gt_centres row), so
+#   a scan's boxes and its radius references coexist, their counts free to differ;
+# - "excluded": an excluded finding (cx, cy, cz, diameter: world mm; a CaseBoxes.excluded_centres row);
+# - "pred": a predicted box with its score, and its world centre (cx, cy, cz) where the case has pred_centres.
+# Columns a row kind does not use are empty. Tables written before cx..diameter existed read as before.
+BOX_KINDS = ("case", "gt", "nodule", "excluded", "pred")
 BOX_COLUMNS = ("case_id", "kind", "score", "x1", "y1", "z1", "x2", "y2", "z2", "hit_rule", "hit_iou",
-               "max_detections")
+               "max_detections", "cx", "cy", "cz", "diameter")
 _COORDS = ["x1", "y1", "z1", "x2", "y2", "z2"]
+_WORLD = ["cx", "cy", "cz", "diameter"]
+_NAN = float("nan")
+
+
+def _row(case_id: str, kind: str, *, score: float = _NAN, box: Sequence[float] = (_NAN,) * 6,
+         world: Sequence[float] = (_NAN,) * 4, settings: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One row of the boxes table in ``BOX_COLUMNS`` order (``settings``: the "case" row's matching settings)."""
+    head = settings or dict(hit_rule=None, hit_iou=_NAN, max_detections=None)
+    return dict(case_id=case_id, kind=kind, score=float(score), **{c: float(v) for c, v in zip(_COORDS, box)},
+                **head, **{c: float(v) for c, v in zip(_WORLD, world)})
 
 
 def box_rows(cases: Iterable[CaseBoxes], *, rule: HitRule, iou_threshold: float,
              max_detections: int) -> list[dict[str, Any]]:
     """Rows of the boxes table for ``cases``: per scan one "case" row (with the hit rule, its IoU and
-    ``max_detections``), then its "gt" rows, then its "pred" rows in their stored order (ties in score keep that
-    order, which the COCO matching depends on). Floats are the float32 values widened to float64, so a CSV round
-    trip gives back the same float32 boxes and scores."""
-    nan = float("nan")
+    ``max_detections``), then its "gt" rows, its "nodule" and "excluded" rows (where the case has them), then its
+    "pred" rows in their stored order (ties in score keep that order, which the COCO matching depends on). Floats
+    are the float32 values widened to float64 (world mm: the float64 values), so a CSV round trip gives back the
+    same boxes, scores, centres and diameters."""
     rows: list[dict[str, Any]] = []
     for case in cases:
-        rows.append(dict(case_id=case.case_id, kind="case", score=nan, **dict.fromkeys(_COORDS, nan),
-                         hit_rule=str(rule), hit_iou=float(iou_threshold), max_detections=int(max_detections)))
-        for kind, boxes, scores in (("gt", case.gt_boxes, [nan] * len(case.gt_boxes)),
-                                    ("pred", case.pred_boxes, case.pred_scores)):
-            for box, score in zip(boxes, scores):
-                rows.append(dict(case_id=case.case_id, kind=kind, score=float(score),
-                                 **{c: float(v) for c, v in zip(_COORDS, box)}, hit_rule=None, hit_iou=nan,
-                                 max_detections=None))
+        settings = dict(hit_rule=str(rule), hit_iou=float(iou_threshold), max_detections=int(max_detections))
+        rows.append(_row(case.case_id, "case", settings=settings))
+        rows += [_row(case.case_id, "gt", box=box) for box in case.gt_boxes]
+        for kind, centres, diameters in (("nodule", case.gt_centres, case.gt_diameters),
+                                         ("excluded", case.excluded_centres, case.excluded_diameters)):
+            if centres is not None and diameters is not None:
+                rows += [_row(case.case_id, kind, world=(*c, d)) for c, d in zip(centres, diameters)]
+        centres = case.pred_centres if case.pred_centres is not None else [(_NAN,) * 3] * len(case.pred_boxes)
+        rows += [_row(case.case_id, "pred", score=score, box=box, world=(*centre, _NAN))
+                 for box, score, centre in zip(case.pred_boxes, case.pred_scores, centres)]
     return rows
 
 
 def scans_from_rows(frame: pd.DataFrame) -> tuple[list[CaseBoxes], dict[str, Any]]:
     """One run's boxes table (rows of :func:`box_rows`, any extra columns ignored) back as scans in the order of
     their "case" rows, and the run's settings ``{"rule", "iou_threshold", "max_detections"}`` (from its first
-    "case" row; the defaults iou / 0.1 / 100 where missing). A scan without a "case" row is left out."""
+    "case" row; the defaults iou / 0.1 / 100 where missing). A scan without a "case" row is left out.
+
+    World fields: where the table has the cx..diameter columns and the run uses rule radius or holds any "nodule"
+    or "excluded" row or "pred" centre, every scan gets ``gt_centres``/``gt_diameters`` (its "nodule" rows),
+    ``excluded_centres``/``excluded_diameters`` (its "excluded" rows; both possibly empty) and ``pred_centres``
+    (None for a scan whose "pred" rows have no centres). Otherwise the scans are boxes only, as before."""
     kind = frame["kind"].astype(str)
     ids = frame["case_id"].astype(str)
     order = list(dict.fromkeys(ids[kind == "case"]))
     coords = frame[_COORDS].to_numpy(dtype=np.float32)
     scores = pd.to_numeric(frame["score"], errors="coerce").to_numpy(dtype=np.float32)
-    groups: dict[str, dict[str, list[int]]] = {c: {"gt": [], "pred": []} for c in order}
+    groups: dict[str, dict[str, list[int]]] = {c: {k: [] for k in BOX_KINDS[1:]} for c in order}
     for i, (case_id, k) in enumerate(zip(ids, kind)):
-        if k in ("gt", "pred") and case_id in groups:
+        if k in BOX_KINDS[1:] and case_id in groups:
             groups[case_id][k].append(i)
-    scans = [CaseBoxes(c, coords[g["pred"]], scores[g["pred"]], coords[g["gt"]]) for c, g in groups.items()]
     first = frame[kind == "case"].head(1).to_dict("records")
     head = first[0] if first else {}
     settings = dict(rule=_present(head.get("hit_rule"), "iou", str),
                     iou_threshold=_present(head.get("hit_iou"), 0.1, float),
                     max_detections=_present(head.get("max_detections"), 100, lambda v: int(float(v))))
+    world = _world_values(frame, kind, settings["rule"])
+    scans = [CaseBoxes(c, coords[g["pred"]], scores[g["pred"]], coords[g["gt"]])
+             if world is None else _world_scan(c, g, coords, scores, world) for c, g in groups.items()]
     return scans, settings
+
+
+def _world_values(frame: pd.DataFrame, kind: pd.Series, rule: str) -> np.ndarray | None:
+    """(rows, 4) float64 cx, cy, cz, diameter of the table, or None when its scans are boxes only."""
+    if not set(_WORLD) <= set(frame.columns):
+        return None
+    world = frame[_WORLD].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
+    spheres = kind.isin(("nodule", "excluded")).to_numpy()
+    pred_centres = np.isfinite(world[(kind == "pred").to_numpy(), :3]).any()
+    return world if rule == "radius" or spheres.any() or pred_centres else None
+
+
+def _world_scan(case_id: str, rows: dict[str, list[int]], coords: np.ndarray, scores: np.ndarray,
+                world: np.ndarray) -> CaseBoxes:
+    """One scan with its world fields (see :func:`scans_from_rows`)."""
+    pred = world[rows["pred"], :3]
+    present = np.isfinite(pred).all(axis=1)
+    if present.any() and not present.all():
+        raise ValueError(f"boxes table, case {case_id!r}: {int((~present).sum())} of its {present.size} pred rows "
+                         "lack a world centre (cx, cy, cz)")
+    return CaseBoxes(case_id, coords[rows["pred"]], scores[rows["pred"]], coords[rows["gt"]],
+                     pred_centres=pred if present.all() else None,
+                     gt_centres=world[rows["nodule"], :3], gt_diameters=world[rows["nodule"], 3],
+                     excluded_centres=world[rows["excluded"], :3], excluded_diameters=world[rows["excluded"], 3])
 
 
 def _present(value: Any, default: Any, cast: Any) -> Any:
@@ -114,7 +164,8 @@ class ScanSet:
 
     Args:
         cases: the scans (their order defines the indices a resample draws).
-        rule, iou_threshold: FROC hit rule (``metrics.lesions.hits``); COCO always matches by IoU.
+        rule, iou_threshold: FROC hit rule (``metrics.lesions.case_hits``; ``radius`` needs the scans' world
+            centres); COCO always matches the boxes by IoU.
         max_detections: detections per scan kept by the COCO matching.
     """
 

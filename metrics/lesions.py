@@ -7,7 +7,13 @@ Conventions (every function below):
   indices, max EXCLUSIVE: a single voxel at (10, 20, 30) is ``[10, 20, 30, 11, 21, 31]``; float32.
 - IoU: ``monai.data.box_utils.box_iou`` (computed in float32, ``inter / (union + eps32)``).
 - Hits: rule ``iou`` = IoU >= threshold; rule ``centre`` = the prediction box's centre lies in the
-  lesion box, lower edge inclusive, upper edge exclusive.
+  lesion box, lower edge inclusive, upper edge exclusive; rule ``radius`` (LUNA16's) = the prediction's world
+  centre lies strictly inside the reference sphere: squared distance (mm^2) < (diameter / 2)^2, a diameter
+  below 0 counting as 10 mm (``LUNA_DEFAULT_DIAMETER_MM``). Under ``radius`` the references are
+  ``CaseBoxes.gt_centres``/``gt_diameters`` and predictions that hit none of them but lie in an excluded
+  finding (same test) are ignored (``case_ignored``): neither hits nor false positives.
+- Voxel-centre coordinates (NIfTI): voxel index i is the centre of the voxel, which covers [i - 0.5, i + 0.5];
+  ``voxel_to_world`` maps such points by the 4x4 affine (world = affine @ [i, j, k, 1], mm).
 - World boxes: voxel edges ``x1 - 0.5`` and ``x2 - 0.5`` (NIfTI voxel-centre coordinates: voxel i covers
   [i - 0.5, i + 0.5]) mapped by the 4x4 affine, then per-axis min/max of the 8 mapped corners, in mm.
 """
@@ -16,7 +22,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -26,8 +32,9 @@ from .crop import foreground_box
 logger = logging.getLogger(__name__)
 
 STRUCTURE_26: np.ndarray = np.ones((3, 3, 3), dtype=bool)
-HitRule = Literal["iou", "centre"]
-HIT_RULES: tuple[str, ...] = ("iou", "centre")
+HitRule = Literal["iou", "centre", "radius"]
+HIT_RULES: tuple[str, ...] = ("iou", "centre", "radius")
+LUNA_DEFAULT_DIAMETER_MM = 10.0  # LUNA16's script: a finding with a diameter below 0 counts as 10 mm
 
 
 def _as_mask3d(mask: np.ndarray, name: str = "mask") -> np.ndarray:
@@ -103,24 +110,72 @@ def scored_boxes(mask: np.ndarray, probability: np.ndarray | None = None, *,
 
     Returns:
         ``(boxes (N, 6) float32, scores (N,) float32)`` sorted by descending score (stable: ties keep
-        scan order).
+        scan order); ``scored_components`` without the centroids (skipped: they cost a pass over the mask box).
     """
+    boxes, scores, _ = _scored(mask, probability, min_size, with_centroids=False)
+    return boxes, scores
+
+
+def scored_components(mask: np.ndarray, probability: np.ndarray | None = None, *,
+                      min_size: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``scored_boxes`` plus each component's centroid: ``(boxes (N, 6) float32, scores (N,) float32,
+    centroids (N, 3) float64)``, all in the same order (descending score, ties in scan order).
+
+    A centroid is the mean voxel index of the component's voxels over array axes 0, 1, 2, in voxel-centre
+    coordinates (index i = the voxel's centre; ``voxel_to_world`` maps it to mm), as
+    ``scipy.ndimage.center_of_mass`` of the component computes it.
+    """
+    boxes, scores, centroids = _scored(mask, probability, min_size, with_centroids=True)
+    return boxes, scores, np.zeros((len(boxes), 3)) if centroids is None else centroids
+
+
+def _scored(mask: np.ndarray, probability: np.ndarray | None, min_size: int, *,
+            with_centroids: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """The one implementation of ``scored_boxes`` / ``scored_components`` (centroids None unless asked for)."""
     m = _as_mask3d(mask)
     prob = None if probability is None else np.asarray(probability)
     if prob is not None and prob.shape != m.shape:
         raise ValueError(f"probability shape {prob.shape} differs from mask shape {m.shape}")
     labels, n, box = _components_in_box(m, min_size)
     if n == 0 or box is None:
-        return np.zeros((0, 6), dtype=np.float32), np.zeros(0, dtype=np.float32)
-    offset = np.asarray([b.start for b in box] * 2, dtype=np.float32)
-    boxes = boxes_from_labels(labels, n) + offset
+        return np.zeros((0, 6), dtype=np.float32), np.zeros(0, dtype=np.float32), np.zeros((0, 3))
+    start = [b.start for b in box]
+    boxes = boxes_from_labels(labels, n) + np.asarray(start * 2, dtype=np.float32)
+    if prob is None and not with_centroids:
+        return boxes, np.ones(n, dtype=np.float32), None
+    inside = labels > 0  # statistics over each component's own voxels (scipy would sort the whole box)
+    centroids = _centroids(labels, inside, n, start) if with_centroids else None
     if prob is None:
-        return boxes, np.ones(n, dtype=np.float32)
-    inside = labels > 0  # the maximum over each component's own voxels (scipy would sort the whole box)
+        return boxes, np.ones(n, dtype=np.float32), centroids
     scores = np.asarray(ndimage.maximum(prob[box][inside], labels[inside], index=np.arange(1, n + 1)),
                         dtype=np.float32)
     order = np.argsort(-scores, kind="stable")
-    return boxes[order], scores[order]
+    return boxes[order], scores[order], None if centroids is None else centroids[order]
+
+
+def _centroids(labels: np.ndarray, inside: np.ndarray, n: int, start: list[int]) -> np.ndarray:
+    """(n, 3) float64 mean volume index of components 1..n of ``labels`` (a box starting at ``start``).
+
+    Sums of integer indices are exact in float64, so each mean is the correctly rounded exact mean.
+    """
+    lab = labels[inside]
+    counts = np.bincount(lab, minlength=n + 1)[1:].astype(np.float64)
+    coords = np.nonzero(inside)
+    sums = [np.bincount(lab, weights=c.astype(np.float64) + s, minlength=n + 1)[1:]
+            for c, s in zip(coords, start)]
+    return np.stack(sums, axis=1) / counts[:, None]
+
+
+def sphere_diameter_mm(n_voxels: int, spacing: Sequence[float]) -> float:
+    """Diameter (mm) of the sphere whose volume is ``n_voxels * prod(spacing)`` mm^3.
+
+    For datasets whose reference lesions are label components: the component's equivalent-sphere diameter
+    ``cbrt(6 V / pi)`` serves as its ``radius``-rule diameter. ``spacing``: voxel size per axis, mm (> 0).
+    """
+    sp = np.asarray(spacing, dtype=np.float64).reshape(-1)
+    if n_voxels < 0 or sp.size == 0 or not np.all(np.isfinite(sp) & (sp > 0)):
+        raise ValueError(f"sphere_diameter_mm needs n_voxels >= 0 and positive spacing, got {n_voxels}, {spacing}")
+    return float(np.cbrt(6.0 * float(n_voxels) * float(np.prod(sp)) / np.pi))
 
 
 def _as_boxes(boxes: np.ndarray, name: str) -> np.ndarray:
@@ -152,12 +207,70 @@ def box_centres_in(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
 
 def hits(pred_boxes: np.ndarray, gt_boxes: np.ndarray, *, rule: HitRule = "iou",
          iou_threshold: float = 0.1) -> np.ndarray:
-    """(N, M) bool: prediction n hits lesion m (``iou``: IoU >= ``iou_threshold``; ``centre``: centre in box)."""
+    """(N, M) bool: prediction n hits lesion m (``iou``: IoU >= ``iou_threshold``; ``centre``: centre in box).
+
+    Boxes only: rule ``radius`` compares world centres, see ``case_hits``.
+    """
     if rule == "iou":
         return box_iou(pred_boxes, gt_boxes) >= iou_threshold
     if rule == "centre":
         return box_centres_in(pred_boxes, gt_boxes)
+    if rule == "radius":
+        raise ValueError("rule 'radius' compares world centres with reference spheres, not boxes: "
+                         "use case_hits (or radius_hits)")
     raise ValueError(f"rule must be one of {HIT_RULES}, got {rule!r}")
+
+
+def radius_hits(points: np.ndarray, centres: np.ndarray, diameters: np.ndarray) -> np.ndarray:
+    """(N, M) bool: point n lies strictly inside sphere m (LUNA16's test, world mm).
+
+    Squared distance ``dx*dx + dy*dy + dz*dz < (d / 2)^2`` in float64, as the script computes it; a diameter
+    ``d`` below 0 counts as ``LUNA_DEFAULT_DIAMETER_MM``. A point exactly on the sphere misses.
+    """
+    p = _as_points(points, "points")
+    c = _as_points(centres, "centres")
+    d = np.asarray(diameters, dtype=np.float64).reshape(-1)
+    if d.shape != (len(c),):
+        raise ValueError(f"{len(c)} centres but {d.size} diameters")
+    d = np.where(d < 0.0, LUNA_DEFAULT_DIAMETER_MM, d)
+    delta = p[:, None, :] - c[None, :, :]
+    dist2 = delta[..., 0] * delta[..., 0] + delta[..., 1] * delta[..., 1] + delta[..., 2] * delta[..., 2]
+    return dist2 < ((d / 2.0) * (d / 2.0))[None, :]
+
+
+def _as_points(points: np.ndarray, name: str) -> np.ndarray:
+    p = np.asarray(points, dtype=np.float64)
+    if p.size == 0:
+        return p.reshape(0, 3)
+    if p.ndim != 2 or p.shape[1] != 3:
+        raise ValueError(f"{name} must have shape (N, 3), got {p.shape}")
+    return p
+
+
+def voxel_to_world(points: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """(N, 3) float64 world mm of voxel-centre points (N, 3): ``affine @ [i, j, k, 1]``.
+
+    NIfTI voxel-centre convention: index i is the centre of voxel i (which covers [i - 0.5, i + 0.5]); points
+    may be fractional (centroids, box centres).
+    """
+    p = _as_points(points, "points")
+    aff = np.asarray(affine, dtype=np.float64)
+    if aff.shape != (4, 4):
+        raise ValueError(f"affine must be 4x4, got {aff.shape}")
+    return p @ aff[:3, :3].T + aff[:3, 3]
+
+
+def box_centres(boxes: np.ndarray) -> np.ndarray:
+    """(N, 3) float64 centre of each box in voxel-centre coordinates: ``(x1 + x2 - 1) / 2`` per axis.
+
+    A box ``[x1, x2)`` (max exclusive) holds voxels x1 .. x2 - 1, whose centres sit at those indices; its
+    edges are ``x1 - 0.5`` and ``x2 - 0.5`` (as ``boxes_to_world`` maps them), so its centre is their midpoint
+    ``(x1 + x2 - 1) / 2`` (a single voxel ``[10, 11)``: 10). It is the point ``box_centres_in`` tests,
+    ``(x1 + x2) / 2`` in box (edge) coordinates, less the half voxel; ``voxel_to_world`` of it is the centre of
+    ``boxes_to_world`` under any affine.
+    """
+    b = _as_boxes(boxes, "boxes").astype(np.float64)
+    return (b[:, :3] + b[:, 3:] - 1.0) / 2.0
 
 
 def boxes_to_world(boxes: np.ndarray, affine: np.ndarray) -> np.ndarray:
@@ -181,12 +294,25 @@ def boxes_to_world(boxes: np.ndarray, affine: np.ndarray) -> np.ndarray:
 
 @dataclass
 class CaseBoxes:
-    """One case's predicted boxes with scores and its ground-truth boxes (float32; empty: shape (0, 6))."""
+    """One case's predictions and references.
+
+    Boxes (voxels, float32; empty: shape (0, 6)) and scores feed AP/mAR (always IoU on boxes) and the ``iou`` /
+    ``centre`` hit rules. The optional fields (None = not given; float64 world mm) feed rule ``radius``:
+    ``pred_centres`` (N, 3), one per predicted box; ``gt_centres`` (M, 3) and ``gt_diameters`` (M,), the
+    reference lesions of FROC and the per-case counts under ``radius`` (M may differ from ``len(gt_boxes)``);
+    ``excluded_centres`` (K, 3) and ``excluded_diameters`` (K,), findings whose marks are ignored. Centres and
+    diameters come in pairs (both or neither); diameters below 0 count as 10 mm at hit time (stored as given).
+    """
 
     case_id: str
     pred_boxes: np.ndarray
     pred_scores: np.ndarray
     gt_boxes: np.ndarray
+    pred_centres: np.ndarray | None = None
+    gt_centres: np.ndarray | None = None
+    gt_diameters: np.ndarray | None = None
+    excluded_centres: np.ndarray | None = None
+    excluded_diameters: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.pred_boxes = self._boxes(self.pred_boxes, "pred_boxes")
@@ -197,6 +323,74 @@ class CaseBoxes:
                              f"{self.pred_scores.size} pred_scores")
         if not np.all(np.isfinite(self.pred_scores)):
             raise ValueError(f"case {self.case_id!r}: pred_scores must be finite")
+        if self.pred_centres is not None:
+            self.pred_centres = self._points(self.pred_centres, "pred_centres", len(self.pred_boxes))
+        self.gt_centres, self.gt_diameters = self._spheres(self.gt_centres, self.gt_diameters, "gt")
+        self.excluded_centres, self.excluded_diameters = self._spheres(
+            self.excluded_centres, self.excluded_diameters, "excluded")
 
     def _boxes(self, boxes: np.ndarray, name: str) -> np.ndarray:
         return _as_boxes(boxes, f"case {self.case_id!r}: {name}")
+
+    def _points(self, points: np.ndarray, name: str, n: int | None = None) -> np.ndarray:
+        p = _as_points(points, f"case {self.case_id!r}: {name}")
+        if n is not None and len(p) != n:
+            raise ValueError(f"case {self.case_id!r}: {name} has {len(p)} rows, expected {n}")
+        if not np.all(np.isfinite(p)):
+            raise ValueError(f"case {self.case_id!r}: {name} must be finite")
+        return p
+
+    def _spheres(self, centres: np.ndarray | None, diameters: np.ndarray | None,
+                 prefix: str) -> tuple[np.ndarray | None, np.ndarray | None]:
+        if centres is None and diameters is None:
+            return None, None
+        if centres is None or diameters is None:
+            raise ValueError(f"case {self.case_id!r}: {prefix}_centres and {prefix}_diameters come together")
+        c = self._points(centres, f"{prefix}_centres")
+        d = np.asarray(diameters, dtype=np.float64).reshape(-1)
+        if d.shape != (len(c),) or not np.all(np.isfinite(d)):
+            raise ValueError(f"case {self.case_id!r}: {prefix}_diameters must be {len(c)} finite values "
+                             f"(one per centre), got shape {d.shape}")
+        return c, d
+
+
+def _radius_inputs(case: CaseBoxes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(pred_centres, gt_centres, gt_diameters)`` of a case under rule ``radius``; ValueError when missing."""
+    if case.gt_centres is None or case.gt_diameters is None:
+        raise ValueError(f"case {case.case_id!r}: rule 'radius' needs gt_centres and gt_diameters (world mm); "
+                         "this case has none")
+    if case.pred_centres is None:
+        if len(case.pred_boxes):
+            raise ValueError(f"case {case.case_id!r}: rule 'radius' needs pred_centres (world mm) for its "
+                             f"{len(case.pred_boxes)} predictions; this case has none")
+        return np.zeros((0, 3)), case.gt_centres, case.gt_diameters
+    return case.pred_centres, case.gt_centres, case.gt_diameters
+
+
+def case_hits(case: CaseBoxes, *, rule: HitRule = "iou", iou_threshold: float = 0.1) -> np.ndarray:
+    """(N, M) bool: prediction n of ``case`` hits reference lesion m under ``rule``.
+
+    ``iou``/``centre``: ``hits`` of the boxes (M = ``len(gt_boxes)``); ``radius``: ``radius_hits`` of
+    ``pred_centres`` against (``gt_centres``, ``gt_diameters``) (M = ``len(gt_centres)``).
+    """
+    if rule == "radius":
+        return radius_hits(*_radius_inputs(case))
+    return hits(case.pred_boxes, case.gt_boxes, rule=rule, iou_threshold=iou_threshold)
+
+
+def case_ignored(case: CaseBoxes, *, rule: HitRule = "iou") -> np.ndarray:
+    """(N,) bool: predictions that count neither as hits nor as false positives.
+
+    Under ``radius``: those hitting no reference lesion but lying inside an excluded finding (the same radius
+    test; LUNA16 deletes them from the candidate list). Under ``iou``/``centre``: none.
+    """
+    n = len(case.pred_boxes)
+    if rule != "radius":
+        if rule not in HIT_RULES:
+            raise ValueError(f"rule must be one of {HIT_RULES}, got {rule!r}")
+        return np.zeros(n, dtype=bool)
+    points, centres, diameters = _radius_inputs(case)
+    if case.excluded_centres is None or case.excluded_diameters is None or n == 0:
+        return np.zeros(n, dtype=bool)
+    on_excluded = radius_hits(points, case.excluded_centres, case.excluded_diameters).any(axis=1)
+    return on_excluded & ~radius_hits(points, centres, diameters).any(axis=1)

@@ -23,6 +23,7 @@ from . import dualbranch_14  # noqa: F401  (dualbranch_14_<backbone>_*)
 from . import dualbranch_mobile  # noqa: F401  (dualbranch_mobilenetv2_dilated[_fixed]_*)
 from . import modality_comparison  # noqa: F401  (unet3d_2/4modal_s, dualbranch_2modal, quadbranch_*; after dualbranch_basic)
 from . import mobile_unetr  # noqa: F401  (mobile_unetr, mobile_unetr_3d)
+from . import unet2d_luna  # noqa: F401  (unet2d_luna: the LUNA chapter's 2.5D U-Net)
 from . import detection  # noqa: F401  (retinanet, detseg3d)
 
 __all__ = ["MODALITY_ORDER", "ModelInfo", "create_model", "default_out_channels", "list_models", "model_info",

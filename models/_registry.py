@@ -48,6 +48,10 @@ class ModelInfo:
             builder receives ``img_size`` and inference uses windows of exactly that size.
         returns_attention: ``forward(x, return_attention=True)`` also returns modality weights.
         context_slices: for 2.5D models, adjacent slices read on each side as extra channels.
+        foreground_fraction: share of training samples centred on a foreground voxel; None: the sampler's 1/3
+            (``dataio.sampling``); 1.0 trains on positive samples only (the LUNA chapter's positive slices).
+        centre_jitter: 2D models: in-plane jitter of a foreground centre, voxels (the LUNA chapter's random
+            64 x 64 crops of 96 x 96 chunks: 16).
         train_defaults: trainer settings this model trains with unless the user sets them on the command
             line (names of ``TrainerSettings`` fields, e.g. RetinaNet's SGD: ``optimizer``, ``lr``,
             ``momentum``, ``weight_decay``, ``scheduler``, ``lr_step_size``).
@@ -70,6 +74,8 @@ class ModelInfo:
     needs_fixed_input: bool = False
     returns_attention: bool = False
     context_slices: int = 0
+    foreground_fraction: float | None = None
+    centre_jitter: int = 0
     any_channels: bool = False
     train_defaults: dict[str, Any] = field(default_factory=dict)
     flag_kwargs: dict[str, str] = field(default_factory=dict)

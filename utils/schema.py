@@ -45,9 +45,18 @@ TABLES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "confusion": ("confusion.csv", CONFUSION_CSV, ("model", "seed", "fold", "reference")),
     "val_cases": ("val_per_case.csv", VAL_PER_CASE_CSV, ("model", "seed", "fold", "epoch", "case_id")),
     # lesion track: every test case's boxes, one row per "case" (with the matching settings), "gt" and "pred" box
-    # (score, x1..z2 in voxels, max exclusive; metrics.lesion_bootstrap.box_rows), for the scan bootstrap of AP/FROC
+    # (score, x1..z2 in voxels, max exclusive), "nodule" and "excluded" sphere of rule radius (cx, cy, cz, diameter
+    # in world mm; "pred" rows carry their world centre too); columns: metrics.lesion_bootstrap.BOX_COLUMNS, rows:
+    # metrics.lesion_bootstrap.box_rows; for the scan bootstrap of AP/FROC
     "boxes": ("boxes.csv", LESION_BOXES_CSV, ("model", "seed", "fold", "case_id", "kind")),
 }
+
+# files a run writes under predictions/<run>/ in another tool's format (no run keys): table name -> (file, columns);
+# the LUNA16 track's test candidates as the challenge's evaluation script reads them (world mm, LPS)
+SUBMISSION_FILES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "luna_candidates": ("luna_candidates.csv", ("seriesuid", "coordX", "coordY", "coordZ", "probability")),
+}
+PREDICTIONS_DIR = "predictions"
 
 RUN_KEYS = ("model", "seed", "fold")
 RUN_LEADING = ["model", "seed", "fold", "status", "error", "epochs", "best_epoch", "best_val_dice"]

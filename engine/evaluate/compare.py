@@ -28,7 +28,7 @@ import pandas as pd
 from utils.atomic import atomic_write_json
 from utils.schema import CONFIG_JSON, JOBS_DIR, RUN_KEYS, SPLITS_JSON, STAGE_PAM_CSV, TABLES, run_key
 
-from engine.options.data_options import DATA_FIELDS
+from engine.options.data_options import DATA_FIELDS, effective_hu_window
 from engine.results.job_results import read_result_csv
 from engine.results.reducer import collect_tables, metric_columns, results_lock, sweep_metric_columns, write_tables
 from engine.options.stats_options import StatsOptions, stats_options_from_config
@@ -50,9 +50,14 @@ def read_record(folder: Path, name: str) -> dict[str, Any]:
 
 
 def data_flags(config: dict[str, Any]) -> dict[str, Any]:
-    """The recorded data flags that define the data (lists and tuples alike)."""
-    return {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in config.items()
-            if k in DATA_FIELDS and k not in IGNORED_DATA_FIELDS}
+    """The recorded data flags that define the data (lists and tuples alike; ``hu_window`` as the window the run
+    applied, so records made before it defaulted to the dataset's own compare equal)."""
+    flags = {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in config.items()
+             if k in DATA_FIELDS and k not in IGNORED_DATA_FIELDS}
+    if "hu_window" in flags:
+        window = effective_hu_window(str(config.get("dataset_version")), flags["hu_window"])
+        flags["hu_window"] = None if window is None else list(window)
+    return flags
 
 
 def check_same_data(folders: Sequence[Path], configs: Sequence[dict[str, Any]],

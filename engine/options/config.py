@@ -14,10 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from dataio.adapters import DATASET_VERSIONS
+from dataio.adapters import DATASET_VERSIONS, dataset_info
 from dataio.cache import default_synthetic_size
 from engine.options.cli_parser import CliParser, add_list_models_argument
-from engine.options.data_options import DataOptions
+from losses import list_losses
+from engine.options.data_options import DataOptions, add_luna_arguments, effective_hu_window
 from engine.options.lesion_options import LesionOptions, add_lesion_arguments
 from engine.options.parallel_options import PARALLEL_MODES, add_parallel_arguments, parse_shard
 from engine.options.stats_options import StatsOptions, add_stats_arguments
@@ -41,11 +42,11 @@ class ExperimentConfig(DataOptions, LesionOptions, TrainerSettings, StatsOptions
 
     models: list[str] = field(default_factory=lambda: ["unet3d_xs"])
     seeds: list[int] = field(default_factory=lambda: [24])
-    batch_size: int = 1
     dim: str | None = None
     use_pretrained: bool = False
     pretrained_checkpoint: str | None = None
-    loss: str = "nnunet"
+    fn_weight: float | None = None
+    context_slices: int | None = None
     num_workers: int = 0
     sharing_strategy: str = "file_descriptor"
     use_5fold: bool = False
@@ -94,6 +95,10 @@ class ExperimentConfig(DataOptions, LesionOptions, TrainerSettings, StatsOptions
              f"--dataset_version {self.dataset_version!r} is not one of {DATASET_VERSIONS}"),
             (self.optimizer in OPTIMIZERS, f"--optimizer {self.optimizer!r} is not one of {OPTIMIZERS}"),
             (self.scheduler in SCHEDULERS, f"--scheduler {self.scheduler!r} is not one of {SCHEDULERS}"),
+            (self.context_slices is None or self.context_slices >= 0,
+             f"--context_slices must be >= 0, got {self.context_slices}"),
+            (self.fn_weight is None or self.fn_weight >= 0, f"--fn_weight must be >= 0, got {self.fn_weight}"),
+            (self.loss in list_losses(), f"--loss {self.loss!r} is not one of {list_losses()}"),
             (self.patch_size is None or all(p >= 8 for p in self.patch_size),
              f"--patch_size values must be >= 8, got {self.patch_size}"),
         ]
@@ -145,6 +150,7 @@ def add_data_arguments(parser: argparse.ArgumentParser, *, recorded: bool = Fals
     g.add_argument("--max_samples", type=int, default=None, metavar="N",
                    help=f"use only the first N cases, for quick runs (default: {then}none: every case)")
     _add_ct_data_arguments(g, then)
+    add_luna_arguments(g, recorded=recorded)
     if recorded:
         parser.set_defaults(**{a.dest: None for a in g._group_actions})
     return g
@@ -175,8 +181,10 @@ def _add_ct_data_arguments(g: argparse._ArgumentGroup, then: str = "") -> None:
                    help="ich: voxel spacing in mm of .npy and pickled files, which carry none; NIfTI files use "
                         "their header; evaluate_experiment.py --pred_dir: the spacing of every file, headers "
                         f"included (default: {then}1.0 1.0 1.0)")
-    g.add_argument("--hu_window", type=float, nargs=2, default=(0.0, 120.0), metavar=("LOW", "HIGH"),
-                   help=f"CT: Hounsfield units mapped to [0, 1], clipped outside (default: {then}0.0 120.0)")
+    g.add_argument("--hu_window", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
+                   help="CT: Hounsfield units mapped to [0, 1], clipped outside (default: "
+                        f"{then}the dataset's own: 0 120 for ich and synthetic_ich, -1000 1000 for luna16 and "
+                        "synthetic_luna)")
     g.add_argument("--target_spacing", type=float, nargs=3, default=None, metavar=("SX", "SY", "SZ"),
                    help="CT: resample every scan to this spacing in mm, image trilinear, label nearest (default: "
                         f"{then}none, each scan keeps its own grid)")
@@ -226,6 +234,10 @@ def _add_model_arguments(p: argparse.ArgumentParser) -> None:
     add_list_models_argument(g)
     g.add_argument("--dim", choices=("2d", "3d"), default=None,
                    help="dimensionality to train (default: none, each model's native one)")
+    g.add_argument("--context_slices", type=int, default=None, metavar="K",
+                   help="2D models read the slice and K neighbours on each side as channels (ends: the edge slice "
+                        "repeated); applies to every 2D model (default: none, each model's own: 3 for unet2d_luna, "
+                        "0 for the others)")
     g.add_argument("--tiny", action="store_true",
                    help="build every model in its tiny test configuration: a pipeline smoke test, not results "
                         "(default: off)")
@@ -262,10 +274,17 @@ def _add_training_arguments(p: argparse.ArgumentParser) -> None:
                    help="epochs per x0.1 step of --scheduler step (default: none, a third of the run; RetinaNet's "
                         "recipe 50)")
     loss = g.add_mutually_exclusive_group()
+    loss.add_argument("--loss", choices=list_losses(), default=None, metavar="NAME",
+                      help=f"training loss of the segmentation models, one of {', '.join(list_losses())}: nnunet = "
+                           "0.7 Dice + 0.3 cross-entropy, standard = 0.5 Dice + 0.5 cross-entropy, luna_dice = the "
+                           "LUNA chapter's soft Dice + --fn_weight x its false-negative Dice (binary data only) "
+                           "(default: none: each model's own, nnunet for all but unet2d_luna's luna_dice)")
     loss.add_argument("--use_nnunet_loss", action="store_true",
-                      help="loss 0.7 Dice + 0.3 cross-entropy, as nnU-Net (default: on unless --use_standard_loss)")
+                      help="alias of --loss nnunet (default: on unless another loss is chosen)")
     loss.add_argument("--use_standard_loss", action="store_true",
-                      help="loss 0.5 Dice + 0.5 cross-entropy (default: off, the nnU-Net weights are used)")
+                      help="alias of --loss standard (default: off)")
+    g.add_argument("--fn_weight", type=float, default=None,
+                   help="--loss luna_dice: weight of the false-negative Dice term (default: none, the loss's 8)")
     g.add_argument("--no_amp", action="store_true",
                    help="disable mixed precision (default: AMP on CUDA; never used on the CPU)")
     g.add_argument("--grad_accum", type=int, default=1,
@@ -335,16 +354,19 @@ def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
     values = {k: v for k, v in vars(args).items() if k in names}
     values.update(
         dataset_version=version,
-        loss="standard" if args.use_standard_loss else "nnunet",
+        loss=args.loss or ("standard" if args.use_standard_loss else "nnunet"),
         amp=not args.no_amp,
         cpu_conv_split=not args.no_cpu_conv_split,
         max_grad_norm=args.max_grad_norm if args.max_grad_norm and args.max_grad_norm > 0 else None,
         synthetic_size=tuple(args.synthetic_size) if args.synthetic_size else default_synthetic_size(version),
         spacing=tuple(args.spacing),
-        hu_window=tuple(args.hu_window),
+        # recorded as applied: the dataset's own window unless given (None for BraTS, where a given one is refused)
+        hu_window=tuple(args.hu_window) if args.hu_window else effective_hu_window(version, None),
+        use_5fold=args.use_5fold or bool(args.use_subset_folds),  # subset folds are cross-validation folds
         target_spacing=tuple(args.target_spacing) if args.target_spacing else None,
         patch_size=tuple(args.patch_size) if args.patch_size else None,
         tracker=tracker_list(args.tracker),
+        lesion_hit=args.lesion_hit or dataset_info(version).lesion_hit,
     )
     config = ExperimentConfig(**values)
     config.validate()

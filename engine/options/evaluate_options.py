@@ -27,7 +27,7 @@ from engine.options.lesion_options import (MATCHING_FLAGS, LesionOptions, add_le
 from engine.options.stats_options import add_stats_arguments
 
 CT_FLAGS = ("test_image_dir", "test_label_dir", "patient_regex", "manifest", "mask_dir", "hu_window", "target_spacing",
-            "allow_pickle")  # and spacing, which prediction folders use too
+            "allow_pickle", "annotations", "nodule_hu_threshold", "use_subset_folds")  # and spacing (prediction folders)
 DATA_FLAGS = ("data_path", "dataset_version", "synthetic_cases", "synthetic_size", "synthetic_seed", "cache_dir",
               "max_samples", *CT_FLAGS)
 FOLDER_LESION_FLAGS = ("min_lesion_size", "lesion_hit", "lesion_score_threshold")  # lesion-wise rules need a model
@@ -217,6 +217,49 @@ class FoldersOptions(CommandOptions):
         return Path(self.output_csv).with_name(f"{Path(self.output_csv).stem}_summary.json")
 
 
+@dataclass(frozen=True)
+class LunaSubmission:
+    """LUNA16's evaluation files: a submission CSV (``seriesuid,coordX,coordY,coordZ,probability``, world mm),
+    the reference nodules, the excluded findings (optional) and the list of scans (``seriesuids.csv``)."""
+
+    candidates: Path
+    annotations: Path
+    series: Path
+    excluded: Path | None = None
+
+    @classmethod
+    def from_args(cls, args: Any) -> "LunaSubmission | None":
+        """The files of the flags, None without --luna_candidates; ``ValueError`` naming a missing companion flag."""
+        if getattr(args, "luna_candidates", None) is None:  # (the old flag-only form has none of these flags)
+            extra = [f"--{k}" for k in ("annotations", "excluded", "series") if getattr(args, k, None) is not None]
+            if extra:
+                raise ValueError(f"boxes: {', '.join(extra)} go with --luna_candidates CSV")
+            return None
+        missing = [f"--{k}" for k in ("annotations", "series") if getattr(args, k) is None]
+        if missing:
+            raise ValueError(f"boxes --luna_candidates needs {' and '.join(missing)} (LUNA16's annotations.csv and "
+                             "seriesuids.csv)")
+        return cls(candidates=args.luna_candidates, annotations=args.annotations, series=args.series,
+                   excluded=args.excluded)
+
+
+def add_luna_submission_arguments(container: Any) -> None:
+    """``--luna_candidates``, ``--annotations``, ``--excluded``, ``--series`` of ``boxes``."""
+    container.add_argument("--luna_candidates", type=Path, default=None, metavar="CSV",
+                           help="score a LUNA16 submission CSV (seriesuid,coordX,coordY,coordZ,probability, world mm) "
+                                "by the challenge's FROC rules (default: none)")
+    container.add_argument("--annotations", type=Path, default=None, metavar="CSV",
+                           help="--luna_candidates: LUNA16's annotations.csv, the reference nodules (default: none, "
+                                "required with --luna_candidates)")
+    container.add_argument("--excluded", type=Path, default=None, metavar="CSV",
+                           help="--luna_candidates: annotations_excluded.csv; marks on these findings are neither hits "
+                                "nor false positives (default: none, no excluded findings)")
+    container.add_argument("--series", type=Path, default=None, metavar="CSV",
+                           help="--luna_candidates: seriesuids.csv, every scan of the evaluation (no header row); "
+                                "false positives per scan divide by their number (default: none, required with "
+                                "--luna_candidates)")
+
+
 @dataclass
 class BoxesOptions(CommandOptions):
     """Score the detections of another tool, given as boxes, no model: --boxes_json holds {case: {"pred_boxes":
@@ -224,21 +267,30 @@ class BoxesOptions(CommandOptions):
     exclusive); --output_json gets ap_10 ... froc_cpm and the per-case counts.
     """
 
-    summary: ClassVar[str] = "score detections given as boxes in a JSON file, no model (--boxes_json)"
+    summary: ClassVar[str] = ("score detections given as boxes in a JSON file (--boxes_json) or as a LUNA16 "
+                              "submission CSV (--luna_candidates), no model")
 
-    boxes_json: Path
+    boxes_json: Path | None
     output_json: Path
     lesions: dict[str, Any] = field(default_factory=dict)
+    luna: LunaSubmission | None = None
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        add_boxes_json(parser.add_argument_group("what to evaluate"), required=True)
-        add_lesion_matching_arguments(parser.add_argument_group("lesions"), names=BOX_LESION_FLAGS)
+        what = parser.add_argument_group("what to evaluate (--boxes_json, or --luna_candidates with its files)")
+        add_boxes_json(what, required=False)
+        add_luna_submission_arguments(what)
+        add_lesion_matching_arguments(parser.add_argument_group("lesions (--boxes_json)"), names=BOX_LESION_FLAGS)
         add_output_json(parser.add_argument_group("output"), required=True)
 
     @classmethod
     def from_args(cls, args: Any) -> "BoxesOptions":
-        return cls(boxes_json=args.boxes_json, output_json=args.output_json, lesions=given(args, BOX_LESION_FLAGS))
+        luna = LunaSubmission.from_args(args)
+        if (luna is None) == (args.boxes_json is None):
+            raise ValueError("boxes: give --boxes_json FILE, or --luna_candidates CSV with --annotations CSV and "
+                             "--series CSV (one of the two)")
+        return cls(boxes_json=args.boxes_json, output_json=args.output_json, lesions=given(args, BOX_LESION_FLAGS),
+                   luna=luna)
 
 
 @dataclass

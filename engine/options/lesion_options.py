@@ -1,8 +1,9 @@
 """Flags of the lesion track: how lesions are found and matched, and the detection models' own settings.
 
 Lesions (ground truth and predicted) are 26-connected components of at least ``min_lesion_size`` voxels.
-A prediction hits a lesion when their IoU is >= 0.1 (``lesion_hit iou``) or when the prediction's centre
-lies in the lesion's box (``centre``); the same rule serves FROC and the per-case found/missed/false-positive
+A prediction hits a lesion when their IoU is >= 0.1 (``lesion_hit iou``), when the prediction's centre
+lies in the lesion's box (``centre``), or when its centre is closer than the nodule's radius in world mm (LUNA16's
+``radius``, the default of the LUNA16 datasets); the same rule serves FROC and the per-case found/missed/false-positive
 counts. Those matching flags are declared by the tasks that own them (``engine.tasks``: ``TaskFlag``) and
 gathered here from the task registry. The model flags (``--anchor_shapes``, ``--max_rois``, ...) reach the
 builders of the models whose registry entry takes them (``ModelInfo.flag_kwargs``); unset flags leave each
@@ -26,7 +27,9 @@ class LesionOptions:
 
     Attributes:
         min_lesion_size: components smaller than this are not lesions (ground truth and predictions alike).
-        lesion_hit: FROC / per-case hit rule, ``iou`` (IoU >= 0.1) or ``centre`` (centre in the lesion box).
+        lesion_hit: FROC / per-case hit rule, ``iou`` (IoU >= 0.1), ``centre`` (centre in the lesion box) or
+            ``radius`` (LUNA16: centre within the nodule's radius, world mm); the sweep takes the dataset's own
+            (``DatasetInfo.lesion_hit``) when the flag is not given.
         lesion_score_threshold: predictions scored below this are left out of the per-case counts
             (lesions found / missed / false-positive components); AP and FROC use every score.
         lesionwise_dilation: BraTS lesion-wise matching dilates each reference lesion this many times
@@ -38,7 +41,7 @@ class LesionOptions:
     """
 
     min_lesion_size: int = 1
-    lesion_hit: str = "iou"
+    lesion_hit: str | None = None
     lesion_score_threshold: float = 0.5
     lesionwise_dilation: int = 3
     lesionwise_min_size: int = 50
@@ -53,7 +56,8 @@ class LesionOptions:
         """One message per lesion flag outside its range (empty when all are valid)."""
         checks = [
             (self.min_lesion_size >= 1, f"--min_lesion_size must be >= 1 voxel, got {self.min_lesion_size}"),
-            (self.lesion_hit in HIT_RULES, f"--lesion_hit must be one of {HIT_RULES}, got {self.lesion_hit!r}"),
+            (self.lesion_hit is None or self.lesion_hit in HIT_RULES,
+             f"--lesion_hit must be one of {HIT_RULES}, got {self.lesion_hit!r}"),
             (0.0 <= self.lesion_score_threshold <= 1.0,
              f"--lesion_score_threshold must be in [0, 1], got {self.lesion_score_threshold}"),
             (self.lesionwise_dilation >= 0, f"--lesionwise_dilation must be >= 0, got {self.lesionwise_dilation}"),
@@ -120,8 +124,9 @@ def add_lesion_matching_arguments(g: argparse._ArgumentGroup, *, recorded: bool 
     for flag in task_flags():
         if names is not None and flag.name not in names:
             continue
+        shown = flag.default if flag.default_text is None else flag.default_text
         g.add_argument(f"--{flag.name}", default=None if recorded else flag.default,
-                       help=f"{flag.help} (default: {then}{flag.default})", **flag.options)
+                       help=f"{flag.help} (default: {then}{shown})", **flag.options)
 
 
 def add_lesion_arguments(p: argparse.ArgumentParser) -> None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from engine.options.data_options import effective_hu_window
+
 # flags whose change would make a resumed sweep's rows incomparable with its finished rows
 RESULT_FLAGS = ("data_path", "dataset_version", "synthetic_cases", "synthetic_size", "synthetic_seed", "max_samples",
                 "epochs", "global_batch", "dim", "use_pretrained", "pretrained_checkpoint", "loss", "use_5fold",
@@ -19,7 +21,8 @@ RESULT_FLAGS = ("data_path", "dataset_version", "synthetic_cases", "synthetic_si
                 "min_lesion_size", "lesion_hit", "lesion_score_threshold", "lesionwise_dilation", "lesionwise_min_size",
                 "anchor_shapes", "max_rois", "roi_batch_size", "roi_size", "seg_lambda", "neg_ratio",
                 "test_image_dir", "test_label_dir", "patient_regex", "manifest", "mask_dir", "spacing", "hu_window",
-                "target_spacing")
+                "target_spacing", "context_slices", "fn_weight", "annotations", "nodule_hu_threshold",
+                "use_subset_folds")
 # flags that may change between starts: how the work runs, not what it computes
 FREE_FLAGS = ("models", "seeds", "num_workers", "sharing_strategy", "output_dir", "resume", "keep_latest", "device",
               "parallel", "shard", "pam_runs", "latency_runs", "skip_efficiency", "cache_dir", "allow_pickle",
@@ -27,11 +30,21 @@ FREE_FLAGS = ("models", "seeds", "num_workers", "sharing_strategy", "output_dir"
               "tracker", "mlflow_uri", "wandb_project")  # trackers mirror the CSV rows
 
 
+def _value(record: dict[str, Any], flag: str) -> Any:
+    """A recorded flag as compared: ``hu_window`` as the window the run applied (records made before it defaulted
+    to the dataset's own hold [0, 120] for every version)."""
+    value = record.get(flag)
+    if flag == "hu_window":
+        window = effective_hu_window(str(record.get("dataset_version")), value)
+        return None if window is None else list(window)
+    return value
+
+
 def resume_differences(first: dict[str, Any], now: dict[str, Any]) -> list[str]:
     """One line per result-changing flag that differs between the first start's record and ``now``
     (both as in ``config.json``); per-model build overrides are compared for the models both name."""
     lines = [f"--{k}: {first.get(k)!r} at the first start, {now.get(k)!r} now"
-             for k in RESULT_FLAGS if k in first and first.get(k) != now.get(k)]
+             for k in RESULT_FLAGS if k in first and _value(first, k) != _value(now, k)]
     before, after = first.get("model_kwargs") or {}, now.get("model_kwargs") or {}
     shared = set(first.get("resolved_models", [])) & set(now.get("resolved_models", []))
     for model in sorted(shared):

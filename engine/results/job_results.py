@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 
 from utils.atomic import atomic_write_csv, atomic_write_json
-from utils.schema import JOB_JSON, LATEST_CHECKPOINT, TABLES, job_name
+from utils.schema import JOB_JSON, LATEST_CHECKPOINT, PREDICTIONS_DIR, SUBMISSION_FILES, TABLES, job_name
 
 
 def read_result_csv(path: Path) -> pd.DataFrame:
@@ -84,6 +84,16 @@ class JobFolder:
         """Delete this job's tables (before it runs again from scratch); ``job.json`` and state stay."""
         for table in TABLES:
             self.table_path(table).unlink(missing_ok=True)
+
+
+def write_submission(output_dir: Path, run: str, table: str, rows: list[dict[str, Any]]) -> Path:
+    """Write table ``table`` of ``utils.schema.SUBMISSION_FILES`` (e.g. LUNA16's candidates) as
+    ``output_dir/predictions/<run>/<file>`` in that tool's columns, atomically (a header only for no rows)."""
+    name, columns = SUBMISSION_FILES[table]
+    path = Path(output_dir) / PREDICTIONS_DIR / run / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_csv(path, pd.DataFrame(rows, columns=list(columns)))
+    return path
 
 
 def job_folders(jobs_root: Path) -> list[JobFolder]:

@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import Dataset
 
+from dataio.sampling import SampleRules
 from dataio.types import CachedCase
 
 
@@ -98,9 +99,10 @@ class Task(ABC):
 
     @abstractmethod
     def train_dataset(self, cases: list[CachedCase], *, modalities: tuple[str, ...], spatial_dims: int,
-                      patch_size: tuple[int, ...], context_slices: int, samples_per_volume: int,
+                      patch_size: tuple[int, ...], rules: SampleRules, samples_per_volume: int,
                       seed: int) -> Dataset:
-        """Training samples of ``cases``; they must depend only on (seed, epoch, index) for resumability."""
+        """Training samples of ``cases``; they must depend only on (seed, epoch, index) for resumability.
+        ``rules``: the model's foreground share, centre jitter and context slices (``dataio.sampling``)."""
 
     @abstractmethod
     def train_step(self, model: nn.Module, batch: dict[str, Any], device: torch.device) -> dict[str, torch.Tensor]:

@@ -24,7 +24,8 @@ from monai.transforms import Compose, RandZoomd
 from torch.utils.data import Dataset
 
 from dataio.augment import KEYS, build_augmentation
-from dataio.sampling import PatchDataset
+from dataio.sampling import PatchDataset, SampleRules
+from dataio.sampling import SampleRules
 from dataio.types import CachedCase
 from metrics.lesions import boxes_from_mask
 
@@ -72,7 +73,7 @@ class DetectionTask(Task):
         return 1  # foreground classes
 
     def train_dataset(self, cases: list[CachedCase], *, modalities: tuple[str, ...], spatial_dims: int,
-                      patch_size: tuple[int, ...], context_slices: int, samples_per_volume: int,
+                      patch_size: tuple[int, ...], rules: SampleRules, samples_per_volume: int,
                       seed: int) -> Dataset:
         if spatial_dims != 3:
             raise ValueError(f"the {self.name} task trains 3D models only, got spatial_dims {spatial_dims}")

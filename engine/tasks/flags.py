@@ -21,9 +21,11 @@ class TaskFlag:
             CLI's default is None instead: the value the sweep or checkpoint recorded, else this one.
         help: what the flag does, without its default.
         options: further ``argparse`` keywords (``type``, ``choices``, ``metavar``).
+        default_text: what the help says of a default that the data decide (``default`` is None then).
     """
 
     name: str
     default: Any
     help: str
     options: Mapping[str, Any] = field(default_factory=dict)
+    default_text: str | None = None  # the help's words for a default that depends on the data (default None)

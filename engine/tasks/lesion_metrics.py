@@ -27,11 +27,12 @@ import numpy as np
 from dataio.types import CachedCase
 from metrics.detection import LESION_CASE_COLUMNS, LESION_COLUMNS, CaseBoxes, detection_metrics, lesion_counts
 from metrics.lesion_bootstrap import box_rows
-from metrics.lesions import HIT_RULES, boxes_from_mask, scored_boxes
+from metrics.lesions import HIT_RULES, boxes_from_mask, scored_components
 from metrics.regions import MetricSpec
 from metrics.segmentation import SegmentationMetricAccumulator
 
 from engine.tasks.flags import TaskFlag
+from engine.tasks.lesion_world import candidate_rows, world_fields
 
 SUMMED_COLUMNS = (*LESION_CASE_COLUMNS, "n_pred_boxes")
 
@@ -54,7 +55,7 @@ class LesionSettings:
             return cls()
         if isinstance(options, cls):
             return options
-        return cls(min_size=int(options.min_lesion_size), hit_rule=str(options.lesion_hit),
+        return cls(min_size=int(options.min_lesion_size), hit_rule=str(options.lesion_hit or cls.hit_rule),
                    score_threshold=float(options.lesion_score_threshold))
 
 
@@ -62,8 +63,10 @@ class LesionSettings:
 LESION_FLAGS: tuple[TaskFlag, ...] = (
     TaskFlag("min_lesion_size", LesionSettings.min_size, "smallest 26-connected component counted as a lesion, in the "
              "reference and in predictions", dict(type=int, metavar="VOXELS")),
-    TaskFlag("lesion_hit", LesionSettings.hit_rule, "when a prediction hits a lesion, for FROC and the per-case "
-             "counts: IoU >= 0.1, or the prediction's centre inside the lesion box", dict(choices=HIT_RULES)),
+    TaskFlag("lesion_hit", None, "when a prediction hits a lesion, for FROC and the per-case counts: iou = box IoU >= "
+             "0.1, centre = the prediction's centre inside the lesion box, radius = LUNA16's rule, the prediction's "
+             "centre (a component's centroid, a box's centre) closer than the nodule's radius in world mm",
+             dict(choices=HIT_RULES), default_text="the dataset's rule: radius on luna16 and synthetic_luna, else iou"),
     TaskFlag("lesion_score_threshold", LesionSettings.score_threshold, "per-case lesion counts use predictions scored "
              "at least this; AP and FROC use all", dict(type=float)),
 )
@@ -78,6 +81,7 @@ class LesionPrediction:
     scores: np.ndarray
     probability: np.ndarray | None = None
     peak_score: float | None = None  # highest confidence before any threshold (None: the highest box score)
+    centres: np.ndarray | None = None  # (N, 3) voxel centre of each box's lesion (a mask component's centroid)
 
     def labels(self) -> np.ndarray | None:
         """The binary mask (probability >= 0.5) as uint8 labels, or ``None`` for box-only models."""
@@ -88,8 +92,8 @@ def prediction_from_probability(probability: np.ndarray, mask: np.ndarray, min_s
     """Scored boxes of a segmentation model: the components of its predicted ``mask`` (the two-class argmax;
     a voxel at probability exactly 0.5 is background, as argmax breaks ties to class 0), each scored by its
     highest foreground ``probability``."""
-    boxes, scores = scored_boxes(np.asarray(mask, dtype=bool), probability, min_size=min_size)
-    return LesionPrediction(boxes=boxes, scores=scores, probability=probability)
+    boxes, scores, centres = scored_components(np.asarray(mask, dtype=bool), probability, min_size=min_size)
+    return LesionPrediction(boxes=boxes, scores=scores, probability=probability, centres=centres)
 
 
 class LesionAccumulator:
@@ -102,13 +106,19 @@ class LesionAccumulator:
         self.cases: dict[str, CaseBoxes] = {}
         self.rows: dict[str, dict[str, Any]] = {}
         self.peaks: dict[str, float] = {}  # each case's highest confidence (``max_score``)
+        self.candidates: dict[str, list[dict[str, Any]]] = {}  # LUNA16 submission rows per scan (LUNA track)
 
     def update(self, case: CachedCase, prediction: LesionPrediction) -> None:
         """Add one labelled case."""
         if case.case_id in self.rows:
             return
         gt = boxes_from_mask(np.asarray(case.label) > 0, min_size=self.settings.min_size)
-        self.add_boxes(case.case_id, prediction.boxes, prediction.scores, gt)
+        world = None
+        if self.settings.hit_rule == "radius" or case.findings is not None:
+            world = world_fields(case, prediction.boxes, prediction.centres, self.settings.min_size)
+        self.add_boxes(case.case_id, prediction.boxes, prediction.scores, gt, world=world)
+        if case.findings is not None and world is not None:  # the LUNA16 track: its submission rows
+            self.candidates[case.case_id] = candidate_rows(case.case_id, world["pred_centres"], prediction.scores)
         if prediction.peak_score is not None:
             self.peaks[case.case_id] = max(self.peaks[case.case_id], float(prediction.peak_score))
         labels = prediction.labels()
@@ -116,11 +126,13 @@ class LesionAccumulator:
             self.masks.update(labels, np.asarray(case.label, dtype=np.uint8), case.spacing, case.case_id,
                               image_shape=case.original_shape)
 
-    def add_boxes(self, case_id: str, boxes: np.ndarray, scores: np.ndarray, gt_boxes: np.ndarray) -> None:
-        """Add one case given as boxes (e.g. read from a JSON file of another tool)."""
+    def add_boxes(self, case_id: str, boxes: np.ndarray, scores: np.ndarray, gt_boxes: np.ndarray, *,
+                  world: dict[str, np.ndarray] | None = None) -> None:
+        """Add one case given as boxes (e.g. read from a JSON file of another tool); ``world``: the world-space
+        fields of ``CaseBoxes`` (prediction centres, reference and excluded nodules) that the radius rule needs."""
         entry = CaseBoxes(case_id=case_id, pred_boxes=np.asarray(boxes, dtype=np.float32).reshape(-1, 6),
                           pred_scores=np.asarray(scores, dtype=np.float32).reshape(-1),
-                          gt_boxes=np.asarray(gt_boxes, dtype=np.float32).reshape(-1, 6))
+                          gt_boxes=np.asarray(gt_boxes, dtype=np.float32).reshape(-1, 6), **(world or {}))
         s = self.settings
         counts = lesion_counts(entry, rule=s.hit_rule, iou_threshold=s.iou_threshold,
                                score_threshold=s.score_threshold)
@@ -151,24 +163,31 @@ class LesionAccumulator:
         Written by the test evaluation of a job (``experiment_runner.run_job`` writes ``test.all_tables()``;
         validation tables are not written)."""
         s = self.settings
-        return {"boxes": box_rows(self.cases.values(), rule=s.hit_rule, iou_threshold=s.iou_threshold,
-                                  max_detections=s.max_detections)}
+        tables = {"boxes": box_rows(self.cases.values(), rule=s.hit_rule, iou_threshold=s.iou_threshold,
+                                    max_detections=s.max_detections)}
+        if self.candidates:  # LUNA16 track: the submission file of the run (``luna_candidates.csv``)
+            tables["luna_candidates"] = [row for case_id in self.rows for row in self.candidates.get(case_id, [])]
+        return tables
 
     def mean_loss(self) -> float | None:
         return None
 
-    def share(self) -> tuple[Any, dict[str, CaseBoxes], dict[str, dict[str, Any]], dict[str, float]]:
-        return (self.masks.share() if self.masks else None), dict(self.cases), dict(self.rows), dict(self.peaks)
+    def share(self) -> tuple[Any, dict[str, CaseBoxes], dict[str, dict[str, Any]], dict[str, float], dict[str, Any]]:
+        return ((self.masks.share() if self.masks else None), dict(self.cases), dict(self.rows), dict(self.peaks),
+                dict(self.candidates))
 
-    def merge(self, shares: list[tuple[Any, dict[str, CaseBoxes], dict[str, dict[str, Any]], dict[str, float]]],
+    def merge(self, shares: list[tuple[Any, dict[str, CaseBoxes], dict[str, dict[str, Any]], dict[str, float],
+                                      dict[str, Any]]],
               order: list[str]) -> None:
         if self.masks is not None:
             self.masks.merge([m for m, *_ in shares if m is not None], order=order)
-        for _, cases, rows, peaks in shares:
+        for _, cases, rows, peaks, candidates in shares:
             for case_id in cases:
                 self.cases.setdefault(case_id, cases[case_id])
                 self.rows.setdefault(case_id, rows[case_id])
                 self.peaks.setdefault(case_id, peaks[case_id])
+                if case_id in candidates:
+                    self.candidates.setdefault(case_id, candidates[case_id])
         position = {c: i for i, c in enumerate(order)}
         key = lambda item: position.get(item[0], len(position))  # noqa: E731
         self.cases = dict(sorted(self.cases.items(), key=key))

@@ -130,8 +130,9 @@ def served_model_kinds() -> tuple[str, ...]:
     return tuple(sorted({kind for entry in TASK_ENTRIES.values() for kind in entry.model_kinds}))
 
 
-def task_for(info: ModelInfo, dataset: DatasetInfo, *, loss: str = "nnunet", lesions: Any = None) -> Task:
-    """The task that trains and evaluates model ``info`` on ``dataset``.
+def task_for(info: ModelInfo, dataset: DatasetInfo, *, loss: Any = "nnunet", lesions: Any = None) -> Task:
+    """The task that trains and evaluates model ``info`` on ``dataset``; ``loss``: a loss name or a
+    ``losses.LossSpec`` (the model's loss with the values of its flags).
 
     Raises:
         ValueError: no registered task serves the model's kind, or none serves it on this label kind.

@@ -21,9 +21,9 @@ import torch.nn as nn
 from torch.utils.data import Dataset
 
 from dataio.conventions import to_internal
-from dataio.sampling import PatchDataset, SliceDataset
+from dataio.sampling import PatchDataset, SampleRules, SliceDataset
 from dataio.types import CachedCase, DatasetInfo
-from losses import create_loss
+from losses import LossSpec, create_loss, is_binary_loss
 from metrics.regions import BRATS_SPEC, MetricSpec, binary_spec
 from metrics.segmentation import SegmentationMetricAccumulator
 from utils.schema import DEFAULT_BINARY_REGION
@@ -116,10 +116,13 @@ class SegmentationTask(Task):
 
     selection = Selection(metric="dice_mean", mode="max", column="best_val_dice")
 
-    def __init__(self, spec: MetricSpec, *, loss: str = "nnunet", name: str = "segmentation",
+    def __init__(self, spec: MetricSpec, *, loss: str | LossSpec = "nnunet", name: str = "segmentation",
                  lesions: LesionSettings | None = None, lesionwise: LesionwiseSettings | None = None) -> None:
         self.spec = spec
-        self.loss_name = loss
+        self.loss_name = loss.name if isinstance(loss, LossSpec) else loss
+        if is_binary_loss(self.loss_name) and spec.n_classes != 2:
+            raise ValueError(f"--loss {self.loss_name} fits binary data (background and one foreground) only, not "
+                             f"the {spec.n_classes} classes of this dataset; choose another --loss")
         self.loss_fn = create_loss(loss)
         self.name = name
         self.lesions = lesions
@@ -130,13 +133,14 @@ class SegmentationTask(Task):
         return self.spec.n_classes
 
     def train_dataset(self, cases: list[CachedCase], *, modalities: tuple[str, ...], spatial_dims: int,
-                      patch_size: tuple[int, ...], context_slices: int, samples_per_volume: int,
+                      patch_size: tuple[int, ...], rules: SampleRules, samples_per_volume: int,
                       seed: int) -> Dataset:
         if spatial_dims == 3:
-            return PatchDataset(cases, modalities, patch_size, samples_per_volume=samples_per_volume,
-                                augment=True, seed=seed)  # type: ignore[arg-type]
-        return SliceDataset(cases, modalities, patch_size, context_slices=context_slices,  # type: ignore[arg-type]
-                            samples_per_volume=samples_per_volume, augment=True, seed=seed)
+            return PatchDataset(cases, modalities, patch_size, samples_per_volume=samples_per_volume,  # type: ignore[arg-type]
+                                foreground_fraction=rules.foreground_fraction, augment=True, seed=seed)
+        return SliceDataset(cases, modalities, patch_size, context_slices=rules.context_slices,  # type: ignore[arg-type]
+                            samples_per_volume=samples_per_volume, foreground_fraction=rules.foreground_fraction,
+                            augment=True, seed=seed, centre_jitter=rules.centre_jitter)
 
     def train_step(self, model: nn.Module, batch: dict[str, Any], device: torch.device) -> dict[str, torch.Tensor]:
         image = batch["image"].to(device, non_blocking=True)
@@ -182,14 +186,16 @@ class SegmentationTask(Task):
         return written
 
 
-def brats_segmentation(loss: str = "nnunet", lesionwise: LesionwiseSettings | None = None) -> SegmentationTask:
+def brats_segmentation(loss: str | LossSpec = "nnunet",
+                       lesionwise: LesionwiseSettings | None = None) -> SegmentationTask:
     """BraTS multi-class segmentation: 4 labels, regions WT/TC/ET, classes NCR/ED, lesion-wise Dice/HD95 per
     region at test time (``lesionwise``, default BraTS 2023's rules)."""
     return SegmentationTask(BRATS_SPEC, loss=loss, name="brats_segmentation",
                             lesionwise=lesionwise or LesionwiseSettings())
 
 
-def binary_segmentation(region: str, loss: str = "nnunet", lesions: LesionSettings | None = None) -> SegmentationTask:
+def binary_segmentation(region: str, loss: str | LossSpec = "nnunet",
+                        lesions: LesionSettings | None = None) -> SegmentationTask:
     """Binary segmentation of one foreground region named ``region`` (columns ``dice_<region>``, ...) with
     a two-class softmax output (Dice + CE), plus the lesion metrics (``lesions``, default settings)."""
     return SegmentationTask(binary_spec(region), loss=loss, name="binary_segmentation",
@@ -206,7 +212,7 @@ def foreground_labels(array: np.ndarray, convention: str, source: str) -> np.nda
     return (np.asarray(array) != 0).astype(np.uint8)
 
 
-def _brats(dataset: DatasetInfo, loss: str, lesions: Any) -> SegmentationTask:
+def _brats(dataset: DatasetInfo, loss: str | LossSpec, lesions: Any) -> SegmentationTask:
     return brats_segmentation(loss, LesionwiseSettings.of(lesions))
 
 
@@ -214,7 +220,7 @@ def _brats_from_meta(meta: dict[str, Any], lesions: Any) -> SegmentationTask:
     return brats_segmentation(lesionwise=LesionwiseSettings.of(lesions))
 
 
-def _binary(dataset: DatasetInfo, loss: str, lesions: Any) -> SegmentationTask:
+def _binary(dataset: DatasetInfo, loss: str | LossSpec, lesions: Any) -> SegmentationTask:
     return binary_segmentation(dataset.region, loss, LesionSettings.of(lesions))
 
 
