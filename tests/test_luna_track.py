@@ -133,3 +133,31 @@ def test_positive_slices_with_jittered_crops() -> None:
         (row, col), = np.argwhere(sample["label"].numpy() == 1)
         offsets.add((int(row) - 8, int(col) - 8))
     assert all(abs(r) <= 4 and abs(c) <= 4 for r, c in offsets) and len(offsets) > 10
+
+
+def test_checkpoint_re_evaluation_reproduces_the_radius_rule_values(luna_sweep: tuple[Path, Path],
+                                                                   tmp_path: Path) -> None:
+    out, _ = luna_sweep
+    again_dir = tmp_path / "again"
+    assert evaluate_experiment.main(["checkpoints", "--results_dir", str(out), "--output_dir", str(again_dir)]) == 0
+    sweep = pd.read_csv(out / RUNS_CSV).set_index("model")
+    again = pd.read_csv(again_dir / RUNS_CSV).set_index("model")
+    for model in MODELS:
+        for column in ("map", "froc_cpm", "froc_fp1", "lesions_found", "fp_components"):
+            assert again.at[model, column] == pytest.approx(sweep.at[model, column], rel=1e-5), (model, column)
+
+
+def test_subset_folds_make_the_release_subsets_the_folds(luna_sweep: tuple[Path, Path]) -> None:
+    from engine.options.config import parse_config
+    from engine.sweep_plan import prepare_data
+
+    _, cache = luna_sweep
+    config = parse_config(luna_flags(Path("unused"), cache, "--use_subset_folds"))
+    assert config.use_5fold  # subset folds are cross-validation folds
+    data = prepare_data(config, Path("unused"))
+    subsets = config.load().subsets
+    last = max(subsets.values())
+    assert sorted(data.splits["test"]) == sorted(c for c, s in subsets.items() if s == last)
+    for fold in data.splits["folds"]:
+        assert len({subsets[c] for c in fold["val"]}) == 1  # one subset validates each fold
+        assert last not in {subsets[c] for c in fold["train"]}
