@@ -29,6 +29,7 @@ from engine.context import RunContext
 from engine.options.data_options import DATA_FIELDS
 from engine.results.efficiency_store import ensure_efficiency, read_efficiency
 from engine.evaluation import EvaluationRequest, EvaluationResult, evaluate_cases
+from engine.fine_tuning import enable_gradient_checkpointing, export_encoder, freeze_encoder, named
 from engine.inference import InferenceSettings
 from engine.results.job_results import JobFolder, write_submission
 from engine.options.lesion_options import MATCHING_FLAGS
@@ -45,6 +46,7 @@ from utils.checkpoint import load_checkpoint
 from utils.device import resolve_device
 from utils.distributed import (barrier, destroy_process_group, dist_env, init_process_group,
                                process_device)
+from utils.pretrained import LoadReport, load_pretrained, parse_pretrained, pretrained_for
 from utils.schema import SUBMISSION_FILES
 from utils.seeding import seed_everything
 
@@ -54,24 +56,20 @@ __all__ = ["Job", "ModelPlan", "SweepData", "evaluate_model", "make_jobs", "plan
 log = logging.getLogger("volbench.runner")
 
 
-def _load_pretrained(model: nn.Module, path: str) -> None:
-    """Initialise from a local volbench checkpoint or plain state dict (``weights_only=True``)."""
-    try:
-        state = load_checkpoint(path)["state_dict"]
-    except ValueError:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(state, dict):
-            raise ValueError(f"--pretrained_checkpoint {path} holds no state dict")
-    result = model.load_state_dict(state, strict=False)
-    log.info("pretrained weights from %s: %d missing, %d unexpected keys", path,
-             len(result.missing_keys), len(result.unexpected_keys))
+def _load_pretrained(model: nn.Module, path: str | Path, *, allow_pickle: bool = False) -> LoadReport:
+    """Initialise ``model`` from a local checkpoint (:func:`utils.pretrained.load_pretrained`: every weight
+    must be there with its shape; nothing re-initialises the weights afterwards)."""
+    report = load_pretrained(model, path, allow_pickle=allow_pickle)
+    log.info("pretrained weights from %s: %d loaded, %d missing, %d unexpected keys", path, report.loaded,
+             len(report.missing), len(report.unexpected))
+    return report
 
 
 def inference_settings(setup: ModelSetup, config: ExperimentConfig, device: torch.device,
-                       tta: bool = False) -> InferenceSettings:
+                       tta: bool = False, seed: int = 0) -> InferenceSettings:
     return InferenceSettings(modalities=setup.modalities, roi_size=setup.roi_size, overlap=config.val_overlap,
                              device=device, spatial_dims=setup.spatial_dims,
-                             context_slices=setup.context_slices, amp=config.amp, tta=tta)
+                             context_slices=setup.context_slices, amp=config.amp, tta=tta, seed=seed)
 
 
 def checkpoint_info(plan: ModelPlan, job: Job, config: ExperimentConfig, data: SweepData) -> dict[str, Any]:
@@ -124,8 +122,13 @@ def train_model(job: Job, plan: ModelPlan, data: SweepData, config: ExperimentCo
     returns the model with the best weights loaded. Under DDP every rank calls this for the same job."""
     seed_everything(job.seed, deterministic=config.deterministic)
     model = plan.setup.build()
-    if config.use_pretrained and config.pretrained_checkpoint:
-        _load_pretrained(model, config.pretrained_checkpoint)
+    pretrained = pretrained_for(job.model, parse_pretrained(config.pretrained_checkpoint))
+    if config.use_pretrained and pretrained is not None:
+        _load_pretrained(model, pretrained, allow_pickle=config.allow_pickle_checkpoint)
+    if named(config.freeze_encoder, job.model):
+        freeze_encoder(model, job.model)
+    if named(config.gradient_checkpointing, job.model):
+        enable_gradient_checkpointing(model, job.model)
     model.to(context.device)
     ddp = context.mode == "ddp"
     trained = wrap_for_ddp(model, context.device, sync_bn=config.sync_bn,
@@ -140,7 +143,7 @@ def train_model(job: Job, plan: ModelPlan, data: SweepData, config: ExperimentCo
     checkpoint = Path(context.output_dir) / job.checkpoint_name()
     folder = JobFolder(context.job_dir) if context.job_dir else None
     inputs = FitInputs(trained, plan.task, loader, data.subset(job.val_ids),
-                       inference_settings(plan.setup, config, context.device), shard=context.job_shard)
+                       inference_settings(plan.setup, config, context.device, seed=job.seed), shard=context.job_shard)
     files = CheckpointFiles(best=checkpoint, info=checkpoint_info(plan, job, config, data),
                             latest=folder.latest_checkpoint if folder else None, writes=context.writes_job_files)
     result = fit(inputs, plan.trainer, files, hooks=hooks, desc=job.label)
@@ -152,12 +155,15 @@ def train_model(job: Job, plan: ModelPlan, data: SweepData, config: ExperimentCo
 
 
 def evaluate_model(model: nn.Module, plan: ModelPlan, cases: list[CachedCase], config: ExperimentConfig, *,
-                   device: torch.device, tta: bool = False, shard: tuple[int, int] = (0, 1)) -> EvaluationResult:
+                   device: torch.device, tta: bool = False, shard: tuple[int, int] = (0, 1),
+                   seed: int = 0) -> EvaluationResult:
     """Per-case test metrics of a trained model (the task's test metrics, e.g. Dice, HD95 in mm);
-    ``shard=(rank, world_size)`` splits the cases across the ranks of a DDP job and gathers them."""
+    ``shard=(rank, world_size)`` splits the cases across the ranks of a DDP job and gathers them; ``seed``: the
+    run's (interactive evaluation draws its clicks from it)."""
     request = EvaluationRequest(stage="test", record_attention=plan.setup.info.returns_attention, desc="test",
                                 shard=shard)
-    return evaluate_cases(model, cases, plan.task, inference_settings(plan.setup, config, device, tta), request)
+    settings = inference_settings(plan.setup, config, device, tta, seed=seed)
+    return evaluate_cases(model, cases, plan.task, settings, request)
 
 
 def _failure_status(exc: BaseException) -> str:
@@ -184,6 +190,7 @@ def run_job(job: Job, plan: ModelPlan, data: SweepData, config: ExperimentConfig
                               result_columns=list(plan.task.result_columns()),
                               trainer=dataclasses.asdict(plan.trainer)))
     keys = dict(model=job.model, seed=job.seed, fold=job.fold)
+    labels = plan.task.run_labels()  # prompt_mode, click_mode
     row: dict[str, Any] = dict(keys, status="ok", error="")
     tracking = JobTracking(config, folder.path, Path(context.output_dir), job.label,
                            dict(keys, **dataclasses.asdict(plan.trainer))) if writes else None
@@ -191,8 +198,10 @@ def run_job(job: Job, plan: ModelPlan, data: SweepData, config: ExperimentConfig
                  tracking] if writes else []
     try:
         model, fit_result, checkpoint = train_model(job, plan, data, config, context, hooks=[*job_hooks, *hooks])
+        if writes:
+            export_encoder(model, checkpoint)  # SAM-Med3D: the best weights' image encoder, sam_encoder.pth
         test = evaluate_model(model, plan, data.subset(data.splits["test"]), config, device=context.device,
-                              shard=context.job_shard)
+                              shard=context.job_shard, seed=job.seed)
         if tracking is not None:
             tracking.log_test(test.aggregate)
         if writes:
@@ -201,7 +210,8 @@ def run_job(job: Job, plan: ModelPlan, data: SweepData, config: ExperimentConfig
                 if table in SUBMISSION_FILES:  # another tool's format, under predictions/<run>/
                     write_submission(Path(context.output_dir), job.name, table, rows)
                 else:
-                    folder.write_table(table, [dict(keys, **r) for r in rows])
+                    folder.write_table(table, [dict(keys, **r, **(labels if table == "per_case" else {}))
+                                               for r in rows])
         row.update(epochs=fit_result.epochs_run, best_epoch=fit_result.best_epoch,
                    **{plan.task.selection.column: fit_result.best_metric}, n_test_cases=len(test.per_case),
                    **{k: v for k, v in test.aggregate.items() if not k.startswith("n_")},
@@ -213,6 +223,7 @@ def run_job(job: Job, plan: ModelPlan, data: SweepData, config: ExperimentConfig
         if context.device.type == "cuda":
             torch.cuda.empty_cache()
     row.update(efficiency)
+    row.update(labels)
     if tracking is not None:
         tracking.close(row["status"])
     if writes:

@@ -64,6 +64,7 @@ class InferenceSettings:
     context_slices: int = 0
     amp: bool = False
     tta: bool = False
+    seed: int = 0  # the run's seed (interactive evaluation draws its clicks from it)
 
 
 SLICE_BATCH = 8  # 2D models: slices per forward pass at inference

@@ -40,6 +40,7 @@ class ModelSetup:
     patch_size: tuple[int, ...]
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     context_slices: int = 0  # 2D models: neighbouring slices on each side read as extra channels
+    foreground_fraction: float | None = None  # --foreground_fraction; None: the model's own share
     cpu_conv: bool | None = None  # depth-split batch-1 CPU convs; None: on unless deterministic algorithms are on
 
     def build(self) -> nn.Module:
@@ -60,7 +61,7 @@ class ModelSetup:
 
     def sample_rules(self) -> SampleRules:
         """How this model's training samples are drawn: its foreground share and jitter, the context slices."""
-        fraction = self.info.foreground_fraction
+        fraction = self.info.foreground_fraction if self.foreground_fraction is None else self.foreground_fraction
         return SampleRules(foreground_fraction=DEFAULT_FOREGROUND_FRACTION if fraction is None else float(fraction),
                            centre_jitter=self.info.centre_jitter if self.spatial_dims == 2 else 0,
                            context_slices=self.context_slices)
@@ -101,10 +102,13 @@ class InputChoices:
         dim: ``--dim`` (``2d`` / ``3d``): must agree with each model's native dimensionality.
         context_slices: ``--context_slices``: neighbouring slices on each side that a 2D model reads as extra
             channels (``ModelInfo.context_slices`` when None); 3D models ignore it.
+        foreground_fraction: ``--foreground_fraction``: share of training samples centred on a foreground voxel
+            (``ModelInfo.foreground_fraction`` when None, else the sampler's 1/3).
     """
 
     dim: str | None = None
     context_slices: int | None = None
+    foreground_fraction: float | None = None
 
 
 def setup_model(name: str, *, available_modalities: tuple[str, ...], n_classes: int,
@@ -143,4 +147,5 @@ def setup_model(name: str, *, available_modalities: tuple[str, ...], n_classes: 
     if info.needs_fixed_input:  # e.g. UNETR: the network is built for exactly the window size
         kwargs["img_size"] = tuple(patch)
     return ModelSetup(name=name, info=info, modalities=modalities, spatial_dims=info.spatial_dims,
-                      patch_size=patch, model_kwargs=kwargs, context_slices=context, cpu_conv=cpu_conv)
+                      patch_size=patch, model_kwargs=kwargs, context_slices=context,
+                      foreground_fraction=inputs.foreground_fraction, cpu_conv=cpu_conv)

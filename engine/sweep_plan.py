@@ -18,6 +18,7 @@ from dataio.types import CachedCase, DatasetInfo, LoadedDataset
 from engine.options.config import ExperimentConfig
 from engine.model_setup import InputChoices, ModelSetup, cpu_conv_wanted, setup_model
 from engine.tasks import Task, task_for
+from engine.fine_tuning import check_fine_tuning
 from engine.trainer_settings import TrainerSettings
 from losses import loss_spec
 from models import model_info
@@ -131,14 +132,24 @@ def plan_models(models: list[str], config: ExperimentConfig, data: SweepData) ->
         requested = config.patch_size or (info.test_patch_size if config.tiny else None)
         setup = setup_model(name, available_modalities=data.info.channels, n_classes=task.n_outputs,
                             requested_patch=requested, data_extent=data.extent,
-                            inputs=InputChoices(dim=config.dim, context_slices=config.context_slices),
+                            inputs=InputChoices(dim=config.dim, context_slices=config.context_slices,
+                                                foreground_fraction=config.foreground_fraction),
                             overrides=_overrides(name, config), cpu_conv=cpu_conv_wanted(config))
         own = {k: getattr(trainer, k) for k in info.train_defaults if getattr(trainer, k) != getattr(config, k)}
         if own:
             log.info("%s trains with its own recipe for the flags left unset: %s", name,
                      ", ".join(f"{k} {v}" for k, v in own.items()))
         plans[name] = ModelPlan(setup=setup, task=task, trainer=trainer)
+    check_fine_tuning(models, config.freeze_encoder, config.gradient_checkpointing, lambda n: _meta_build(plans[n]))
     return plans
+
+
+def _meta_build(plan: ModelPlan) -> Any:
+    """The model of ``plan`` built on the meta device (no memory, no weights): to inspect what it declares."""
+    import torch
+
+    with torch.device("meta"):
+        return plan.setup.build()
 
 
 def _overrides(name: str, config: ExperimentConfig) -> dict[str, Any]:

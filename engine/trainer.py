@@ -30,6 +30,7 @@ from utils.progress import progress
 
 from dataio.loaders import set_epoch
 from dataio.types import CachedCase
+from engine.fine_tuning import parameter_groups
 from utils.checkpoint import save_checkpoint
 from utils.distributed import all_gather_objects, is_distributed
 
@@ -202,8 +203,15 @@ def fit(inputs: FitInputs, settings: TrainerSettings, files: CheckpointFiles, *,
 
     A state found at ``files.latest`` is resumed from (the job continues with the next epoch). Under DDP
     every rank reaches the same decisions (best epoch, early stop) because every rank sees the gathered
-    metrics. ``desc`` labels the progress bars and log lines.
+    metrics. ``desc`` labels the progress bars and log lines. ``settings.epochs`` 0 (zero-shot evaluation of
+    loaded weights): nothing is trained, the weights as they are become ``files.best`` (epoch 0).
     """
+    if settings.epochs == 0:
+        if files.writes:
+            info = files.info
+            save_checkpoint(files.best, _bare(inputs.model).state_dict(), model_name=info["model_name"],
+                            model_kwargs=info["model_kwargs"], meta=dict(info.get("meta", {}), epoch=0))
+        return FitResult(epoch_rows=[], best_epoch=None, best_metric=float("nan"), epochs_run=0, train_time_s=0.0)
     run = _Training(inputs, settings, files, hooks, desc)
     run.notify("on_train_start")
     epochs = progress(range(run.state.epoch + 1, settings.epochs + 1), desc=desc, unit="epoch", leave=False)
@@ -228,7 +236,8 @@ class _Training:
     def __init__(self, inputs: FitInputs, settings: TrainerSettings, files: CheckpointFiles,
                  hooks: Sequence[TrainerHooks], desc: str) -> None:
         self.inputs, self.settings, self.files, self.hooks, self.desc = inputs, settings, files, hooks, desc
-        self.opt = Optimisation.build(settings, inputs.model.parameters(), inputs.inference.device)
+        self.opt = Optimisation.build(settings, parameter_groups(inputs.model, settings.lr_decoder),
+                                      inputs.inference.device)
         self.generator: torch.Generator | None = getattr(inputs.loader, "generator", None)
         self.state = self._resume()
 

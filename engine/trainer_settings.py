@@ -19,6 +19,7 @@ class TrainerSettings:
     batch_size: int = 1
     loss: str = "nnunet"
     lr: float = 1e-3
+    lr_decoder: float | None = None  # models with a declared encoder: lr of everything else (engine.fine_tuning)
     weight_decay: float = 1e-5
     optimizer: str = "adamw"
     momentum: float | None = None

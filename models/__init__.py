@@ -25,6 +25,8 @@ from . import modality_comparison  # noqa: F401  (unet3d_2/4modal_s, dualbranch_
 from . import mobile_unetr  # noqa: F401  (mobile_unetr, mobile_unetr_3d)
 from . import unet2d_luna  # noqa: F401  (unet2d_luna: the LUNA chapter's 2.5D U-Net)
 from . import detection  # noqa: F401  (retinanet, detseg3d)
+from . import sam_med3d  # noqa: F401  (sam_med3d: promptable, SAM-Med3D vit_b_ori from medim's classes)
+from . import vista3d  # noqa: F401  (vista3d: promptable, MONAI vista3d132)
 
 __all__ = ["MODALITY_ORDER", "ModelInfo", "create_model", "default_out_channels", "list_models", "model_info",
            "register_model", "resolve_model_names", "set_default_outputs"]

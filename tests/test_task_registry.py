@@ -31,9 +31,11 @@ from utils.schema import COMPARISON_CSV, JOBS_DIR
 
 # what the registry serves today: (model kind, label kind) -> task
 SERVED = {("segmentation", "brats"): "brats_segmentation", ("segmentation", "binary"): "binary_segmentation",
-          ("detection", "binary"): "detection", ("detect_segment", "binary"): "detect_segment"}
-# create_model's default out_channels per kind before the registry owned them (models/_registry.py)
-TODAY_OUTPUTS = {"segmentation": 4, "detection": 1, "detect_segment": 1}
+          ("detection", "binary"): "detection", ("detect_segment", "binary"): "detect_segment",
+          ("promptable", "binary"): "promptable_segmentation"}
+# create_model's default out_channels per kind (those before the registry owned them, models/_registry.py, and the
+# promptable models' two-class prompt-free output)
+TODAY_OUTPUTS = {"segmentation": 4, "detection": 1, "detect_segment": 1, "promptable": 2}
 
 
 def _dataset(label_kind: str) -> DatasetInfo:
@@ -85,10 +87,10 @@ def test_registered_models_find_their_task() -> None:
 
 
 def test_an_unserved_kind_is_a_clear_error_naming_model_kind_and_served_kinds() -> None:
-    assert served_model_kinds() == ("detect_segment", "detection", "segmentation")
-    with pytest.raises(ValueError, match=r"model 'sam' is of kind 'promptable', which no registered task serves "
-                                         r"\(served kinds: detect_segment, detection, segmentation\)"):
-        task_for(_info("promptable", "sam"), _dataset("binary"))
+    assert served_model_kinds() == ("detect_segment", "detection", "promptable", "segmentation")
+    with pytest.raises(ValueError, match=r"model 'reg' is of kind 'registration', which no registered task serves "
+                                         r"\(served kinds: detect_segment, detection, promptable, segmentation\)"):
+        task_for(_info("registration", "reg"), _dataset("binary"))
     with pytest.raises(ValueError, match="no task for that pair"):
         task_for(_info("detection"), _dataset("brats"))
 
@@ -131,14 +133,14 @@ def test_folder_and_box_evaluations_come_from_the_registry() -> None:
 def test_task_flags_are_the_sweep_options_with_their_defaults() -> None:
     flags = task_flags()
     assert [f.name for f in flags] == ["min_lesion_size", "lesion_hit", "lesion_score_threshold",
-                                       "lesionwise_dilation", "lesionwise_min_size"]
+                                       "lesionwise_dilation", "lesionwise_min_size", "clicks", "click_mode"]
     assert all(getattr(LesionOptions(), f.name) == f.default for f in flags)
 
 
 @pytest.mark.parametrize("kind", sorted(TODAY_OUTPUTS))
 def test_create_model_defaults_out_channels_per_kind_as_before(kind: str) -> None:
     assert default_out_channels(kind) == TODAY_OUTPUTS[kind]
-    name = next(n for n in ("unet3d_xs", "retinanet", "detseg3d") if model_info(n).task == kind)
+    name = next(n for n in ("unet3d_xs", "retinanet", "detseg3d", "vista3d") if model_info(n).task == kind)
     tiny = model_info(name).tiny_kwargs
     default, explicit = create_model(name, **tiny), create_model(name, out_channels=TODAY_OUTPUTS[kind], **tiny)
     assert sum(p.numel() for p in default.parameters()) == sum(p.numel() for p in explicit.parameters())

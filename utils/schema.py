@@ -8,6 +8,7 @@ of repeating literals. This module imports nothing of volbench, so any layer may
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 # sweep-level tables (reduced from the job folders)
@@ -59,6 +60,14 @@ SUBMISSION_FILES: dict[str, tuple[str, tuple[str, ...]]] = {
 PREDICTIONS_DIR = "predictions"
 
 RUN_KEYS = ("model", "seed", "fold")
+# promptable models' interactive results, one column per click count (``dice_<region>_click<k>``): kept apart from
+# the paired tests and rankings against automatic models, which see the prompt-free columns only
+PER_CLICK_SUFFIX = re.compile(r"_click\d+$")
+
+
+def is_per_click(column: str) -> bool:
+    """Whether ``column`` is a per-click-count column of interactive evaluation."""
+    return bool(PER_CLICK_SUFFIX.search(str(column)))
 RUN_LEADING = ["model", "seed", "fold", "status", "error", "epochs", "best_epoch", "best_val_dice"]
 RUN_TRAILING = ["params", "flops_torch", "flops_thop", "flops_input", "pam_train_mb", "pam_train_mb_std",
                 "pam_infer_mb", "pam_infer_mb_std", "latency_ms", "latency_ms_std", "latency_ms_median",

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Callable
 
 from visualization.boxplots import draw_dice_boxplots
+from visualization.click_charts import draw_dice_vs_clicks
 from visualization.comparison import draw_model_comparison
 from visualization.efficiency_plots import draw_parameter_efficiency
 from visualization.interactive import draw_interactive_3d
@@ -33,6 +34,7 @@ CHARTS: tuple[DrawFn, ...] = (
     draw_modality_contribution,
     draw_dice_boxplots,
     draw_lesion_metrics,
+    draw_dice_vs_clicks,
     draw_significance_heatmap,
     draw_ranking_chart,
     draw_report,  # last: the one page that gathers the tables and the interactive charts
@@ -57,6 +59,7 @@ __all__ = [
     "CHARTS",
     "draw_all",
     "draw_dice_boxplots",
+    "draw_dice_vs_clicks",
     "draw_interactive_3d",
     "draw_learning_curves",
     "draw_lesion_metrics",

@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 
 from utils.atomic import atomic_path
 from utils.schema import (ATTENTION_CSV, BRATS_CLASS_NAMES, BRATS_REGION_NAMES, COMPARISON_CSV, EPOCHS_CSV,  # noqa: F401
-                          PER_CASE_CSV, RUN_KEYS, RUNS_CSV)
+                          PER_CASE_CSV, RUN_KEYS, RUNS_CSV, is_per_click)
 
 logger = logging.getLogger(__name__)
 
@@ -134,7 +134,7 @@ def detect_regions(
     for col in cols:
         if col.startswith(prefix):
             name = col[len(prefix):]
-            if name and name not in _CLASS_COLUMNS and not name.endswith(("_mean", "_std")):
+            if name and name not in _CLASS_COLUMNS and not name.endswith(("_mean", "_std")) and not is_per_click(col):
                 found.append(name)
     return found
 

@@ -111,6 +111,8 @@ def build_charts(results_dir: Path, regions: list[str], inputs: ReportInputs) ->
          lambda: interactive_3d_figure(ok_runs, regions or None) if ok_runs is not None else None),
         ("lesion_metrics", "Lesion detection", lambda: charts.lesion_chart(comparison)),
         ("froc", "FROC", lambda: charts.froc_chart(comparison)),
+        ("dice_vs_clicks", "Dice against clicks",
+         lambda: charts.clicks_chart(ok_runs) if ok_runs is not None else None),
         ("ranking", "Rank stability", lambda: charts.ranking_chart(ranking) if ranking is not None else None),
         ("significance", "Pairwise significance",
          lambda: charts.significance_chart(tests, regions) if tests is not None else None),

@@ -200,3 +200,33 @@ def significance_chart(tests: pd.DataFrame, regions: list[str]) -> go.Figure | N
     fig.update_yaxes(showticklabels=False)
     fig.update_yaxes(showticklabels=True, row=1, col=1)
     return _layout(fig, "Pairwise Wilcoxon signed-rank tests (Holm-adjusted p per metric)")
+
+
+def clicks_chart(runs: pd.DataFrame) -> go.Figure | None:
+    """Promptable models' mean Dice after each click count (``dice_<region>_click<k>``), their own prompt-free Dice
+    (dashed) and the automatic models' Dice (dotted) as reference lines; None without per-click columns."""
+    from visualization.click_charts import click_columns  # the column parsing of dice_vs_clicks.png
+
+    found = click_columns(list(runs.columns))
+    if not found:
+        return None
+    region, columns = next(iter(found.items()))
+    counts, base = sorted(columns), f"dice_{region}"
+    means = runs.groupby("model").mean(numeric_only=True)
+    colors = _colors(list(means.index))
+    fig = go.Figure()
+    for model, row in means.iterrows():
+        prompt_free = float(row.get(base, np.nan))
+        if np.isfinite(row.get(columns[counts[0]], np.nan)):
+            fig.add_trace(go.Scatter(x=counts, y=[row[columns[k]] for k in counts], mode="lines+markers",
+                                     name=f"{model} (clicks)", line={"color": colors[model]}))
+            dash = "dash"
+        else:
+            dash = "dot"
+        if np.isfinite(prompt_free):
+            fig.add_trace(go.Scatter(x=[counts[0], counts[-1]], y=[prompt_free, prompt_free], mode="lines",
+                                     name=f"{model} ({'prompt-free' if dash == 'dash' else 'automatic'})",
+                                     line={"color": colors[model], "dash": dash}))
+    fig.update_xaxes(title_text="clicks", tickvals=counts)
+    fig.update_yaxes(title_text=f"Dice {region}", range=[0, 1.05])
+    return _layout(fig, "Dice against the number of clicks (interactive; not ranked)")

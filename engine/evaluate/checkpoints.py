@@ -96,7 +96,8 @@ def settings_from_meta(meta: dict[str, Any], path: Path, device: torch.device, *
     return InferenceSettings(modalities=tuple(meta["modalities"]), roi_size=tuple(int(p) for p in meta["patch_size"]),
                              overlap=float(meta["val_overlap"]), device=device,
                              spatial_dims=int(meta.get("spatial_dims", 3)),
-                             context_slices=int(meta.get("context_slices", 0)), amp=amp, tta=tta)
+                             context_slices=int(meta.get("context_slices", 0)), amp=amp, tta=tta,
+                             seed=int(meta.get("seed") or 0))
 
 
 def read_json(path: Path, what: str) -> Any:

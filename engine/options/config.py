@@ -11,7 +11,6 @@ import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Sequence
 
 from dataio.adapters import DATASET_VERSIONS, dataset_info
@@ -24,6 +23,7 @@ from engine.options.parallel_options import PARALLEL_MODES, add_parallel_argumen
 from engine.options.stats_options import StatsOptions, add_stats_arguments
 from engine.options.tracking_options import TrackingOptions, add_tracking_arguments, tracker_list
 from engine.trainer_settings import TrainerSettings
+from utils.pretrained import check_pretrained_models, parse_pretrained, pretrained_for
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULERS = ("cosine", "plateau", "step", "poly", "none")
@@ -44,9 +44,13 @@ class ExperimentConfig(DataOptions, LesionOptions, TrainerSettings, StatsOptions
     seeds: list[int] = field(default_factory=lambda: [24])
     dim: str | None = None
     use_pretrained: bool = False
-    pretrained_checkpoint: str | None = None
+    pretrained_checkpoint: list[str] | None = None  # entries as typed: PATH or MODEL=PATH (utils.pretrained)
+    allow_pickle_checkpoint: bool = False
     fn_weight: float | None = None
     context_slices: int | None = None
+    foreground_fraction: float | None = None
+    freeze_encoder: list[str] | None = None
+    gradient_checkpointing: list[str] | None = None
     num_workers: int = 0
     sharing_strategy: str = "file_descriptor"
     use_5fold: bool = False
@@ -78,13 +82,15 @@ class ExperimentConfig(DataOptions, LesionOptions, TrainerSettings, StatsOptions
     def validate(self) -> None:
         """Raise ``ValueError`` naming the flag for values outside their range."""
         checks = [
-            (self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}"),
+            (self.epochs >= 0, f"--epochs must be >= 1 (0: zero-shot, with a checkpoint for every model), got "
+                               f"{self.epochs}"),
             (self.batch_size >= 1, f"--batch_size must be >= 1, got {self.batch_size}"),
             (len(self.seeds) >= 1, "--seeds needs at least one seed"),
             (len(self.models) >= 1, "--models needs at least one model"),
             (self.num_workers >= 0, f"--num_workers must be >= 0, got {self.num_workers}"),
             (self.grad_accum >= 1, f"--grad_accum must be >= 1, got {self.grad_accum}"),
             (self.lr > 0, f"--lr must be > 0, got {self.lr}"),
+            (self.lr_decoder is None or self.lr_decoder > 0, f"--lr_decoder must be > 0, got {self.lr_decoder}"),
             (0.0 <= self.val_overlap < 1.0, f"--val_overlap must be in [0, 1), got {self.val_overlap}"),
             (self.patience >= 0, f"--patience must be >= 0 (0 disables early stopping), got {self.patience}"),
             (self.samples_per_volume >= 1, f"--samples_per_volume must be >= 1, got {self.samples_per_volume}"),
@@ -98,6 +104,8 @@ class ExperimentConfig(DataOptions, LesionOptions, TrainerSettings, StatsOptions
             (self.context_slices is None or self.context_slices >= 0,
              f"--context_slices must be >= 0, got {self.context_slices}"),
             (self.fn_weight is None or self.fn_weight >= 0, f"--fn_weight must be >= 0, got {self.fn_weight}"),
+            (self.foreground_fraction is None or 0.0 <= self.foreground_fraction <= 1.0,
+             f"--foreground_fraction must be in [0, 1], got {self.foreground_fraction}"),
             (self.loss in list_losses(), f"--loss {self.loss!r} is not one of {list_losses()}"),
             (self.patch_size is None or all(p >= 8 for p in self.patch_size),
              f"--patch_size values must be >= 8, got {self.patch_size}"),
@@ -114,16 +122,36 @@ class ExperimentConfig(DataOptions, LesionOptions, TrainerSettings, StatsOptions
         if self.parallel is not None and self.parallel not in PARALLEL_MODES:
             raise ValueError(f"--parallel {self.parallel!r} is not one of {PARALLEL_MODES}")
         parse_shard(self.shard)
-        if self.use_pretrained and not self.pretrained_checkpoint:
-            raise ValueError("--use_pretrained needs --pretrained_checkpoint PATH (nothing is downloaded)")
-        if self.pretrained_checkpoint and not self.use_pretrained:
-            raise ValueError(f"--pretrained_checkpoint {self.pretrained_checkpoint} is only used with --use_pretrained; "
-                             "add the flag or drop the path")
-        if self.pretrained_checkpoint and not Path(self.pretrained_checkpoint).is_file():
-            raise ValueError(f"--pretrained_checkpoint {self.pretrained_checkpoint} does not exist")
+        self._validate_pretrained()
         self.validate_data()  # the data flags (engine.options.data_options): CT flags, layouts, --data_path
         self.validate_stats()  # --baseline, --stats_seed, --bootstrap_resamples (engine.options.stats_options)
         self.validate_tracking()  # --tracker and its packages, --wandb_project (engine.options.tracking_options)
+
+    def _validate_pretrained(self) -> None:
+        """--use_pretrained, --pretrained_checkpoint entries (files exist, one per model, MODEL= names among the
+        resolved --models; with --epochs 0 every model has one) and --allow_pickle_checkpoint. A single string is
+        taken as a one-entry list."""
+        if isinstance(self.pretrained_checkpoint, str):
+            self.pretrained_checkpoint = [self.pretrained_checkpoint]
+        entries = " ".join(self.pretrained_checkpoint or [])
+        if self.use_pretrained and not self.pretrained_checkpoint:
+            raise ValueError("--use_pretrained needs --pretrained_checkpoint PATH (nothing is downloaded)")
+        if self.pretrained_checkpoint and not self.use_pretrained:
+            raise ValueError(f"--pretrained_checkpoint {entries} is only used with --use_pretrained; "
+                             "add the flag or drop the path")
+        if self.allow_pickle_checkpoint and not self.pretrained_checkpoint:
+            raise ValueError("--allow_pickle_checkpoint is only used with --use_pretrained --pretrained_checkpoint")
+        zero_shot = "--epochs must be >= 1, or 0 (zero-shot) with --use_pretrained and a --pretrained_checkpoint"
+        if self.epochs == 0 and not (self.use_pretrained and self.pretrained_checkpoint):
+            raise ValueError(f"{zero_shot} for every model; none was given")
+        if self.pretrained_checkpoint:
+            from models import resolve_model_names  # the registry, only when checkpoints are given
+            models = resolve_model_names(self.models)
+            mapping = parse_pretrained(self.pretrained_checkpoint)
+            check_pretrained_models(mapping, models)
+            without = [m for m in models if pretrained_for(m, mapping) is None]
+            if self.epochs == 0 and without:
+                raise ValueError(f"{zero_shot} for every model; none for {', '.join(without)}")
 
 
 def add_data_arguments(parser: argparse.ArgumentParser, *, recorded: bool = False) -> argparse._ArgumentGroup:
@@ -245,15 +273,25 @@ def _add_model_arguments(p: argparse.ArgumentParser) -> None:
                    help='builder overrides per model, e.g. \'{"unet3d_xs": {"base": 8}}\' (default: none)')
     g.add_argument("--use_pretrained", action="store_true",
                    help="initialise from --pretrained_checkpoint (default: off, random initialisation)")
-    g.add_argument("--pretrained_checkpoint", default=None, metavar="FILE",
-                   help="local .pth: a volbench checkpoint or a state dict; nothing is downloaded (default: none)")
+    g.add_argument("--pretrained_checkpoint", nargs="+", default=None, metavar="[MODEL=]FILE",
+                   help="local .pth files: FILE for every model, MODEL=FILE for that model only (it overrides a bare "
+                        "FILE); one entry per model. Read: a volbench checkpoint, a training dict with "
+                        "model_state_dict (SAM-Med3D), a dict with state_dict, or a bare state dict; 'module.' "
+                        "prefixes are stripped; every weight of the model must be in the file with its shape. "
+                        "Nothing is downloaded (default: none)")
+    g.add_argument("--allow_pickle_checkpoint", action="store_true",
+                   help="load --pretrained_checkpoint files holding objects other than tensors, plain data, "
+                        "argparse.Namespace and NumPy scalars with full unpickling, which runs code stored in the "
+                        "file: only for files you trust (default: off, such files are refused)")
 
 
 def _add_training_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("training")
     g.add_argument("--seeds", type=int, nargs="+", default=[24], metavar="SEED",
                    help="training seeds; each model is trained once per seed (and fold) (default: 24)")
-    g.add_argument("--epochs", type=int, default=10, help="training epochs per job, >= 1 (default: %(default)s)")
+    g.add_argument("--epochs", type=int, default=10,
+                   help="training epochs per job, >= 1; 0 evaluates every model as loaded, zero-shot, and needs "
+                        "--use_pretrained with a --pretrained_checkpoint for each model (default: %(default)s)")
     g.add_argument("--batch_size", type=int, default=1,
                    help="patches per optimizer step, per process under torchrun (default: %(default)s)")
     g.add_argument("--patch_size", type=int, nargs=3, default=None, metavar=("D", "H", "W"),
@@ -261,7 +299,20 @@ def _add_training_arguments(p: argparse.ArgumentParser) -> None:
                         "(default: none, each model's own default patch)")
     g.add_argument("--samples_per_volume", type=int, default=8,
                    help="patches drawn per training case per epoch (default: %(default)s)")
+    g.add_argument("--foreground_fraction", type=float, default=None, metavar="F",
+                   help="share of training patches or slices centred on a foreground voxel, in [0, 1] (default: "
+                        "none, each model's own: 1.0 for unet2d_luna, the chapter's positive slices; 1/3 for the "
+                        "others)")
     g.add_argument("--lr", type=float, default=1e-3, help="learning rate per optimizer step (default: %(default)s)")
+    g.add_argument("--lr_decoder", type=float, default=None,
+                   help="models with a declared image encoder (sam_med3d, vista3d): learning rate of everything "
+                        "outside the encoder, which keeps --lr (default: none, --lr for all)")
+    g.add_argument("--freeze_encoder", nargs="*", default=None, metavar="MODEL",
+                   help="freeze the image encoder of these models (no names: every model of the sweep): no "
+                        "gradient, eval mode; a model without a declared encoder is an error (default: none)")
+    g.add_argument("--gradient_checkpointing", "--use_gradient_checkpointing", nargs="*", default=None,
+                   metavar="MODEL", help="recompute these models' encoder activations in the backward pass to save "
+                   "memory (no names: every model); a model that does not support it is an error (default: none)")
     g.add_argument("--weight_decay", type=float, default=1e-5, help="optimizer weight decay (default: %(default)s)")
     g.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw",
                    help="optimizer (default: %(default)s; models with their own recipe, e.g. RetinaNet's SGD, use "

@@ -27,7 +27,7 @@ from engine.options.lesion_options import (MATCHING_FLAGS, LesionOptions, add_le
 from engine.options.stats_options import add_stats_arguments
 
 CT_FLAGS = ("test_image_dir", "test_label_dir", "patient_regex", "manifest", "mask_dir", "hu_window", "target_spacing",
-            "allow_pickle", "annotations", "nodule_hu_threshold", "use_subset_folds")  # and spacing (prediction folders)
+            "allow_pickle", "annotations", "nodule_hu_threshold", "use_subset_folds")  # and spacing (folders)
 DATA_FLAGS = ("data_path", "dataset_version", "synthetic_cases", "synthetic_size", "synthetic_seed", "cache_dir",
               "max_samples", *CT_FLAGS)
 FOLDER_LESION_FLAGS = ("min_lesion_size", "lesion_hit", "lesion_score_threshold")  # lesion-wise rules need a model

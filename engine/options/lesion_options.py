@@ -35,6 +35,8 @@ class LesionOptions:
         lesionwise_dilation: BraTS lesion-wise matching dilates each reference lesion this many times
             (26-connected structuring element).
         lesionwise_min_size: BraTS lesion-wise metrics drop reference lesions of this many voxels or fewer.
+        clicks, click_mode: promptable models' interactive evaluation: the click counts reported (None: 1 3 5 10)
+            and the click rule (``engine.tasks.clicks``).
         anchor_shapes: RetinaNet base anchor shapes (voxels), triples.
         max_rois, roi_batch_size, roi_size, seg_lambda, neg_ratio: DetSeg3D's RoI count cap, RoIs per
             segmenter batch, RoI crop size (voxels), weight of the segmentation loss, hard negatives per positive.
@@ -45,6 +47,8 @@ class LesionOptions:
     lesion_score_threshold: float = 0.5
     lesionwise_dilation: int = 3
     lesionwise_min_size: int = 50
+    clicks: list[int] | None = None
+    click_mode: str = "random"
     anchor_shapes: list[list[int]] | None = None
     max_rois: int | None = None
     roi_batch_size: int | None = None
@@ -62,6 +66,7 @@ class LesionOptions:
              f"--lesion_score_threshold must be in [0, 1], got {self.lesion_score_threshold}"),
             (self.lesionwise_dilation >= 0, f"--lesionwise_dilation must be >= 0, got {self.lesionwise_dilation}"),
             (self.lesionwise_min_size >= 0, f"--lesionwise_min_size must be >= 0, got {self.lesionwise_min_size}"),
+            (not self.clicks or min(self.clicks) >= 1, f"--clicks must be >= 1, got {self.clicks}"),
             (self.anchor_shapes is None or (len(self.anchor_shapes) >= 1 and all(
                 len(s) == 3 and min(s) >= 1 for s in self.anchor_shapes)),
              f"--anchor_shapes needs triples of positive voxel sizes, got {self.anchor_shapes}"),

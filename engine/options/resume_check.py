@@ -21,19 +21,24 @@ RESULT_FLAGS = ("data_path", "dataset_version", "synthetic_cases", "synthetic_si
                 "min_lesion_size", "lesion_hit", "lesion_score_threshold", "lesionwise_dilation", "lesionwise_min_size",
                 "anchor_shapes", "max_rois", "roi_batch_size", "roi_size", "seg_lambda", "neg_ratio",
                 "test_image_dir", "test_label_dir", "patient_regex", "manifest", "mask_dir", "spacing", "hu_window",
-                "target_spacing", "context_slices", "fn_weight", "annotations", "nodule_hu_threshold",
-                "use_subset_folds")
+                "target_spacing", "context_slices", "fn_weight", "foreground_fraction", "annotations",
+                "nodule_hu_threshold", "use_subset_folds", "clicks", "click_mode", "lr_decoder",
+                "freeze_encoder")
 # flags that may change between starts: how the work runs, not what it computes
 FREE_FLAGS = ("models", "seeds", "num_workers", "sharing_strategy", "output_dir", "resume", "keep_latest", "device",
               "parallel", "shard", "pam_runs", "latency_runs", "skip_efficiency", "cache_dir", "allow_pickle",
+              "allow_pickle_checkpoint", "gradient_checkpointing",  # whether a checkpoint may be unpickled, not what it holds
               "baseline", "stats_seed", "bootstrap_resamples",  # statistics only (the reducer recomputes them)
               "tracker", "mlflow_uri", "wandb_project")  # trackers mirror the CSV rows
 
 
 def _value(record: dict[str, Any], flag: str) -> Any:
     """A recorded flag as compared: ``hu_window`` as the window the run applied (records made before it defaulted
-    to the dataset's own hold [0, 120] for every version)."""
+    to the dataset's own hold [0, 120] for every version); ``pretrained_checkpoint`` as a sorted list of entries
+    (records made before ``MODEL=PATH`` entries hold one string)."""
     value = record.get(flag)
+    if flag == "pretrained_checkpoint" and value is not None:
+        return sorted([value] if isinstance(value, str) else value)  # the entries' order means nothing
     if flag == "hu_window":
         window = effective_hu_window(str(record.get("dataset_version")), value)
         return None if window is None else list(window)

@@ -27,7 +27,7 @@ from metrics.detection import LESION_COLUMNS
 from metrics.lesion_bootstrap import ScanSet, scan_bootstrap_ci, scans_from_rows
 from metrics.ranking import bootstrap_rank_stability, pareto_front, rank_then_aggregate
 from metrics.statistics import bootstrap_ci, holm, paired_bootstrap_diff_ci, paired_wilcoxon, variance_shares
-from utils.schema import BRATS_CLASS_NAMES, BRATS_REGION_NAMES
+from utils.schema import BRATS_CLASS_NAMES, BRATS_REGION_NAMES, is_per_click
 
 from engine.options.stats_options import StatsOptions
 
@@ -104,7 +104,7 @@ def region_names(columns: Sequence[str]) -> list[str]:
     if brats:
         return brats
     return [c[len("dice_"):] for c in cols if c.startswith("dice_") and c[len("dice_"):] not in
-            ("mean", *BRATS_CLASS_NAMES)]
+            ("mean", *BRATS_CLASS_NAMES) and not is_per_click(c)]
 
 
 @contextmanager
@@ -300,8 +300,9 @@ def extend_comparison(basic: pd.DataFrame, runs: pd.DataFrame, metrics: Sequence
 
 def tested_metrics(columns: Sequence[str]) -> list[str]:
     """Per-case columns that are tested: Dice and HD95 per region/class (``dice_*``, ``hd95_*``) and the BraTS
-    lesion-wise ones (``lesion_dice_*``, ``lesion_hd95_*``), in table order."""
-    return [str(c) for c in columns if str(c).startswith(TESTED_PREFIXES)]
+    lesion-wise ones (``lesion_dice_*``, ``lesion_hd95_*``), in table order; never a promptable model's per-click
+    columns (``utils.schema.is_per_click``), which only it has."""
+    return [str(c) for c in columns if str(c).startswith(TESTED_PREFIXES) and not is_per_click(c)]
 
 
 def case_values(per_case: pd.DataFrame, metric: str, models: Sequence[str]) -> pd.DataFrame:

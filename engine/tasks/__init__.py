@@ -17,8 +17,9 @@ from engine.tasks.flags import TaskFlag
 from engine.tasks.detection import DetectionTask  # registers detection
 from engine.tasks.segmentation import SegmentationTask, binary_segmentation, brats_segmentation  # BraTS, binary
 from engine.tasks.detect_segment import DetectSegmentTask  # registers detect_segment
+from engine.tasks.promptable import PromptableTask  # registers promptable_segmentation
 
-__all__ = ["CaseAccumulator", "DetectSegmentTask", "DetectionTask", "FolderEvaluation", "Selection",
+__all__ = ["CaseAccumulator", "DetectSegmentTask", "DetectionTask", "FolderEvaluation", "PromptableTask", "Selection",
            "SegmentationTask", "TASK_ENTRIES", "Task", "TaskEntry", "TaskFlag", "binary_segmentation",
            "box_file_task", "brats_segmentation", "folder_evaluation", "folder_task_names", "register_task",
            "served_model_kinds", "task_flags", "task_for", "task_from_meta"]

@@ -126,6 +126,11 @@ class Task(ABC):
         row.update({f"val_{k}": v for k, v in aggregate.items() if k.startswith(self.validation_prefixes)})
         return row
 
+    def run_labels(self) -> dict[str, str]:
+        """Text columns of every run and per-case row: ``prompt_mode`` (the prompts a model was trained with) and
+        ``click_mode`` (the click rule of its per-click columns); ``none`` for models that take no prompts."""
+        return dict(prompt_mode="none", click_mode="none")
+
     def checkpoint_meta(self) -> dict[str, Any]:
         """What a checkpoint records so that re-evaluation rebuilds this task (:func:`engine.tasks.task_from_meta`)."""
         return {"task": self.name, "n_classes": self.n_outputs}
