@@ -210,8 +210,7 @@ def run_job(job: Job, plan: ModelPlan, data: SweepData, config: ExperimentConfig
                 if table in SUBMISSION_FILES:  # another tool's format, under predictions/<run>/
                     write_submission(Path(context.output_dir), job.name, table, rows)
                 else:
-                    folder.write_table(table, [dict(keys, **r, **(labels if table == "per_case" else {}))
-                                               for r in rows])
+                    folder.write_table(table, [dict(keys, **r) for r in rows])
         row.update(epochs=fit_result.epochs_run, best_epoch=fit_result.best_epoch,
                    **{plan.task.selection.column: fit_result.best_metric}, n_test_cases=len(test.per_case),
                    **{k: v for k, v in test.aggregate.items() if not k.startswith("n_")},

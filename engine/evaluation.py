@@ -81,7 +81,9 @@ def evaluate_cases(model: nn.Module, cases: list[CachedCase], task: "Task", sett
                                                weight=weight))
     if world > 1:
         accumulator, attention_rows = _gather(accumulator, attention_rows, [c.case_id for c in cases])
-    return EvaluationResult(per_case=accumulator.per_case(), aggregate=accumulator.aggregate(),
+    labels = task.run_labels()  # prompt_mode, click_mode on every per-case row
+    return EvaluationResult(per_case=[dict(r, **labels) for r in accumulator.per_case()],
+                            aggregate=accumulator.aggregate(),
                             mean_loss=accumulator.mean_loss(), attention=attention_rows,
                             tables=accumulator.tables())
 

@@ -301,7 +301,7 @@ def evaluate_run(run: RunSpec, cases: list[CachedCase], *, device: torch.device,
     aggregate = {k: v for k, v in result.aggregate.items() if not k.startswith("n_")}
     row = dict(keys, status="ok", error="", best_epoch=meta.get("epoch"), n_cases=len(cases),
                n_labelled_cases=result.aggregate["n_cases"], **aggregate, **run.extra,
-               eval_time_s=time.perf_counter() - start, checkpoint=str(run.checkpoint))
+               eval_time_s=time.perf_counter() - start, checkpoint=str(run.checkpoint), **task.run_labels())
     per_case = [dict(keys, **r) for r in result.per_case]
     logger.info("%s: %d cases (%d labelled), dice_mean %.4f", run.label, len(cases), row["n_labelled_cases"],
                 float(row.get("dice_mean", float("nan"))))

@@ -174,8 +174,10 @@ def evaluate_pair(pair: CasePair, accumulator: SegmentationMetricAccumulator, *,
 
 
 def metric_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per metric: nanmean, number of non-NaN cases and number of NaN cases, over ``rows``."""
-    keys = [k for k in (rows[0] if rows else {}) if k not in ("case_id", "model", "seed", "fold")]
+    """Per metric: nanmean, number of non-NaN cases and number of NaN cases, over ``rows`` (text columns such as
+    ``prompt_mode`` are not metrics)."""
+    keys = [k for k, v in (rows[0] if rows else {}).items()
+            if k not in ("case_id", "model", "seed", "fold") and not isinstance(v, str)]
     mean, n_valid, n_nan = {}, {}, {}
     for key in keys:
         values = [float(r[key]) for r in rows if r.get(key) is not None]
