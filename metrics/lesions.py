@@ -178,13 +178,18 @@ def sphere_diameter_mm(n_voxels: int, spacing: Sequence[float]) -> float:
     return float(np.cbrt(6.0 * float(n_voxels) * float(np.prod(sp)) / np.pi))
 
 
+def _as_rows(values: np.ndarray, width: int, dtype: type, name: str, what: str) -> np.ndarray:
+    """``values`` as an (N, width) array of ``dtype`` ((0, width) when empty); ``ValueError`` naming it otherwise."""
+    a = np.asarray(values, dtype=dtype)
+    if a.size == 0:
+        return a.reshape(0, width)
+    if a.ndim != 2 or a.shape[1] != width:
+        raise ValueError(f"{name} must have shape (N, {width}){what}, got {a.shape}")
+    return a
+
+
 def _as_boxes(boxes: np.ndarray, name: str) -> np.ndarray:
-    b = np.asarray(boxes, dtype=np.float32)
-    if b.size == 0:
-        return b.reshape(0, 6)
-    if b.ndim != 2 or b.shape[1] != 6:
-        raise ValueError(f"{name} must have shape (N, 6) [x1, y1, z1, x2, y2, z2], got {b.shape}")
-    return b
+    return _as_rows(boxes, 6, np.float32, name, " [x1, y1, z1, x2, y2, z2]")
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -239,12 +244,7 @@ def radius_hits(points: np.ndarray, centres: np.ndarray, diameters: np.ndarray) 
 
 
 def _as_points(points: np.ndarray, name: str) -> np.ndarray:
-    p = np.asarray(points, dtype=np.float64)
-    if p.size == 0:
-        return p.reshape(0, 3)
-    if p.ndim != 2 or p.shape[1] != 3:
-        raise ValueError(f"{name} must have shape (N, 3), got {p.shape}")
-    return p
+    return _as_rows(points, 3, np.float64, name, "")
 
 
 def voxel_to_world(points: np.ndarray, affine: np.ndarray) -> np.ndarray:
