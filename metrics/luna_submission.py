@@ -34,6 +34,8 @@ from typing import Sequence, Union
 
 import numpy as np
 
+from utils.schema import SUBMISSION_FILES
+
 from .froc import froc_metrics
 from .lesions import CaseBoxes, case_hits, case_ignored
 
@@ -43,7 +45,7 @@ __all__ = ["ANNOTATION_COLUMNS", "CANDIDATE_COLUMNS", "LUNA_COUNT_KEYS", "MAX_MA
            "luna_cases", "luna_froc", "read_annotations", "read_candidates", "read_series"]
 
 ANNOTATION_COLUMNS: tuple[str, ...] = ("seriesuid", "coordX", "coordY", "coordZ", "diameter_mm")
-CANDIDATE_COLUMNS: tuple[str, ...] = ("seriesuid", "coordX", "coordY", "coordZ", "probability")
+CANDIDATE_COLUMNS: tuple[str, ...] = SUBMISSION_FILES["luna_candidates"][1]  # the run files volbench writes
 MAX_MARKS_PER_SERIES = 100  # the script's maxNumberOfCADMarks
 LUNA_COUNT_KEYS: tuple[str, ...] = ("n_series", "n_nodules", "n_candidates", "nodules_found", "ignored_candidates")
 

@@ -24,8 +24,6 @@ from dataio.luna16 import ras_to_lps
 from dataio.types import CachedCase
 from metrics.lesions import box_centres, label_components, sphere_diameter_mm, voxel_to_world
 
-CANDIDATE_COLUMNS = ("seriesuid", "coordX", "coordY", "coordZ", "probability")
-
 
 def _to_world(case: CachedCase, voxels: np.ndarray) -> np.ndarray:
     """(N, 3) voxel indices of the cached case -> (N, 3) world mm (float64)."""

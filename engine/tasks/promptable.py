@@ -40,7 +40,6 @@ from engine.tasks.registry import TaskEntry, meta_region, register_task
 from engine.tasks.segmentation import SegmentationAccumulator, SegmentationTask, logits_of
 
 DEFAULT_CLICKS: tuple[int, ...] = (1, 3, 5, 10)
-PROMPT_MODES: tuple[str, ...] = ("none", "clicks")
 
 
 @dataclass(frozen=True)
