@@ -28,6 +28,7 @@ from typing import Callable, Iterable
 from .ct_adapters import FOLDER_PATTERN, CTOptions, find_ct_cases
 from .luna16 import LUNA_PATTERN, find_luna_cases
 from .types import CaseFiles, DatasetInfo
+from .input_errors import map_all, raise_if_any
 
 logger = logging.getLogger(__name__)
 
@@ -119,16 +120,25 @@ def _case_from_folder(folder: Path, suffixes: dict[str, str], sep: str, *, patie
     """Build CaseFiles for a one-file-per-modality case folder named like its files' prefix."""
     case_id = folder.name
     images: dict[str, Path] = {}
+    missing: list[str] = []  # every missing file of the case, reported together
     for modality, suffix in suffixes.items():
         found = _existing(folder, f"{case_id}{sep}{suffix}")
         if found is None:
-            raise ValueError(f"case {case_id}: missing {modality} file {folder / f'{case_id}{sep}{suffix}.nii.gz'}")
-        images[modality] = found
+            missing.append(f"case {case_id}: missing {modality} file {folder / f'{case_id}{sep}{suffix}.nii.gz'}")
+        else:
+            images[modality] = found
     label = _existing(folder, f"{case_id}{sep}seg")
     if label is None and require_labels:
-        raise ValueError(f"case {case_id}: missing label file {folder / f'{case_id}{sep}seg.nii.gz'} "
-                         "(pass require_labels=False for unlabelled data)")
+        missing.append(f"case {case_id}: missing label file {folder / f'{case_id}{sep}seg.nii.gz'} "
+                       "(pass require_labels=False for unlabelled data)")
+    raise_if_any(missing)
     return CaseFiles(case_id=case_id, patient_id=patient_id, images=images, label=label, convention=convention)
+
+
+def _brats21_cases(folders: list[Path], require_labels: bool) -> list[CaseFiles]:
+    """Cases of BraTS 2018/2021 folders (``<id>/<id>_<suffix>.nii.gz``); every folder's missing files at once."""
+    return map_all(lambda f: _case_from_folder(f, _BRATS21_SUFFIX, "_", patient_id=f.name, convention="brats2021",
+                                               require_labels=require_labels), folders)
 
 
 def _find_brats2018(data_path: Path, require_labels: bool) -> list[CaseFiles]:
@@ -136,8 +146,7 @@ def _find_brats2018(data_path: Path, require_labels: bool) -> list[CaseFiles]:
         folders = [f for grade in ("HGG", "LGG") for f in _subdirs(root / grade, _RE_BRATS18)]
         folders += _subdirs(root, _RE_BRATS18)
         if folders:
-            return [_case_from_folder(f, _BRATS21_SUFFIX, "_", patient_id=f.name, convention="brats2021",
-                                      require_labels=require_labels) for f in folders]
+            return _brats21_cases(folders, require_labels)
     return []
 
 
@@ -145,8 +154,7 @@ def _find_brats2021(data_path: Path, require_labels: bool) -> list[CaseFiles]:
     for root in _candidates(data_path, "BraTS2021_Training_Data", "BRATS2021"):
         folders = _subdirs(root, _RE_BRATS21)
         if folders:
-            return [_case_from_folder(f, _BRATS21_SUFFIX, "_", patient_id=f.name, convention="brats2021",
-                                      require_labels=require_labels) for f in folders]
+            return _brats21_cases(folders, require_labels)
     return []
 
 
@@ -162,8 +170,10 @@ def _find_brats2023(data_path: Path, require_labels: bool) -> list[CaseFiles]:
     for root in _walk(data_path, 2):
         folders = _subdirs(root, _RE_BRATS23)
         if folders:
-            return [_case_from_folder(f, _BRATS23_SUFFIX, "-", patient_id=_RE_BRATS23.match(f.name).group(1),
-                                      convention="brats2023", require_labels=require_labels) for f in folders]
+            return map_all(lambda f: _case_from_folder(f, _BRATS23_SUFFIX, "-",
+                                                       patient_id=_RE_BRATS23.match(f.name).group(1),
+                                                       convention="brats2023", require_labels=require_labels),
+                           folders)
     return []
 
 
@@ -178,15 +188,16 @@ def _find_msd_task01(data_path: Path, require_labels: bool) -> list[CaseFiles]:
             continue
         files = sorted(p for p in images_dir.iterdir() if p.is_file() and not p.name.startswith(".")
                        and p.name.endswith(_NIFTI_EXTS))
-        cases = []
+        cases, missing = [], []
         for image in files:
             case_id = _nifti_stem(image)
             label = _existing(root / "labelsTr", case_id)
             if label is None and require_labels:
-                raise ValueError(f"case {case_id}: missing label file {root / 'labelsTr' / image.name} "
-                                 "(pass require_labels=False for unlabelled data)")
+                missing.append(f"case {case_id}: missing label file {root / 'labelsTr' / image.name} "
+                               "(pass require_labels=False for unlabelled data)")
             cases.append(CaseFiles(case_id=case_id, patient_id=case_id, image_4d=image,
                                    channel_order=_MSD_CHANNELS, label=label, convention="msd"))
+        raise_if_any(missing, len(files))
         if cases:
             return cases
     return []

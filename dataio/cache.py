@@ -13,6 +13,9 @@ is valid and every source file still has the recorded size and mtime (and, for a
 findings are those recorded); otherwise it is rebuilt. ``meta.json`` keeps the case's findings (LUNA16), read
 back as ``CachedCase.findings``; entries written before findings were recorded read back ``None``, which is
 right for them (only the LUNA16 versions, whose entries have their own ``"kind": "luna"`` keys, list findings).
+Bad input is reported all at once: every case is discovered and read, the good ones are cached, and one
+:class:`~dataio.input_errors.InputErrors` lists every missing, unreadable, non-finite or inconsistent file. A reused
+entry whose ``.npy`` does not open with the recorded shape (truncated, garbled header) is rebuilt with a warning.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from utils.progress import progress as progress_bar
 from .adapters import CT_VERSIONS, DATASET_VERSIONS, LUNA_VERSIONS, dataset_info, default_hu_window, discover_cases
 from .ct_adapters import CTOptions, headerless
 from .ct_preprocess import CT_PREPROCESS_PARAMS, preprocess_ct_case
+from .input_errors import BAD_INPUT_ERRORS, InputErrors, deferred_input_errors, problems_of, raise_if_any
 from .luna_preprocess import LUNA_PREPROCESS_PARAMS, preprocess_luna_case
 from .preprocess import preprocess_case
 from .synthetic import FORMAT_VERSION, ensure_synthetic_brats, validate_synthetic_args
@@ -168,8 +172,19 @@ class PreprocessedCache:
         self.stats = {"built": len(todo), "reused": len(cases) - len(todo)}
         if todo:
             logger.info("preprocessing %d of %d cases into %s", len(todo), len(cases), key_dir)
+        problems: list[str] = []  # every bad case is read and reported, not only the first
+        failed = 0
         for case in progress_bar(todo, desc="preprocessing", unit="case", disable=not progress):
-            self._build(key_dir, case, params, sources[case.case_id])
+            try:
+                cached = self._preprocess(case, params)
+            except BAD_INPUT_ERRORS as exc:
+                problems.extend(problems_of(exc))
+                failed += 1
+                continue
+            self._build(key_dir, case, cached, params, sources[case.case_id])
+        if failed:
+            logger.error("%d of %d cases could not be preprocessed (the others are cached)", failed, len(todo))
+        raise_if_any(problems, len(todo))
         _ensure_fd_limit(2 * len(cases))  # each memory map holds a file descriptor (image + label per case)
         return [self._read(key_dir / c.case_id) for c in cases]
 
@@ -189,14 +204,24 @@ class PreprocessedCache:
                 and meta.get("case_id") == case.case_id and meta.get("patient_id") == case.patient_id
                 and meta.get("has_lesion") == case.has_lesion
                 and (entry / "image.npy").is_file()
-                and (entry / "label.npy").is_file() == case.has_label)
+                and (entry / "label.npy").is_file() == case.has_label
+                and _arrays_intact(entry, meta))
 
-    def _build(self, key_dir: Path, case: CaseFiles, params: dict, sources: list[dict[str, Any]]) -> None:
-        """Preprocess ``case`` into a temp folder (meta.json last) and rename it into place."""
+    @staticmethod
+    def _preprocess(case: CaseFiles, params: dict) -> CachedCase:
+        """Read and preprocess ``case`` with ``params`` (raises the bad-input errors of its files)."""
         kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in params.items() if k != "kind"}
         cached = _PREPROCESSORS.get(params.get("kind"), preprocess_case)(case, **kwargs)  # type: ignore[arg-type]
+        if not np.isfinite(cached.image).all():  # every reader checks its files; this guards the arithmetic
+            raise ValueError(f"case {case.case_id}: preprocessing gave NaN or infinite values "
+                             f"(files {sorted(map(str, case.images.values()))})")
         if cached.label is not None and cached.foreground_voxels is None:
             cached.foreground_voxels = int(np.count_nonzero(cached.label))
+        return cached
+
+    def _build(self, key_dir: Path, case: CaseFiles, cached: CachedCase, params: dict,
+               sources: list[dict[str, Any]]) -> None:
+        """Write preprocessed ``cached`` into a temp folder (meta.json last) and rename it into place."""
         tmp = key_dir / f"{_TMP_PREFIX}{case.case_id}.{_host()}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
         try:
@@ -242,6 +267,30 @@ class PreprocessedCache:
             channel_names=tuple(meta.get("channel_names", MODALITY_ORDER)),  # entries before channel names: BraTS
             foreground_voxels=meta.get("foreground_voxels"),  # None in entries written before it was recorded
             findings=findings_from_json(meta.get("findings")))  # None: no findings listed, or an older entry
+
+
+def _arrays_intact(entry: Path, meta: dict[str, Any]) -> bool:
+    """Whether the entry's ``.npy`` files open with the shapes ``meta.json`` records (a truncated or garbled
+    array whose metadata is intact is caught here and rebuilt with a warning). Reads the headers only and maps the
+    data (the file must be long enough), so voxel values flipped in place are not detected."""
+    image_shape = meta.get("image_shape")
+    expected = {"image.npy": tuple(image_shape) if image_shape else None}
+    if meta.get("has_label"):
+        expected["label.npy"] = expected["image.npy"][1:] if image_shape else None
+    for name, shape in expected.items():
+        try:
+            array = np.load(entry / name, mmap_mode="r")
+            found = tuple(array.shape)
+            del array
+        except (OSError, ValueError, EOFError) as exc:
+            logger.warning("cache entry %s: %s is unreadable (%s: %s); rebuilding it", entry, name,
+                           type(exc).__name__, exc)
+            return False
+        if shape is not None and found != shape:
+            logger.warning("cache entry %s: %s has shape %s but meta.json records %s; rebuilding it", entry, name,
+                           found, shape)
+            return False
+    return True
 
 
 def _meta(cached: CachedCase, params: dict, sources: list[dict[str, Any]]) -> dict[str, Any]:
@@ -358,8 +407,9 @@ def open_dataset(data_path: Path | None, dataset_version: str, *, cache_root: Pa
         dataset_id = f"{Path(data_path).expanduser().resolve()}:{dataset_version}"
         if dataset_version == "luna16" and ct.annotations:  # its own entries: switching files does not evict them
             dataset_id += f":annotations={ct.annotations}"
-    cases = discover_cases(None if data_path is None else Path(data_path), dataset_version,
-                           require_labels=require_labels, ct=ct)
+    with deferred_input_errors() as deferred:  # cases with missing files are reported with the unreadable ones
+        cases = discover_cases(None if data_path is None else Path(data_path), dataset_version,
+                               require_labels=require_labels, ct=ct)
     if dataset_version in CT_VERSIONS:
         params = _ct_params(ct, cases, dataset_version)
     elif dataset_version in LUNA_VERSIONS:
@@ -369,7 +419,11 @@ def open_dataset(data_path: Path | None, dataset_version: str, *, cache_root: Pa
     if max_samples is not None:
         cases = cases[:max_samples]
     cache = PreprocessedCache(cache_root)
-    loaded = cache.get_or_create(cases, dataset_id, params, progress=progress)
+    try:
+        loaded = cache.get_or_create(cases, dataset_id, params, progress=progress)
+    except InputErrors as exc:
+        deferred.problems.extend(exc.problems)
+    raise_if_any(deferred.problems, len(cases) + deferred.failed_items)
     logger.info("%d %s cases ready (%d preprocessed, %d from cache %s)", len(loaded), dataset_version,
                 cache.stats["built"], cache.stats["reused"], cache_root)
     return LoadedDataset(info=dataset_info(dataset_version), cases=loaded,

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .ct_io import MASK_EXTS, NIFTI_EXTS, is_pickle, pickle_refusal, split_ext
+from .input_errors import map_all
 from .types import CaseFiles
 
 logger = logging.getLogger(__name__)
@@ -155,8 +156,9 @@ def find_folder_cases(image_dir: Path, label_dir: Path | None, options: CTOption
     elif require_labels:
         raise ValueError(f"{image_flag}: no label folder given for image folder {image_dir}")
     pattern = _compile(options.patient_regex)
-    cases = []
-    for stem, image in sorted(images.items()):
+
+    def case_of(item: tuple[str, Path]) -> CaseFiles:
+        stem, image = item
         _check_pickle(image, options.allow_pickle)
         label = _label_for(stem, labels, label_dir) if label_dir is not None else None
         if label is None and require_labels:
@@ -164,10 +166,11 @@ def find_folder_cases(image_dir: Path, label_dir: Path | None, options: CTOption
                              f"optionally with suffix {'/'.join(s for s in LABEL_SUFFIXES if s)})")
         if label is not None:
             _check_pickle(label, options.allow_pickle)
-        cases.append(CaseFiles(case_id=stem, patient_id=patient_of(stem, pattern, image), images={"ct": image},
-                               label=label, convention=CT_CONVENTION, origin=str(image),
-                               allow_pickle=options.allow_pickle, fixed_split=fixed_split))
-    return cases
+        return CaseFiles(case_id=stem, patient_id=patient_of(stem, pattern, image), images={"ct": image},
+                         label=label, convention=CT_CONVENTION, origin=str(image),
+                         allow_pickle=options.allow_pickle, fixed_split=fixed_split)
+
+    return map_all(case_of, sorted(images.items()))  # every image without a label (or pickled) at once
 
 
 def _parse_flag(value: str, manifest: Path, line: int) -> bool:

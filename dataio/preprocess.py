@@ -15,6 +15,7 @@ import numpy as np
 from scipy import ndimage
 
 from .conventions import to_internal
+from .input_errors import map_all, raise_if_any
 from .nifti_io import load_label, load_volume
 from .types import MODALITY_ORDER, CachedCase, CaseFiles, CropBox
 
@@ -38,7 +39,7 @@ def _load_modalities(case: CaseFiles) -> tuple[list[np.ndarray], list[Path], np.
     if missing:
         raise ValueError(f"case {case.case_id}: no image file for modalities {missing}")
     files = [case.images[m] for m in MODALITY_ORDER]
-    loaded = [load_volume(f) for f in files]
+    loaded = map_all(load_volume, files)  # every unreadable modality file of the case at once
     arrays = [data for data, _, _ in loaded]
     for path, (data, aff, _) in zip(files, loaded):
         if data.ndim != 3:
@@ -46,6 +47,14 @@ def _load_modalities(case: CaseFiles) -> tuple[list[np.ndarray], list[Path], np.
         _check_same_grid(case, [files[0], path], [arrays[0], data], loaded[0][1], aff)
     _, affine, spacing = loaded[0]
     return arrays, files, affine, spacing
+
+
+def _check_finite(arrays: list[np.ndarray], files: list[Path]) -> None:
+    """Every voxel must be finite: one problem per file holding NaN or infinite values."""
+    bad: dict[Path, int] = {}  # a 4D file (MSD) holds every modality: its counts add up
+    for array, path in zip(arrays, files):
+        bad[path] = bad.get(path, 0) + array.size - int(np.count_nonzero(np.isfinite(array)))
+    raise_if_any([f"image {path} holds {n} NaN or infinite voxel(s)" for path, n in bad.items() if n])
 
 
 def _check_same_grid(case: CaseFiles, files: list[Path], arrays: list[np.ndarray], ref_affine: np.ndarray,
@@ -88,12 +97,14 @@ def preprocess_case(case: CaseFiles, *, clip_percentiles: tuple[float, float] = 
 
     Raises:
         ValueError: naming the case and files for shape or affine mismatches, label values outside the
-            case's convention, an all-zero image or bad percentiles.
+            case's convention, an all-zero image or bad percentiles; :class:`~dataio.input_errors.InputErrors`
+            listing every unreadable file or file with NaN / infinite voxels of the case.
     """
     lo, hi = clip_percentiles
     if not 0.0 <= lo < hi <= 100.0:
         raise ValueError(f"clip_percentiles must satisfy 0 <= low < high <= 100, got {clip_percentiles}")
     arrays, files, affine, spacing = _load_modalities(case)
+    _check_finite(arrays, files)
     label = None
     if case.label is not None:
         raw, label_affine, _ = load_label(case.label)
