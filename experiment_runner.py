@@ -42,6 +42,7 @@ from engine.tracking import JobTracking
 from engine.trainer import CheckpointFiles, DivergedError, FitInputs, FitResult, TrainerHooks, fit
 from metrics.efficiency import measure_efficiency, stage_wise_pam
 from models import resolve_model_names
+from utils.atomic import OutputWriteError
 from utils.checkpoint import load_checkpoint
 from utils.device import resolve_device
 from utils.distributed import (barrier, destroy_process_group, dist_env, init_process_group,
@@ -216,6 +217,8 @@ def run_job(job: Job, plan: ModelPlan, data: SweepData, config: ExperimentConfig
                    **{k: v for k, v in test.aggregate.items() if not k.startswith("n_")},
                    train_time_s=fit_result.train_time_s, checkpoint=str(checkpoint))
         del model
+    except OutputWriteError:  # a full disk is no job's fault: stop, the job stays resumable
+        raise
     except Exception as exc:  # noqa: BLE001 - one failing model must not stop the sweep
         row.update(status=_failure_status(exc), error=f"{type(exc).__name__}: {exc}"[:500])
         log.error("job %s failed: %s\n%s", job.key, row["error"], traceback.format_exc(limit=5))

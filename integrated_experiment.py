@@ -13,6 +13,8 @@ from typing import Sequence
 
 from engine.options.config import parse_config
 
+EXIT_WRITE_FAILED = 74  # sysexits.h EX_IOERR: a result file could not be written (e.g. disk full)
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse flags, run the sweep, return the process exit code."""
@@ -21,11 +23,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = parse_config(argv)
     from experiment_runner import run_integrated_experiment  # heavy imports after flag checks
 
+    from utils.atomic import OutputWriteError
     from utils.signals import SweepStopped, exit_code, stop_on_signals
 
     try:
         with stop_on_signals():
             output_dir = run_integrated_experiment(config)
+    except OutputWriteError as exc:  # disk full, folder not writable: nothing half-written, every job resumable
+        logging.getLogger("volbench").error("%s; no file was left half-written and every job keeps its last "
+                                            "completed epoch: fix it, then continue with --resume and the same flags",
+                                            exc.strerror)
+        return EXIT_WRITE_FAILED
     except ValueError as exc:  # bad input found while preparing (data, models, splits)
         logging.getLogger("volbench").error("%s", exc)
         return 2

@@ -1,10 +1,14 @@
 """Atomic file writes: write to a temporary file in the same folder, fsync, then ``os.replace``.
 
-A killed process therefore leaves either the old file or the new one, never a truncated one.
+A killed process therefore leaves either the old file or the new one, never a truncated one. A write that cannot
+complete (disk full, quota, read-only or unwritable folder) raises :class:`OutputWriteError` naming the file, with
+the temporary removed and the old file untouched; the sweep runner stops on it (it is no job's fault) so that
+``--resume`` continues once space is freed.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -15,22 +19,41 @@ from typing import Any, Iterator
 import pandas as pd
 
 
+class OutputWriteError(OSError):
+    """A result file could not be written (``errno`` kept: ENOSPC, EDQUOT, EROFS, EACCES, ...); the old file, if
+    any, is unchanged and no temporary is left."""
+
+    def __init__(self, target: Path, cause: OSError) -> None:
+        hint = " (disk full: free space, then rerun with --resume)" if cause.errno in _FULL else ""
+        super().__init__(cause.errno, f"cannot write {target}: {cause.strerror or cause}{hint}")
+        self.filename = str(target)
+
+
+_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success move it onto ``path``, else delete it."""
+    """Yield a temporary path beside ``path``; on success move it onto ``path``, else delete it. An ``OSError``
+    while creating, writing (inside the block), syncing or renaming becomes :class:`OutputWriteError`."""
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path: Path | None = None
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        os.close(fd)
+        tmp_path = Path(tmp)
         yield tmp_path
         with open(tmp_path, "rb") as fh:
             os.fsync(fh.fileno())
         os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600 files; results should be readable
         os.replace(tmp_path, target)
+    except OutputWriteError:
+        raise
+    except OSError as exc:
+        raise OutputWriteError(target, exc) from exc
     finally:
-        if tmp_path.exists():
+        if tmp_path is not None and tmp_path.exists():
             tmp_path.unlink()
 
 

@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 from filelock import FileLock
 
-from utils.atomic import atomic_write_csv
+from utils.atomic import OutputWriteError, atomic_write_csv
 from utils.schema import (COMPARISON_CSV, CONFIG_JSON, EFFICIENCY_COLUMNS, JOBS_DIR, LOCK_FILE, METRIC_PREFIXES,
                           RANKING_CSV, RUN_LEADING, RUN_TRAILING, STAGE_PAM_CSV, STATISTICAL_TESTS_CSV, TABLES)
 
@@ -171,6 +171,8 @@ def write_tables(output_dir: Path, tables: dict[str, pd.DataFrame], options: Sta
             options, models = options or recorded, models if models is not None else order
         try:
             written += write_statistics(output_dir, tables, basic, options, models, metrics)
+        except OutputWriteError:
+            raise
         except Exception:  # the statistics are derived: a failure there must not lose the sweep's tables
             log.exception("the comparison statistics of %s failed; %s holds the basic comparison", output_dir,
                           COMPARISON_CSV)

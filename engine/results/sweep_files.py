@@ -1,9 +1,12 @@
 """The files of a sweep folder besides the tables: the refusal to overwrite, ``splits.json``,
-``config.json`` (first start's flags + every start, checked on resume) and ``environment.json``."""
+``config.json`` (first start's flags + every start, checked on resume) and ``environment.json``; stale
+temporaries of interrupted writes are removed from the results root at each start."""
 
 from __future__ import annotations
 
 import json
+import logging
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -17,6 +20,8 @@ from engine.sweep_plan import SweepData
 from utils.atomic import atomic_write_json
 from utils.environment import environment_info
 from utils.schema import CONFIG_JSON, ENVIRONMENT_JSON, JOBS_DIR, RUNS_CSV, SPLITS_JSON
+
+log = logging.getLogger(__name__)
 
 
 def default_output_dir() -> Path:
@@ -59,11 +64,33 @@ def check_resume(output_dir: Path, record: dict[str, Any]) -> dict[str, Any] | N
     return first
 
 
+STALE_TMP_AGE_S = 3600.0  # a temporary untouched this long is no write in progress (writes touch it continuously)
+
+
+def remove_stale_temporaries(output_dir: Path, max_age_s: float = STALE_TMP_AGE_S) -> list[Path]:
+    """Delete the temporaries (``.<name>.*.tmp`` of :func:`utils.atomic.atomic_path`) that interrupted writes left
+    in the results root, when not modified for ``max_age_s`` seconds: a shard writing one now (a checkpoint, a
+    table) keeps touching it, so it is never removed. Job folders clean their own at each job's start."""
+    removed = []
+    now = time.time()
+    for path in Path(output_dir).glob(".*.tmp"):
+        try:
+            if now - path.stat().st_mtime > max_age_s:
+                path.unlink()
+                removed.append(path)
+        except FileNotFoundError:  # finished (renamed) or removed by another process meanwhile
+            continue
+    if removed:
+        log.info("removed %d stale temporary file(s) of interrupted writes in %s", len(removed), output_dir)
+    return removed
+
+
 def write_sweep_files(output_dir: Path, data: SweepData, record: dict[str, Any]) -> None:
     """``splits.json``, ``config.json`` (the first start's flags plus a list of starts) and ``environment.json``."""
     output_dir.mkdir(parents=True, exist_ok=True)
     save_splits(output_dir / SPLITS_JSON, data.splits)
     with results_lock(output_dir):  # processes sharing the folder append their starts one at a time
+        remove_stale_temporaries(output_dir)
         path = output_dir / CONFIG_JSON
         first = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
         atomic_write_json(path, merged_record(first, record))
