@@ -11,7 +11,12 @@ import logging
 import sys
 from typing import Sequence
 
-from engine.options.config import parse_config
+if __name__ == "__main__":  # before torch loads: --deterministic pins portable CPU kernels (utils.portable_kernels)
+    from utils.portable_kernels import pin_for_argv
+
+    pin_for_argv(sys.argv[1:])
+
+from engine.options.config import parse_config  # noqa: E402
 
 EXIT_WRITE_FAILED = 74  # sysexits.h EX_IOERR: a result file could not be written (e.g. disk full)
 

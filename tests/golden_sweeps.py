@@ -1,8 +1,9 @@
 """Seeded ``--deterministic`` reference sweeps whose CSVs are kept under ``tests/golden/``.
 
 The engine must keep producing the same rows and metric values (relative 1e-6; losses 1e-4) for these
-commands; ``tests/test_golden_results.py`` re-runs them and compares. The sweeps run single-threaded with
-the CPU kernels pinned to AVX2 on x86 (``PORTABLE_KERNELS``): PyTorch, oneDNN and MKL otherwise pick
+commands; ``tests/test_golden_results.py`` re-runs them and compares. The sweeps run single-threaded; their
+``--deterministic`` pins the CPU kernels to AVX2 on x86 (``utils.portable_kernels``; the variables are removed from
+the environment here, so the test checks that the script pins them): PyTorch, oneDNN and MKL otherwise pick
 AVX-512/AMX code where the CPU has it, and the float32 rounding of the losses then depends on the machine. Regenerate only when a change alters the
 numbers on purpose, in the same commit, saying why:
 
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
+import os
 import shutil
 import subprocess
 import sys
@@ -21,6 +22,8 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from utils.portable_kernels import PORTABLE_KERNELS  # noqa: E402
 GOLDEN_DIR = Path(__file__).resolve().parent / "golden"
 TABLES = ("integrated_experiment_results.csv", "all_epochs_results.csv", "per_case_results.csv",
           "model_comparison.csv", "stage_wise_pam_results.csv", "confusion_matrices.csv")
@@ -37,20 +40,14 @@ SWEEPS: dict[str, tuple[str, ...]] = {
 }
 
 
-# the same kernels on every x86-64 machine with AVX2: ATen's dispatch, oneDNN's JIT and MKL's code path
-PORTABLE_KERNELS = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2"}
-
-
 def run_sweep(name: str, output_dir: Path, cache_dir: Path) -> int:
-    """Run golden sweep ``name`` in a fresh single-threaded process; returns its exit code."""
+    """Run golden sweep ``name`` in a fresh single-threaded process (its ``--deterministic`` pins the kernels:
+    the pinning variables are taken out of the environment); returns its exit code."""
     argv = [sys.executable, str(ROOT / "integrated_experiment.py"), *SWEEPS[name],
             "--output_dir", str(output_dir), "--cache_dir", str(cache_dir)]
-    env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
-    if platform.machine().lower() in ("x86_64", "amd64"):
-        env.update(PORTABLE_KERNELS)
-    import os
-
-    return subprocess.run(argv, cwd=ROOT, env=dict(os.environ, **env), check=False).returncode
+    env = {k: v for k, v in os.environ.items() if k not in PORTABLE_KERNELS}
+    env.update({"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONHASHSEED": "0"})
+    return subprocess.run(argv, cwd=ROOT, env=env, check=False).returncode
 
 
 def main() -> int:

@@ -5,6 +5,7 @@ timing, latency and path columns excepted; new columns allowed)."""
 from __future__ import annotations
 
 import json
+import platform
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,8 @@ import pandas as pd
 import pytest
 
 from golden_sweeps import GOLDEN_DIR, SWEEPS, TABLES, VOLATILE, run_sweep
-from utils.schema import RUNS_CSV, VAL_PER_CASE_CSV
+from utils.portable_kernels import PINNED_CAPABILITY, cpu_has_avx2
+from utils.schema import ENVIRONMENT_JSON, RUNS_CSV, VAL_PER_CASE_CSV
 
 # a loss is a float32 sum over voxels and batches whose rounding follows the CPU's kernels (seen: 7e-6
 # relative between two machines while every metric of the predictions was bit-equal)
@@ -61,6 +63,8 @@ def test_golden_sweep_reproduces_recorded_results(sweep: str, tmp_path: Path) ->
         assert_same_table(pd.read_csv(golden), pd.read_csv(out / table), f"{sweep}/{table}")
     if sweep == "fivefold":
         assert_out_of_fold_coverage(out)
+    if platform.machine().lower() in ("x86_64", "amd64") and cpu_has_avx2():  # --deterministic pinned the kernels
+        assert json.loads((out / ENVIRONMENT_JSON).read_text())["cpu_capability"] == PINNED_CAPABILITY
 
 
 def assert_out_of_fold_coverage(out: Path) -> None:

@@ -47,6 +47,7 @@ def environment_info() -> dict[str, Any]:
         "processor": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # AVX2 when --deterministic pinned the kernels
         "cuda_available": torch.cuda.is_available(),
         "cuda_version": torch.version.cuda,
         "gpus": gpus,
