@@ -9,6 +9,9 @@
 - ``--gradient_checkpointing [MODEL ...]`` (alias ``--use_gradient_checkpointing``, the seed tool's name): the
   named models (none named: every model of the sweep) recompute their encoder's activations in the backward pass
   (``set_gradient_checkpointing(True)``); a model that does not support it is an error.
+- ``--train_prompts clicks`` (``engine.tasks.promptable`` trains with it): applies to the models that take prompts
+  (their ``prompted`` method, ``models.promptable``); automatic models of the sweep ignore it with a warning that
+  names them; a sweep with no model that takes prompts is an error.
 - Export: a model with ``encoder_export_name`` (SAM-Med3D: ``sam_encoder``) also gets its best checkpoint's
   image encoder alone, ``{checkpoint stem}_{name}.pth`` holding ``{"image_encoder_state_dict": ...}`` (read with
   ``torch.load(weights_only=True)``), as the seed tool exports it for downstream use.
@@ -119,3 +122,22 @@ def check_fine_tuning(models: list[str], freeze: list[str] | None, checkpointing
         if named(checkpointing, name) and not getattr(model, "supports_gradient_checkpointing", False):
             raise ValueError(f"--gradient_checkpointing: model {name!r} does not support gradient checkpointing "
                              "(promptable models such as sam_med3d and vista3d do); name the models that do")
+
+
+def check_train_prompts(models: list[str], train_prompts: str | None, build: Any) -> list[str]:
+    """``--train_prompts``: returns the models that ignore it (automatic models, with a warning); ``build(name)``
+    gives a model to inspect (e.g. on the meta device).
+
+    Raises:
+        ValueError: clicks were asked for and no model of the sweep takes prompts.
+    """
+    if train_prompts in (None, "none"):
+        return []
+    ignoring = [name for name in models if not callable(getattr(build(name), "prompted", None))]
+    if len(ignoring) == len(models):
+        raise ValueError(f"--train_prompts {train_prompts}: no model of this sweep takes prompts "
+                         f"({', '.join(models)}); it applies to promptable models such as sam_med3d and vista3d")
+    if ignoring:
+        log.warning("--train_prompts %s applies to promptable models only; %s train prompt-free as usual",
+                    train_prompts, ", ".join(ignoring))
+    return ignoring

@@ -18,7 +18,7 @@ from dataio.types import CachedCase, DatasetInfo, LoadedDataset
 from engine.options.config import ExperimentConfig
 from engine.model_setup import InputChoices, ModelSetup, cpu_conv_wanted, setup_model
 from engine.tasks import Task, task_for
-from engine.fine_tuning import check_fine_tuning
+from engine.fine_tuning import check_fine_tuning, check_train_prompts
 from engine.trainer_settings import TrainerSettings
 from losses import loss_spec
 from models import model_info
@@ -141,6 +141,7 @@ def plan_models(models: list[str], config: ExperimentConfig, data: SweepData) ->
                      ", ".join(f"{k} {v}" for k, v in own.items()))
         plans[name] = ModelPlan(setup=setup, task=task, trainer=trainer)
     check_fine_tuning(models, config.freeze_encoder, config.gradient_checkpointing, lambda n: _meta_build(plans[n]))
+    check_train_prompts(models, getattr(config, "train_prompts", "none"), lambda n: _meta_build(plans[n]))
     return plans
 
 

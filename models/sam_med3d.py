@@ -11,6 +11,12 @@ The architecture that SAM-Med3D's released (turbo) weights load into:
   256), used with ``multimask_output=False`` (one mask); its 32^3 low-resolution logits are upsampled
   trilinearly (``align_corners=False``) to the window, as SAM-Med3D's own inference does.
 
+Prompt-free masks (``out_channels = 1 + R``): R = 1 (binary track) is the single-mask output (mask token 0,
+``multimask_output=False``), the seed tool's prompt-free mode. R = 2 or 3 (BraTS: WT, TC, ET) are the decoder's
+multimask tokens 1..R (``multimask_output=True``, the first R of its three masks and IoU predictions): one learnt
+query per region, existing weights of the released checkpoint (no new keys), trained by fine-tuning. Decodings
+with points always give the one mask of token 0, whatever R (a click prompt names the object).
+
 The network is held as ``image_encoder``, ``prompt_encoder`` and ``mask_decoder`` attributes, so the state-dict
 keys are SAM-Med3D's released names (``models/sam_med3d_keys.json`` lists them; no non-persistent
 ``pixel_mean`` / ``pixel_std``). medim's ``SAM_Med3D.forward`` (no_grad, 2D-style preprocessing) and its weight
@@ -44,7 +50,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ._registry import register_model
-from .promptable import PromptableNet, PromptOutput, check_point_prompts, run_block
+from .promptable import PromptableNet, PromptOutput, check_masks, check_point_prompts, run_block
 
 PAPER = ("Wang et al., SAM-Med3D: Towards General-purpose Segmentation Models for Volumetric Medical Images, "
          "arXiv:2310.15161, 2023 (released vit_b_ori architecture, medim 0.1.2)")
@@ -66,6 +72,7 @@ class SamMed3D(PromptableNet):
         image_encoder, prompt_encoder, mask_decoder: medim's ``ImageEncoderViT3D``, ``PromptEncoder3D``,
             ``MaskDecoder3D``.
         img_size: edge of the cube the encoder is built for (voxels).
+        n_masks: prompt-free masks, 1 (mask token 0) or up to 3 (multimask tokens 1..n_masks).
     """
 
     encoder_prefixes = ("image_encoder.",)
@@ -74,8 +81,9 @@ class SamMed3D(PromptableNet):
     supports_gradient_checkpointing = True
 
     def __init__(self, image_encoder: nn.Module, prompt_encoder: nn.Module, mask_decoder: nn.Module,
-                 img_size: int) -> None:
+                 img_size: int, n_masks: int = 1) -> None:
         super().__init__()
+        self.n_masks = int(n_masks)
         self.image_encoder = image_encoder
         self.prompt_encoder = prompt_encoder
         self.mask_decoder = mask_decoder
@@ -125,12 +133,15 @@ class SamMed3D(PromptableNet):
 
     def decode(self, embedding: torch.Tensor, points: torch.Tensor | None, labels: torch.Tensor | None,
                mask_prompt: torch.Tensor | None) -> PromptOutput:
-        """One mask: logits (B, 1, S, S, S), low_res (B, 1, 4g, 4g, 4g) (32^3 for the released 128^3, patch 16),
-        predicted IoU (B, 1)."""
+        """Logits (B, M, S, S, S), low_res (B, M, 4g, 4g, 4g) (32^3 for the released 128^3, patch 16), predicted
+        IoU (B, M): M = 1 with points or ``n_masks`` 1 (mask token 0), else M = ``n_masks`` (multimask tokens)."""
         sparse, dense = self.embed_prompts(points, labels, mask_prompt, embedding.shape[0])
+        multimask = points is None and self.n_masks > 1
         low_res, iou = self.mask_decoder(image_embeddings=embedding, image_pe=self.prompt_encoder.get_dense_pe(),
                                          sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
-                                         multimask_output=False)
+                                         multimask_output=multimask)
+        if multimask:
+            low_res, iou = low_res[:, :self.n_masks], iou[:, :self.n_masks]
         logits = F.interpolate(low_res, size=(self.img_size,) * 3, mode="trilinear", align_corners=False)
         return PromptOutput(logits=logits, low_res=low_res, iou=iou)
 
@@ -148,7 +159,7 @@ def build_sam_med3d(*, img_size: int, patch_size: int = 16, embed_dim: int = 768
                     num_heads: int = 12, global_attn_indexes: tuple[int, ...] = (2, 5, 8, 11),
                     window_size: int = 14, prompt_embed_dim: int = 384, mask_in_chans: int = 16,
                     decoder_depth: int = 2, decoder_mlp_dim: int = 2048, decoder_heads: int = 8,
-                    iou_head_hidden_dim: int = 256) -> SamMed3D:
+                    iou_head_hidden_dim: int = 256, n_masks: int = 1) -> SamMed3D:
     """SAM-Med3D from medim's classes; the defaults are the released ``vit_b_ori`` (medim's
     ``build_sam3D_vit_b_ori``); other decoder sizes replace medim's hard-coded two-way transformer."""
     if prompt_embed_dim % MULTIPLE_OF:
@@ -166,7 +177,7 @@ def build_sam_med3d(*, img_size: int, patch_size: int = 16, embed_dim: int = 768
     if (decoder_depth, decoder_mlp_dim, decoder_heads) != (2, 2048, 8):
         decoder.transformer = sam.TwoWayTransformer3D(depth=decoder_depth, embedding_dim=prompt_embed_dim,
                                                       num_heads=decoder_heads, mlp_dim=decoder_mlp_dim)
-    return SamMed3D(encoder, prompt_encoder, decoder, img_size)
+    return SamMed3D(encoder, prompt_encoder, decoder, img_size, n_masks=n_masks)
 
 
 def state_dict_shapes(model: nn.Module) -> dict[str, list[int]]:
@@ -174,10 +185,10 @@ def state_dict_shapes(model: nn.Module) -> dict[str, list[int]]:
     return {key: list(value.shape) for key, value in model.state_dict().items()}
 
 
-# Seed 002's recipe (MODEL_SPECS.md section 3): AdamW lr 1e-4, weight decay 1e-4, reduce-on-plateau (x0.5,
-# patience 5), gradient accumulation 4, clipping at norm 1.0.
-TRAIN_DEFAULTS: dict[str, Any] = dict(optimizer="adamw", lr=1e-4, weight_decay=1e-4, scheduler="plateau",
-                                      grad_accum=4, max_grad_norm=1.0)
+# Seed 002's recipe (MODEL_SPECS.md section 3): its loss (losses.sam), AdamW lr 1e-4, weight decay 1e-4,
+# reduce-on-plateau (x0.5, patience 5), gradient accumulation 4, clipping at norm 1.0.
+TRAIN_DEFAULTS: dict[str, Any] = dict(loss="sam_med3d", optimizer="adamw", lr=1e-4, weight_decay=1e-4,
+                                      scheduler="plateau", grad_accum=4, max_grad_norm=1.0)
 TINY: dict[str, Any] = dict(img_size=(32, 32, 32), patch_size=8, embed_dim=48, depth=2, num_heads=4,
                             global_attn_indexes=(1,), window_size=3, prompt_embed_dim=48, mask_in_chans=8,
                             decoder_depth=2, decoder_mlp_dim=64, decoder_heads=4, iou_head_hidden_dim=32)
@@ -189,17 +200,16 @@ TINY: dict[str, Any] = dict(img_size=(32, 32, 32), patch_size=8, embed_dim=48, d
                 train_defaults=TRAIN_DEFAULTS)
 def sam_med3d(*, in_channels: int = 1, out_channels: int = 2, img_size: Any = (128, 128, 128),
               **kwargs: Any) -> nn.Module:
-    """SAM-Med3D ``vit_b_ori`` for a cube ``img_size`` (a 3-tuple); ``kwargs``: :func:`build_sam_med3d`'s sizes.
+    """SAM-Med3D ``vit_b_ori`` for a cube ``img_size`` (a 3-tuple); ``kwargs``: :func:`build_sam_med3d`'s sizes;
+    ``out_channels = 1 + R`` prompt-free masks (module docstring).
 
     Raises:
         ValueError: ``in_channels`` is not 1 (the released patch embedding takes one channel), ``out_channels`` is
-            not 2 (the prompt-free output is the two-class ``cat([0, z])``), or ``img_size`` is not a cube.
+            not 2 to 4 (``cat([0, z_1 .. z_R])``, R <= 3 decoder masks), or ``img_size`` is not a cube.
     """
     if in_channels != 1:
         raise ValueError(f"sam_med3d: in_channels must be 1 (SAM-Med3D's patch embedding takes one channel), "
                          f"got {in_channels}")
-    if out_channels != 2:
-        raise ValueError(f"sam_med3d: out_channels must be 2 (the prompt-free output is the two-class logits "
-                         f"cat([0, z]) of its one foreground mask), got {out_channels}")
+    n_masks = check_masks(out_channels, 3, "sam_med3d", "the decoder's three multimask tokens")
     patch = int(kwargs.get("patch_size", 16))
-    return build_sam_med3d(img_size=_cube(img_size, patch), **kwargs)
+    return build_sam_med3d(img_size=_cube(img_size, patch), **dict(kwargs, n_masks=n_masks))

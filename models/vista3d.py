@@ -7,8 +7,11 @@ point head and one for the class head), a ``PointMappingSAM`` point head and a `
 ``point_head``, so the state-dict keys are VISTA3D's. MONAI's ``VISTA3D.forward`` (one image per call, sliding
 window bookkeeping, ``torch.cuda.empty_cache``) is not used; the heads are called directly:
 
-- prompt-free: VISTA3D's automatic segmentation with one class prompt, ``class_vector = [[class_index]]``
-  (default 1): the class head's (B, 1, D, H, W) logits from the auto branch;
+- prompt-free: VISTA3D's automatic segmentation with one class prompt per mask, ``class_vector = [[class_index],
+  ..., [class_index + R - 1]]`` (default 1; R = ``out_channels - 1``: 1 on the binary track, 3 on BraTS for WT,
+  TC, ET): the class head's (B, R, D, H, W) logits from the auto branch (VISTA3D's class embeddings are
+  general-purpose learnt queries; brain-tumour regions are not among its released classes, fine-tuning learns
+  them);
 - with points: VISTA3D's point-only segmentation (``class_vector`` None): the point head on the point branch,
   one image at a time (its transformer repeats the image features per prompt), with every click so far.
   VISTA3D has no mask prompt (its ``prev_mask`` is the previous result for merging, not a network input):
@@ -34,7 +37,7 @@ from monai.networks.nets import SegResNetDS2
 from monai.networks.nets.vista3d import ClassMappingClassify, PointMappingSAM
 
 from ._registry import register_model
-from .promptable import CheckpointedSequential, PromptableNet, PromptOutput, check_point_prompts
+from .promptable import CheckpointedSequential, PromptableNet, PromptOutput, check_masks, check_point_prompts
 
 PAPER = ("He et al., VISTA3D: A Unified Segmentation Foundation Model For 3D Medical Imaging, CVPR 2025 "
          "(arXiv:2406.05285); MONAI vista3d132")
@@ -54,7 +57,8 @@ class Vista3DNet(PromptableNet):
     Args:
         image_encoder: MONAI ``SegResNetDS2`` (its ``forward(x, with_point, with_label)``).
         class_head: ``ClassMappingClassify``; point_head: ``PointMappingSAM``.
-        class_index: the class prompt of the prompt-free prediction.
+        class_index: the class prompt of the first prompt-free mask (mask r: ``class_index + r``).
+        n_masks: prompt-free masks.
     """
 
     encoder_prefixes = ("image_encoder.",)
@@ -62,8 +66,9 @@ class Vista3DNet(PromptableNet):
     supports_gradient_checkpointing = True
 
     def __init__(self, image_encoder: SegResNetDS2, class_head: nn.Module, point_head: nn.Module,
-                 class_index: int = 1) -> None:
+                 class_index: int = 1, n_masks: int = 1) -> None:
         super().__init__()
+        self.n_masks = int(n_masks)
         self.image_encoder = image_encoder
         self.class_head = class_head
         self.point_head = point_head
@@ -92,13 +97,14 @@ class Vista3DNet(PromptableNet):
         return self._features(image, with_point=True, with_label=True)
 
     def _class_logits(self, auto: torch.Tensor) -> torch.Tensor:
-        class_vector = torch.tensor([[self.class_index]], device=auto.device)
-        masks, _ = self.class_head(auto, class_vector)  # (1 class, B, D, H, W)
+        class_vector = torch.arange(self.n_masks, device=auto.device)[:, None] + self.class_index
+        masks, _ = self.class_head(auto, class_vector)  # (n_masks classes, B, D, H, W)
         return masks.transpose(0, 1)
 
     def decode(self, embedding: Vista3DEmbedding, points: torch.Tensor | None, labels: torch.Tensor | None,
                mask_prompt: torch.Tensor | None = None) -> PromptOutput:
-        """Logits (B, 1, D, H, W): the class head without points, else the point head; ``mask_prompt`` ignored."""
+        """Logits (B, n_masks, D, H, W) of the class head without points, else (B, 1, D, H, W) of the point head;
+        ``mask_prompt`` ignored."""
         features = embedding.auto if points is None else embedding.point
         if features is None:
             raise ValueError(f"vista3d: the embedding has no {'auto' if points is None else 'point'} branch features")
@@ -115,13 +121,14 @@ class Vista3DNet(PromptableNet):
 
 
 def build_vista3d(*, in_channels: int = 1, encoder_embed_dim: int = 48, blocks_down: tuple[int, ...] = (1, 2, 2, 4, 4),
-                  n_classes: int = 512, last_supported: int = 132, class_index: int = 1) -> Vista3DNet:
+                  n_classes: int = 512, last_supported: int = 132, class_index: int = 1,
+                  n_masks: int = 1) -> Vista3DNet:
     """VISTA3D with MONAI's parts; the defaults are ``vista3d132(encoder_embed_dim=48, in_channels=1)``."""
     encoder = SegResNetDS2(in_channels=in_channels, blocks_down=tuple(blocks_down), norm="instance",
                            out_channels=encoder_embed_dim, init_filters=encoder_embed_dim, dsdepth=1)
     point_head = PointMappingSAM(feature_size=encoder_embed_dim, n_classes=n_classes, last_supported=last_supported)
     class_head = ClassMappingClassify(n_classes=n_classes, feature_size=encoder_embed_dim, use_mlp=True)
-    return Vista3DNet(encoder, class_head, point_head, class_index=class_index)
+    return Vista3DNet(encoder, class_head, point_head, class_index=class_index, n_masks=n_masks)
 
 
 @register_model(family="vista3d", task="promptable", spatial_dims=3, modalities=("flair",), any_channels=True,
@@ -131,12 +138,10 @@ def vista3d(*, in_channels: int = 1, out_channels: int = 2, img_size: Any = None
     """VISTA3D (``vista3d132``); ``img_size`` is accepted and ignored; ``kwargs``: :func:`build_vista3d`'s.
 
     Raises:
-        ValueError: ``in_channels`` is not 1 (VISTA3D reads one CT channel) or ``out_channels`` is not 2 (the
-            prompt-free output is the two-class ``cat([0, z])``).
+        ValueError: ``in_channels`` is not 1 (VISTA3D reads one CT channel) or ``out_channels`` is not 2 to 4
+            (``cat([0, z_1 .. z_R])``, one class prompt per mask, R <= 3).
     """
     if in_channels != 1:
         raise ValueError(f"vista3d: in_channels must be 1 (VISTA3D reads one CT channel), got {in_channels}")
-    if out_channels != 2:
-        raise ValueError(f"vista3d: out_channels must be 2 (the prompt-free output is the two-class logits "
-                         f"cat([0, z]) of its one class prompt), got {out_channels}")
-    return build_vista3d(in_channels=in_channels, **kwargs)
+    n_masks = check_masks(out_channels, 3, "vista3d", "one class prompt each")
+    return build_vista3d(in_channels=in_channels, **dict(kwargs, n_masks=n_masks))

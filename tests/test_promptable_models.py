@@ -51,16 +51,18 @@ def test_both_entries_are_registered_as_promptable_with_their_metadata() -> None
         assert info.default_patch_size == (128, 128, 128) and info.test_patch_size == (32, 32, 32)
     assert sam.needs_fixed_input and sam.tiny_kwargs["img_size"] == sam.test_patch_size
     assert not vista.needs_fixed_input and vista.divisibility == 16
-    assert sam.train_defaults == dict(optimizer="adamw", lr=1e-4, weight_decay=1e-4, scheduler="plateau",
-                                      grad_accum=4, max_grad_norm=1.0)
+    assert sam.train_defaults == dict(loss="sam_med3d", optimizer="adamw", lr=1e-4, weight_decay=1e-4,
+                                      scheduler="plateau", grad_accum=4, max_grad_norm=1.0)
     settings = TrainerSettings.for_model(TrainerSettings(), sam.train_defaults)  # field names are trainer settings
-    assert (settings.scheduler, settings.grad_accum, settings.max_grad_norm) == ("plateau", 4, 1.0)
+    assert (settings.loss, settings.scheduler, settings.grad_accum, settings.max_grad_norm) == (
+        "sam_med3d", "plateau", 4, 1.0)
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_builders_refuse_other_channel_counts(name: str) -> None:
-    with pytest.raises(ValueError, match="out_channels must be 2"):
-        create_model(name, out_channels=3)
+    for bad in (1, 5):  # 2: one prompt-free mask; 3 or 4: two or three (BraTS: WT, TC, ET)
+        with pytest.raises(ValueError, match=f"{name}: out_channels must be 2 .* or 1 \\+ R with R <= 3"):
+            create_model(name, out_channels=bad)
     with pytest.raises(ValueError, match="in_channels must be 1"):
         create_model(name, in_channels=4, out_channels=2)
 

@@ -32,7 +32,7 @@ from utils.schema import COMPARISON_CSV, JOBS_DIR
 # what the registry serves today: (model kind, label kind) -> task
 SERVED = {("segmentation", "brats"): "brats_segmentation", ("segmentation", "binary"): "binary_segmentation",
           ("detection", "binary"): "detection", ("detect_segment", "binary"): "detect_segment",
-          ("promptable", "binary"): "promptable_segmentation"}
+          ("promptable", "binary"): "promptable_segmentation", ("promptable", "brats"): "promptable_segmentation"}
 # create_model's default out_channels per kind (those before the registry owned them, models/_registry.py, and the
 # promptable models' two-class prompt-free output)
 TODAY_OUTPUTS = {"segmentation": 4, "detection": 1, "detect_segment": 1, "promptable": 2}

@@ -22,6 +22,7 @@ from engine.options.lesion_options import LesionOptions, add_lesion_arguments
 from engine.options.parallel_options import PARALLEL_MODES, add_parallel_arguments, parse_shard
 from engine.options.stats_options import StatsOptions, add_stats_arguments
 from engine.options.tracking_options import TrackingOptions, add_tracking_arguments, tracker_list
+from engine.tasks.promptable import TRAIN_CLICKS, TRAIN_PROMPTS
 from engine.trainer_settings import TrainerSettings
 from utils.pretrained import check_pretrained_models, parse_pretrained, pretrained_for
 
@@ -51,6 +52,8 @@ class ExperimentConfig(DataOptions, LesionOptions, TrainerSettings, StatsOptions
     foreground_fraction: float | None = None
     freeze_encoder: list[str] | None = None
     gradient_checkpointing: list[str] | None = None
+    train_prompts: str = "none"
+    train_clicks: int = TRAIN_CLICKS
     num_workers: int = 0
     sharing_strategy: str = "file_descriptor"
     use_5fold: bool = False
@@ -91,6 +94,9 @@ class ExperimentConfig(DataOptions, LesionOptions, TrainerSettings, StatsOptions
             (self.grad_accum >= 1, f"--grad_accum must be >= 1, got {self.grad_accum}"),
             (self.lr > 0, f"--lr must be > 0, got {self.lr}"),
             (self.lr_decoder is None or self.lr_decoder > 0, f"--lr_decoder must be > 0, got {self.lr_decoder}"),
+            (self.train_prompts in TRAIN_PROMPTS, f"--train_prompts must be one of {TRAIN_PROMPTS}, got "
+                                                  f"{self.train_prompts!r}"),
+            (self.train_clicks >= 1, f"--train_clicks must be >= 1, got {self.train_clicks}"),
             (0.0 <= self.val_overlap < 1.0, f"--val_overlap must be in [0, 1), got {self.val_overlap}"),
             (self.patience >= 0, f"--patience must be >= 0 (0 disables early stopping), got {self.patience}"),
             (self.samples_per_volume >= 1, f"--samples_per_volume must be >= 1, got {self.samples_per_volume}"),
@@ -313,6 +319,15 @@ def _add_training_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--gradient_checkpointing", "--use_gradient_checkpointing", nargs="*", default=None,
                    metavar="MODEL", help="recompute these models' encoder activations in the backward pass to save "
                    "memory (no names: every model); a model that does not support it is an error (default: none)")
+    g.add_argument("--train_prompts", choices=TRAIN_PROMPTS, default="none",
+                   help="promptable models (sam_med3d, vista3d): none = prompt-free fine-tuning; clicks = each step "
+                        "also simulates --train_clicks clicks (random rule, from the previous mask's errors) and adds "
+                        "the loss after each; automatic models of the sweep ignore it with a warning, a sweep without "
+                        "a promptable model is refused (default: %(default)s)")
+    g.add_argument("--train_clicks", type=int, default=TRAIN_CLICKS, metavar="N",
+                   help="--train_prompts clicks: clicks (decodings) per training step; the default is SAM-Med3D's "
+                        "train.py, which runs interaction(num_clicks=11) per step (its --num_clicks 5 is its "
+                        "validation script's) (default: %(default)s)")
     g.add_argument("--weight_decay", type=float, default=1e-5, help="optimizer weight decay (default: %(default)s)")
     g.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw",
                    help="optimizer (default: %(default)s; models with their own recipe, e.g. RetinaNet's SGD, use "
