@@ -50,6 +50,7 @@ from utils.distributed import (barrier, destroy_process_group, dist_env, init_pr
 from utils.pretrained import LoadReport, load_pretrained, parse_pretrained, pretrained_for
 from utils.schema import SUBMISSION_FILES
 from utils.seeding import seed_everything
+from utils.signals import raise_if_stopping
 
 __all__ = ["Job", "ModelPlan", "SweepData", "evaluate_model", "make_jobs", "plan_models", "prepare_data",
            "run_integrated_experiment", "run_sweep", "train_model"]
@@ -220,6 +221,7 @@ def run_job(job: Job, plan: ModelPlan, data: SweepData, config: ExperimentConfig
     except OutputWriteError:  # a full disk is no job's fault: stop, the job stays resumable
         raise
     except Exception as exc:  # noqa: BLE001 - one failing model must not stop the sweep
+        raise_if_stopping(exc)  # e.g. DataLoader workers killed by the stop signal: the stop, not a failure
         row.update(status=_failure_status(exc), error=f"{type(exc).__name__}: {exc}"[:500])
         log.error("job %s failed: %s\n%s", job.key, row["error"], traceback.format_exc(limit=5))
         if context.device.type == "cuda":

@@ -44,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except (SweepStopped, KeyboardInterrupt) as exc:
         logging.getLogger("volbench").error("%s: every job keeps its last completed epoch; continue with --resume "
-                                            "and the same flags", exc or "interrupted")
+                                            "and the same flags", str(exc) or "stopped by signal SIGINT")
         return exit_code(exc)
     print(f"results: {output_dir}")
     return 0 if _any_ok(output_dir) else 1
