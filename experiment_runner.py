@@ -50,6 +50,7 @@ from utils.distributed import (barrier, destroy_process_group, dist_env, init_pr
 from utils.pretrained import LoadReport, load_pretrained, parse_pretrained, pretrained_for
 from utils.schema import SUBMISSION_FILES
 from utils.seeding import seed_everything
+from utils.rank_agreement import agree, announce
 from utils.signals import raise_if_stopping
 
 __all__ = ["Job", "ModelPlan", "SweepData", "evaluate_model", "make_jobs", "plan_models", "prepare_data",
@@ -133,6 +134,8 @@ def train_model(job: Job, plan: ModelPlan, data: SweepData, config: ExperimentCo
         enable_gradient_checkpointing(model, job.model)
     model.to(context.device)
     ddp = context.mode == "ddp"
+    if ddp:
+        agree()  # a rank that failed while building announces it here, before DDP's own broadcast
     trained = wrap_for_ddp(model, context.device, sync_bn=config.sync_bn,
                            find_unused=plan.task.may_skip_parameters) if ddp else model
     dataset = plan.task.train_dataset(data.subset(job.train_ids), modalities=plan.setup.modalities,
@@ -150,7 +153,7 @@ def train_model(job: Job, plan: ModelPlan, data: SweepData, config: ExperimentCo
                             latest=folder.latest_checkpoint if folder else None, writes=context.writes_job_files)
     result = fit(inputs, plan.trainer, files, hooks=hooks, desc=job.label)
     if ddp:
-        barrier()  # rank 0 has written the best checkpoint
+        agree()  # rank 0 has written the best checkpoint (and no rank failed since the last agreement)
         model = trained.module  # the network DDP trained (a SyncBatchNorm copy with --sync_bn)
     model.load_state_dict(load_checkpoint(checkpoint)["state_dict"])
     return model, result, checkpoint
@@ -213,6 +216,8 @@ def run_job(job: Job, plan: ModelPlan, data: SweepData, config: ExperimentConfig
                     write_submission(Path(context.output_dir), job.name, table, rows)
                 else:
                     folder.write_table(table, [dict(keys, **r) for r in rows])
+        if context.mode == "ddp":
+            agree()  # the job's end: a rank that failed after the test gather (e.g. rank 0 writing) says so here
         row.update(epochs=fit_result.epochs_run, best_epoch=fit_result.best_epoch,
                    **{plan.task.selection.column: fit_result.best_metric}, n_test_cases=len(test.per_case),
                    **{k: v for k, v in test.aggregate.items() if not k.startswith("n_")},
@@ -222,6 +227,8 @@ def run_job(job: Job, plan: ModelPlan, data: SweepData, config: ExperimentConfig
         raise
     except Exception as exc:  # noqa: BLE001 - one failing model must not stop the sweep
         raise_if_stopping(exc)  # e.g. DataLoader workers killed by the stop signal: the stop, not a failure
+        if context.mode == "ddp":
+            exc = announce(exc)  # the same RankFailed on every rank of the job, naming the failing ranks
         row.update(status=_failure_status(exc), error=f"{type(exc).__name__}: {exc}"[:500])
         log.error("job %s failed: %s\n%s", job.key, row["error"], traceback.format_exc(limit=5))
         if context.device.type == "cuda":

@@ -12,6 +12,7 @@ from utils.progress import progress
 from dataio.types import CachedCase
 
 from utils.distributed import all_gather_objects, rank_of
+from utils.rank_agreement import agree
 
 from engine.inference import AttentionRecorder, InferenceSettings
 
@@ -67,19 +68,26 @@ def evaluate_cases(model: nn.Module, cases: list[CachedCase], task: "Task", sett
     accumulator = task.new_accumulator(stage=request.stage, with_loss=request.with_loss)
     predictor: nn.Module = AttentionRecorder(model) if request.record_attention else model
     attention_rows: list[dict[str, Any]] = []
-    for case in progress(cases[rank::world], desc=request.desc, leave=False, unit="case"):
-        prediction = task.predict_case(predictor, case, settings)
-        if request.on_prediction is not None:
-            request.on_prediction(case, prediction)
-        if case.label is None:
-            continue
-        accumulator.update(case, prediction)
-        if request.record_attention:
-            for stage_name, weights in predictor.mean_weights().items():  # type: ignore[union-attr]
-                for modality, weight in zip(settings.modalities, weights):
-                    attention_rows.append(dict(case_id=case.case_id, stage=stage_name, modality=modality,
-                                               weight=weight))
+    error: Exception | None = None
+    try:
+        for case in progress(cases[rank::world], desc=request.desc, leave=False, unit="case"):
+            prediction = task.predict_case(predictor, case, settings)
+            if request.on_prediction is not None:
+                request.on_prediction(case, prediction)
+            if case.label is None:
+                continue
+            accumulator.update(case, prediction)
+            if request.record_attention:
+                for stage_name, weights in predictor.mean_weights().items():  # type: ignore[union-attr]
+                    for modality, weight in zip(settings.modalities, weights):
+                        attention_rows.append(dict(case_id=case.case_id, stage=stage_name, modality=modality,
+                                                   weight=weight))
+    except Exception as exc:  # noqa: BLE001 - a sharded evaluation tells the other ranks first (below)
+        if world == 1:
+            raise
+        error = exc
     if world > 1:
+        agree(error)  # an error on any rank stops every rank here (RankFailed), before the gather
         accumulator, attention_rows = _gather(accumulator, attention_rows, [c.case_id for c in cases])
     labels = task.run_labels()  # prompt_mode, click_mode on every per-case row
     return EvaluationResult(per_case=[dict(r, **labels) for r in accumulator.per_case()],

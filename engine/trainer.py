@@ -32,7 +32,8 @@ from dataio.loaders import set_epoch
 from dataio.types import CachedCase
 from engine.fine_tuning import parameter_groups
 from utils.checkpoint import save_checkpoint
-from utils.distributed import all_gather_objects, is_distributed
+from utils.distributed import all_gather_objects
+from utils.rank_agreement import agree
 
 from engine.evaluation import EvaluationRequest, EvaluationResult, evaluate_cases
 from engine.inference import InferenceSettings
@@ -136,21 +137,33 @@ class CheckpointFiles:
 
 def train_one_epoch(model: nn.Module, loader: DataLoader, task: Task, opt: Optimisation, *,
                     device: torch.device, state: TrainState, hooks: Sequence[TrainerHooks] = (),
-                    desc: str = "train") -> dict[str, float]:
-    """Mean of each named loss and of their sum (``loss``) over one epoch (accumulation, clipping, AMP)."""
+                    desc: str = "train", peers: bool = False) -> dict[str, float]:
+    """Mean of each named loss and of their sum (``loss``) over one epoch (accumulation, clipping, AMP).
+
+    ``peers``: a DDP job; each step's loss check is then one agreement of every rank (``utils.rank_agreement``):
+    an error on any rank, raised while loading the batch or in the forward pass, stops the job on every rank."""
     model.train()
     sums: dict[str, float] = {}
     count = 0
     opt.optimizer.zero_grad(set_to_none=True)
     bar = progress(loader, desc=desc, leave=False, unit="batch")
-    for step, batch in enumerate(bar, start=1):
-        ctx = torch.autocast("cuda", dtype=torch.float16) if opt.scaler is not None else nullcontext()
-        with ctx:
-            losses = task.train_step(model, batch, device)
-        parts = list(losses.values())
-        loss = parts[0] if len(parts) == 1 else torch.stack([p.float() for p in parts]).sum()
-        total = float(loss.detach())  # the step's one host sync (on CUDA): the finite check and the epoch mean
-        if not _finite_everywhere(total, loss.device):
+    for step, batch in enumerate(bar, start=1):  # an error loading a batch is announced by the job runner
+        error: Exception | None = None
+        try:
+            ctx = torch.autocast("cuda", dtype=torch.float16) if opt.scaler is not None else nullcontext()
+            with ctx:
+                losses = task.train_step(model, batch, device)
+            parts = list(losses.values())
+            loss = parts[0] if len(parts) == 1 else torch.stack([p.float() for p in parts]).sum()
+            total = float(loss.detach())  # the step's one host sync (on CUDA): the finite check and the epoch mean
+        except Exception as exc:  # noqa: BLE001 - under DDP the other ranks must hear of it (below)
+            if not peers:
+                raise
+            error, total = exc, float("nan")
+        finite = math.isfinite(total)
+        if peers:  # one agreement per step: an error on any rank stops every rank (RankFailed), so does a NaN
+            finite = not agree(error, flag=not finite)
+        if not finite:
             raise DivergedError(f"non-finite training loss ({total}) at batch {step}")
         scaled = loss / opt.grad_accum
         (opt.scaler.scale(scaled) if opt.scaler else scaled).backward()
@@ -171,17 +184,6 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, task: Task, opt: Optim
 def _bare(model: nn.Module) -> nn.Module:
     """The network inside a DistributedDataParallel wrapper (the model itself otherwise)."""
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-
-
-def _finite_everywhere(loss: float, device: torch.device) -> bool:
-    """Whether the loss value is finite on this rank and (under DDP) on every other, so all ranks stop together
-    (``device``: where the process group's collectives run, the loss tensor's device)."""
-    finite = math.isfinite(loss)
-    if is_distributed():
-        flag = torch.tensor([int(finite)], dtype=torch.int32, device=device)
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
-        return bool(flag.item())
-    return finite
 
 
 def _optimiser_step(model: nn.Module, opt: Optimisation) -> None:
@@ -263,7 +265,8 @@ class _Training:
         set_epoch(inputs.loader, epoch)
         lr = self.opt.optimizer.param_groups[0]["lr"]
         losses = train_one_epoch(inputs.model, inputs.loader, inputs.task, self.opt, device=inputs.inference.device,
-                                 state=self.state, hooks=self.hooks, desc=f"epoch {epoch}")
+                                 state=self.state, hooks=self.hooks, desc=f"epoch {epoch}",
+                                 peers=inputs.shard[1] > 1)
         value, val_row = float("nan"), {"val_loss": float("nan")}
         if epoch % self.settings.val_every == 0 or epoch == self.settings.epochs:
             value, val_row = self.validate(epoch)
@@ -311,6 +314,8 @@ class _Training:
         if self.files.latest is None:
             return
         own = rng_states(self.generator)
+        if self.inputs.shard[1] > 1:
+            agree()  # a rank that failed since the last agreement announces it here, not in the gather
         rngs = all_gather_objects(own) if self.inputs.shard[1] > 1 else [own]
         if self.files.writes:
             save_train_state(self.files.latest, self.state, model=_bare(self.inputs.model),
