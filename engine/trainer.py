@@ -137,12 +137,13 @@ class CheckpointFiles:
 
 def train_one_epoch(model: nn.Module, loader: DataLoader, task: Task, opt: Optimisation, *,
                     device: torch.device, state: TrainState, hooks: Sequence[TrainerHooks] = (),
-                    desc: str = "train", peers: bool = False) -> dict[str, float]:
+                    desc: str = "train") -> dict[str, float]:
     """Mean of each named loss and of their sum (``loss``) over one epoch (accumulation, clipping, AMP).
 
-    ``peers``: a DDP job; each step's loss check is then one agreement of every rank (``utils.rank_agreement``):
-    an error on any rank, raised while loading the batch or in the forward pass, stops the job on every rank."""
+    For a model in DistributedDataParallel (a DDP job) each step's loss check is one agreement of every rank
+    (``utils.rank_agreement``): an error on any rank in the step's forward pass stops the job on every rank."""
     model.train()
+    peers = isinstance(model, nn.parallel.DistributedDataParallel)
     sums: dict[str, float] = {}
     count = 0
     opt.optimizer.zero_grad(set_to_none=True)
@@ -265,8 +266,7 @@ class _Training:
         set_epoch(inputs.loader, epoch)
         lr = self.opt.optimizer.param_groups[0]["lr"]
         losses = train_one_epoch(inputs.model, inputs.loader, inputs.task, self.opt, device=inputs.inference.device,
-                                 state=self.state, hooks=self.hooks, desc=f"epoch {epoch}",
-                                 peers=inputs.shard[1] > 1)
+                                 state=self.state, hooks=self.hooks, desc=f"epoch {epoch}")
         value, val_row = float("nan"), {"val_loss": float("nan")}
         if epoch % self.settings.val_every == 0 or epoch == self.settings.epochs:
             value, val_row = self.validate(epoch)
