@@ -27,6 +27,8 @@ from . import unet2d_luna  # noqa: F401  (unet2d_luna: the LUNA chapter's 2.5D U
 from . import detection  # noqa: F401  (retinanet, detseg3d)
 from . import sam_med3d  # noqa: F401  (sam_med3d: promptable, SAM-Med3D vit_b_ori from medim's classes)
 from . import vista3d  # noqa: F401  (vista3d: promptable, MONAI vista3d132)
+from . import baselines_nnunet  # noqa: F401  (resenc_unet, dynunet: nnU-Net's planned U-Nets)
+from . import baselines_monai  # noqa: F401  (segresnet, mednext_*, basicunet)
 
 __all__ = ["MODALITY_ORDER", "ModelInfo", "create_model", "default_out_channels", "list_models", "model_info",
            "register_model", "resolve_model_names", "set_default_outputs"]

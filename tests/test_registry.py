@@ -68,8 +68,9 @@ def test_train_step_and_inference_every_parameter_gets_a_gradient(name: str) -> 
     logits = out[0] if isinstance(out, (tuple, list)) else out
     assert logits.shape == (1, N_CLASSES, *info.test_patch_size)
     assert torch.isfinite(logits).all()
-    # a loss that depends on every output voxel and class
-    (logits * torch.randn_like(logits)).mean().backward()
+    # a loss that depends on every output voxel and class (of every scale, for a deep-supervised model's list)
+    scales = out if isinstance(out, list) else [logits]
+    sum((o * torch.randn_like(o)).mean() for o in scales).backward()
     missing = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not torch.isfinite(p.grad).all())]
     assert not missing, f"{name}: parameters without a finite gradient: {missing[:5]}"
     assert any(float(p.grad.abs().sum()) > 0 for p in model.parameters())

@@ -24,6 +24,7 @@ from dataio.conventions import to_internal
 from dataio.sampling import PatchDataset, SampleRules, SliceDataset
 from dataio.types import CachedCase, DatasetInfo
 from losses import LossSpec, create_loss, is_binary_loss
+from losses.deep_supervision import deep_supervision_loss
 from metrics.regions import BRATS_SPEC, MetricSpec, binary_spec
 from metrics.segmentation import SegmentationMetricAccumulator
 from utils.schema import DEFAULT_BINARY_REGION
@@ -145,7 +146,10 @@ class SegmentationTask(Task):
     def train_step(self, model: nn.Module, batch: dict[str, Any], device: torch.device) -> dict[str, torch.Tensor]:
         image = batch["image"].to(device, non_blocking=True)
         label = batch["label"].to(device, non_blocking=True)
-        return {"loss": self.loss_fn(logits_of(model(image)).float(), label)}
+        output = model(image)
+        if isinstance(output, list):  # deep supervision: logits per scale, full resolution first (tuples: logits first)
+            return {"loss": deep_supervision_loss(self.loss_fn, output, label)}
+        return {"loss": self.loss_fn(logits_of(output).float(), label)}
 
     def predict_case(self, model: nn.Module, case: CachedCase, settings: InferenceSettings) -> torch.Tensor:
         """Logits (K, D, H, W), float32 on the CPU."""
