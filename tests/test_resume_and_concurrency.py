@@ -96,7 +96,10 @@ def test_a_job_killed_with_sigkill_resumes_with_the_same_results(tmp_path: Path,
                                                                  uninterrupted: Path) -> None:
     out = tmp_path / "out"
     env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))
-    proc = subprocess.Popen([sys.executable, str(ROOT / "integrated_experiment.py"), *tiny_flags(out, cache_dir, *JOB)],
+    # the killed run must use this process's kernels (the resume and the reference run here): run as a script,
+    # --deterministic would pin portable AVX2 kernels in the fresh process (utils.portable_kernels)
+    main = "import sys, integrated_experiment; sys.exit(integrated_experiment.main(sys.argv[1:]))"
+    proc = subprocess.Popen([sys.executable, "-c", main, *tiny_flags(out, cache_dir, *JOB)],
                             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     folder = JobFolder(out / JOBS_DIR / "unet3d_xs_seed_1")
     deadline = time.monotonic() + 300
