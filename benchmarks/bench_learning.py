@@ -395,8 +395,9 @@ def main() -> int:
                              "without training (default: none, run the main job with --deterministic)")
     parser.add_argument("--families", nargs="*", default=None, metavar="NAME",
                         help="every registry family (no names: all; those measured in their own RESULTS.md "
-                             "subsections, sam_med3d, vista3d and unet2d_luna, are listed but run only when named), one "
-                             "representative each on its track, trained vs untrained (default: off, the main job)")
+                             "subsections, sam_med3d, vista3d and unet2d_luna, are listed but run only when "
+                             "named), one representative each on its track, trained vs untrained (default: off, the "
+                             "main job)")
     parser.add_argument("--out_root", type=Path, default=None,
                         help="--families: folder of the sweeps, one per track and epoch count; a sweep already "
                              "there is resumed (its finished jobs are kept) (default: "
