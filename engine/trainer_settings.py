@@ -53,4 +53,7 @@ class TrainerSettings:
         defaults = cls()
         replace = {k: v for k, v in model_defaults.items()
                    if k not in given and getattr(base, k) == getattr(defaults, k)}
-        return dataclasses.replace(base, **replace)
+        merged = dataclasses.replace(base, **replace)
+        if "momentum" in replace and merged.optimizer != "sgd":  # the recipe's SGD momentum, the user's Adam(W)
+            merged = dataclasses.replace(merged, momentum=base.momentum)
+        return merged

@@ -158,3 +158,11 @@ def test_tiny_sweep_trains_the_deep_supervised_baselines(tmp_path: Path) -> None
     assert (runs["status"] == "ok").all(), runs["error"].to_dict()
     epochs = pd.read_csv(out / "all_epochs_results.csv")
     assert epochs["lr"].tolist() == pytest.approx([1e-2, 1e-2])  # the nnU-Net recipe's lr for the unset --lr
+
+
+def test_a_users_adam_drops_the_recipes_sgd_momentum() -> None:
+    recipe = model_info("resenc_unet").train_defaults
+    chosen = TrainerSettings.for_model(TrainerSettings(optimizer="adam"), recipe, explicit=("optimizer",))
+    assert chosen.optimizer == "adam" and chosen.momentum is None and chosen.lr == recipe["lr"]
+    kept = TrainerSettings.for_model(TrainerSettings(), recipe)
+    assert kept.optimizer == "sgd" and kept.momentum == recipe["momentum"]
