@@ -87,7 +87,7 @@ from typing import TYPE_CHECKING, Sequence
 from engine.options.cli_parser import CliParser
 from engine.options.evaluate_legacy import build_legacy_parser, legacy_command
 from engine.options.evaluate_options import (AggregateOptions, BoxesOptions, CheckpointsOptions, CommandOptions,
-                                             CompareOptions, FoldersOptions)
+                                             CompareOptions, ExportOptions, FoldersOptions)
 
 if TYPE_CHECKING:  # the handlers import torch and the models: only after the flags are checked
     from engine.evaluate.commands import EvaluationOutput
@@ -112,6 +112,7 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
     Command("boxes", BoxesOptions, "engine.evaluate.commands.boxes"),
     Command("aggregate", AggregateOptions, "engine.evaluate.commands.aggregate"),
     Command("compare", CompareOptions, "engine.evaluate.commands.compare"),
+    Command("export", ExportOptions, "engine.evaluate.commands.export"),
 )}
 DESCRIPTION = __doc__.split("\n")[0]
 

@@ -28,6 +28,7 @@ from engine.options.config import ExperimentConfig
 from engine.context import RunContext
 from engine.options.data_options import DATA_FIELDS
 from engine.results.efficiency_store import ensure_efficiency, read_efficiency
+from engine.evaluate.external import add_external_rows, check_sources, parse_external
 from engine.evaluation import EvaluationRequest, EvaluationResult, evaluate_cases
 from engine.fine_tuning import enable_gradient_checkpointing, export_encoder, freeze_encoder, named
 from engine.inference import InferenceSettings
@@ -38,6 +39,7 @@ from engine.parallel import resolve_mode, select_jobs, wrap_for_ddp
 from engine.results.reducer import IncrementalReducer, reduce_results
 from engine.results.sweep_files import check_output_dir, check_resume, default_output_dir, sweep_record, write_sweep_files
 from engine.sweep_plan import Job, ModelPlan, SweepData, make_jobs, plan_models, prepare_data
+from engine.tasks import label_map_task
 from engine.tracking import JobTracking
 from engine.trainer import CheckpointFiles, DivergedError, FitInputs, FitResult, TrainerHooks, fit
 from metrics.efficiency import measure_efficiency, stage_wise_pam
@@ -48,7 +50,7 @@ from utils.device import resolve_device
 from utils.distributed import (barrier, destroy_process_group, dist_env, init_process_group,
                                process_device)
 from utils.pretrained import LoadReport, load_pretrained, parse_pretrained, pretrained_for
-from utils.schema import SUBMISSION_FILES
+from utils.schema import SOURCE_COLUMN, SUBMISSION_FILES
 from utils.seeding import seed_everything
 from utils.rank_agreement import agree, announce
 from utils.signals import raise_if_stopping
@@ -234,7 +236,7 @@ def run_job(job: Job, plan: ModelPlan, data: SweepData, config: ExperimentConfig
         if context.device.type == "cuda":
             torch.cuda.empty_cache()
     row.update(efficiency)
-    row.update(labels)
+    row.update(labels, **{SOURCE_COLUMN: "volbench"})
     if tracking is not None:
         tracking.close(row["status"])
     if writes:
@@ -313,6 +315,8 @@ def _run_sweep(config: ExperimentConfig, context: RunContext, dataset: LoadedDat
     if not context.is_main:
         data = prepare_data(config, output_dir, dataset)
     plans = plan_models(models, config, data)  # every check passes before anything is written
+    externals = parse_external(config.external_predictions, config.external_label_map)
+    check_sources(externals, list(data.splits["test"]), models)  # before any training: a missing case is an error
     record = sweep_record(config, data, models, context)
     if config.resume or config.shard is not None:
         check_resume(output_dir, record)
@@ -333,6 +337,9 @@ def _run_sweep(config: ExperimentConfig, context: RunContext, dataset: LoadedDat
     _run_jobs(mine, all_jobs, plans, data, config, context, folders, efficiency, hooks)
     barrier()
     if context.is_main:
+        if externals:
+            add_external_rows(output_dir, externals, data.subset(data.splits["test"]),
+                              label_map_task(data.info, lesions=config))
         reduce_results(output_dir)
         _draw_charts(output_dir)
     return output_dir

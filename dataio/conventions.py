@@ -81,3 +81,12 @@ def from_internal(label: np.ndarray, convention: str) -> np.ndarray:
     """Map internal labels back to ``convention`` (uint8), e.g. to write predictions in the dataset's labels."""
     inverse = {dst: src for src, dst in _check_convention(convention).items()}
     return _remap(label, inverse, f"internal label (to convention {convention})")
+
+
+def remap_labels(label: np.ndarray, mapping: dict[int, int], *, source: str = "") -> np.ndarray:
+    """Map a label array with an explicit ``{file label: internal label}`` table (uint8, same shape).
+
+    Raises:
+        ValueError: naming ``source`` and the values that are not integers or not keys of ``mapping``.
+    """
+    return _remap(label, mapping, f"label file {source}" if source else "label")

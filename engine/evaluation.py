@@ -89,7 +89,22 @@ def evaluate_cases(model: nn.Module, cases: list[CachedCase], task: "Task", sett
     if world > 1:
         agree(error)  # an error on any rank stops every rank here (RankFailed), before the gather
         accumulator, attention_rows = _gather(accumulator, attention_rows, [c.case_id for c in cases])
-    labels = task.run_labels()  # prompt_mode, click_mode on every per-case row
+    return _result(task, accumulator, attention_rows)
+
+
+def score_predictions(cases: list[CachedCase], task: "Task", predict: Callable[[CachedCase], Any], *,
+                      desc: str = "score") -> EvaluationResult:
+    """Test metrics of predictions made elsewhere (``predict(case)``: the task's prediction of a labelled case,
+    e.g. read from another tool's files), by the accumulator that scores a model's test cases."""
+    accumulator = task.new_accumulator(stage="test")
+    for case in progress(cases, desc=desc, leave=False, unit="case"):
+        accumulator.update(case, predict(case))
+    return _result(task, accumulator, [])
+
+
+def _result(task: "Task", accumulator: Any, attention_rows: list[dict[str, Any]]) -> EvaluationResult:
+    """The evaluation's rows: the accumulator's, with the task's ``prompt_mode`` / ``click_mode`` on every row."""
+    labels = task.run_labels()
     return EvaluationResult(per_case=[dict(r, **labels) for r in accumulator.per_case()],
                             aggregate=accumulator.aggregate(),
                             mean_loss=accumulator.mean_loss(), attention=attention_rows,

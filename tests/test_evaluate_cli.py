@@ -200,8 +200,9 @@ HELP_FLAGS = {
     "folders": ("--pred_dir", "--label_dir", "--output_csv", "--task", "--label_convention", "--spacing", "--prob_dir",
                 "--min_lesion_size", "--lesion_hit", "--lesion_score_threshold"),
     "boxes": ("--boxes_json", "--output_json", "--lesion_hit", "--lesion_score_threshold"),
-    "aggregate": ("--results_dir",),
+    "aggregate": ("--results_dir", "--external_predictions", "--external_label_map"),
     "compare": ("DIR", "--output_dir", "--baseline", "--stats_seed", "--bootstrap_resamples"),
+    "export": ("--results_dir", "--format", "--output_dir", "--data_path", "--cache_dir"),
 }
 NOT_THEIRS = {  # flags of the other subcommands (and of the flag-only forms) that each one refuses
     "checkpoints": ("--pred_dir", "--boxes_json", "--compare", "--aggregate", "--task", "--prob_dir", "--output_csv",
@@ -210,6 +211,7 @@ NOT_THEIRS = {  # flags of the other subcommands (and of the flag-only forms) th
     "boxes": ("--label_dir", "--output_csv", "--min_lesion_size", "--spacing", "--output_dir"),
     "aggregate": ("--output_dir", "--models", "--baseline", "--aggregate"),
     "compare": ("--compare", "--models", "--results_dir", "--tta"),
+    "export": ("--models", "--tta", "--baseline", "--pred_dir", "--external_predictions"),
 }
 
 

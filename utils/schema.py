@@ -60,6 +60,7 @@ SUBMISSION_FILES: dict[str, tuple[str, tuple[str, ...]]] = {
 PREDICTIONS_DIR = "predictions"
 
 RUN_KEYS = ("model", "seed", "fold")
+SOURCE_COLUMN = "source"  # where a run's predictions came from: volbench (trained here), external, ensemble
 # promptable models' interactive results, one column per click count (``dice_<region>_click<k>``): kept apart from
 # the paired tests and rankings against automatic models, which see the prompt-free columns only
 PER_CLICK_SUFFIX = re.compile(r"_click\d+$")

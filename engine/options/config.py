@@ -76,6 +76,8 @@ class ExperimentConfig(DataOptions, LesionOptions, TrainerSettings, StatsOptions
     parallel: str | None = None
     shard: str | None = None
     sync_bn: bool = False
+    external_predictions: list[str] | None = None  # NAME=DIR entries as typed (engine.evaluate.external)
+    external_label_map: list[str] | None = None  # [NAME=]MAP entries as typed
     explicit_flags: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
@@ -376,6 +378,20 @@ def _add_evaluation_arguments(p: argparse.ArgumentParser) -> None:
                         "(default: %(default)s)")
     g.add_argument("--val_every", type=int, default=1, help="validate every N epochs (default: %(default)s)")
 
+    add_external_arguments(g)
+
+
+def add_external_arguments(g: argparse._ArgumentGroup) -> None:
+    """``--external_predictions`` and ``--external_label_map`` (the sweep's and ``evaluate_experiment.py
+    aggregate``'s)."""
+    g.add_argument("--external_predictions", nargs="+", default=None, metavar="NAME=DIR",
+                   help="other tools' predictions of the test cases as rows named NAME: DIR holds {case_id}.nii.gz "
+                        "in each image's original space (nnU-Net's output), scored by the sweep's own test metrics "
+                        "(default: none)")
+    g.add_argument("--external_label_map", nargs="+", default=None, metavar="[NAME=]MAP",
+                   help="the label convention of external predictions (e.g. msd for nnU-Net's BraTS labels) or "
+                        "file:internal pairs such as 1:2,2:1,4:3; NAME= for one source only (default: the "
+                        "dataset's own convention)")
 
 def _add_efficiency_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("efficiency")

@@ -17,7 +17,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, ClassVar, Sequence, TypeVar
 
-from engine.options.config import add_data_arguments
+from engine.options.config import add_data_arguments, add_external_arguments
 from engine.options.evaluate_flags import (add_boxes_json, add_case_arguments, add_checkpoint_outputs,
                                            add_checkpoint_sources, add_folder_arguments, add_inference_arguments,
                                            add_label_arguments, add_model_selection, add_output_csv, add_output_json,
@@ -303,12 +303,20 @@ class AggregateOptions(CommandOptions):
     summary: ClassVar[str] = "rebuild a sweep's tables and charts from its job folders, in place (--results_dir)"
 
     results_dir: Path
+    external_predictions: list[str] | None = None
+    external_label_map: list[str] | None = None
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument_group("what to rebuild").add_argument(
+        group = parser.add_argument_group("what to rebuild")
+        group.add_argument(
             "--results_dir", type=Path, required=True, metavar="DIR",
             help="the sweep folder whose tables and charts are rebuilt from DIR/jobs/ (default: none, required)")
+        add_external_arguments(group)
+
+    def check(self) -> None:
+        if self.external_label_map and not self.external_predictions:
+            raise ValueError("--external_label_map needs --external_predictions")
 
 
 @dataclass
@@ -335,3 +343,42 @@ class CompareOptions(CommandOptions):
                           help="where the comparison's tables, statistics and charts are written (default: none, "
                                "required)")
         add_stats_arguments(parser, recorded=True)
+
+
+EXPORT_FORMATS = ("nnunet", "datalist")
+
+
+@dataclass
+class ExportOptions(CommandOptions):
+    """Write a sweep's cases and split for another tool: nnU-Net's raw layout (imagesTr/labelsTr/imagesTs/labelsTs,
+    dataset.json with BraTS' regions, splits_final.json equal to the sweep's folds) or a MONAI datalist (the same
+    files, datalist.json with each validation case's fold and the test cases), so that nnU-Net or Auto3DSeg train on
+    exactly the sweep's split. Images keep their original voxels and space; labels are written as consecutive
+    integers (BraTS as nnU-Net's conversion: 1 oedema, 2 necrotic / non-enhancing core, 3 enhancing). The data flags
+    default to the sweep's recorded ones (config.json).
+    """
+
+    summary: ClassVar[str] = "write a sweep's cases and folds as an nnU-Net raw dataset or a MONAI datalist"
+
+    results_dir: Path
+    output_dir: Path
+    format: str = "nnunet"
+    data_path: str | None = None
+    cache_dir: str | None = None
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        what = parser.add_argument_group("what to export")
+        what.add_argument("--results_dir", type=Path, required=True, metavar="DIR",
+                          help="the sweep whose split (DIR/splits.json) and data (DIR/config.json) are exported "
+                               "(default: none, required)")
+        what.add_argument("--format", choices=EXPORT_FORMATS, default="nnunet",
+                          help="nnunet: nnU-Net v2 raw dataset; datalist: MONAI Auto3DSeg datalist (default: nnunet)")
+        what.add_argument("--output_dir", type=Path, required=True, metavar="OUT",
+                          help="the new dataset folder, e.g. nnUNet_raw/Dataset501_BraTS (must not exist or be "
+                               "empty; default: none, required)")
+        data = parser.add_argument_group("where the data is (default: as the sweep recorded it)")
+        data.add_argument("--data_path", default=None, metavar="DIR",
+                          help="the dataset's folder, when it moved since the sweep (default: the recorded one)")
+        data.add_argument("--cache_dir", default=None, metavar="DIR",
+                          help="the cache holding the synthetic phantoms (default: the recorded one)")

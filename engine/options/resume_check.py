@@ -29,7 +29,8 @@ FREE_FLAGS = ("models", "seeds", "num_workers", "sharing_strategy", "output_dir"
               "parallel", "shard", "pam_runs", "latency_runs", "skip_efficiency", "cache_dir", "allow_pickle",
               "allow_pickle_checkpoint", "gradient_checkpointing",  # whether a checkpoint may be unpickled, not what it holds
               "baseline", "stats_seed", "bootstrap_resamples",  # statistics only (the reducer recomputes them)
-              "tracker", "mlflow_uri", "wandb_project")  # trackers mirror the CSV rows
+              "tracker", "mlflow_uri", "wandb_project",  # trackers mirror the CSV rows
+              "external_predictions", "external_label_map")  # rows added beside the jobs, scored at each start
 
 
 def _value(record: dict[str, Any], flag: str) -> Any:

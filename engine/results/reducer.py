@@ -33,7 +33,8 @@ from filelock import FileLock
 
 from utils.atomic import OutputWriteError, atomic_write_csv
 from utils.schema import (COMPARISON_CSV, CONFIG_JSON, EFFICIENCY_COLUMNS, JOBS_DIR, LOCK_FILE, METRIC_PREFIXES,
-                          RANKING_CSV, RUN_LEADING, RUN_TRAILING, STAGE_PAM_CSV, STATISTICAL_TESTS_CSV, TABLES)
+                          RANKING_CSV, RUN_LEADING, RUN_TRAILING, SOURCE_COLUMN, STAGE_PAM_CSV, STATISTICAL_TESTS_CSV,
+                          TABLES)
 
 from engine.results.comparison_stats import extend_comparison, is_extended_column, ranking_table, statistical_tests
 from engine.results.efficiency_store import stage_pam_table
@@ -99,6 +100,9 @@ def comparison_row(model: str, group: pd.DataFrame, metrics: Collection[str] | N
     ok = group[group["status"] == "ok"]
     row: dict[str, Any] = dict(model=model, n_runs=len(group), n_ok=len(ok))
     measured = group.dropna(subset=[c for c in ("params",) if c in group.columns])
+    if SOURCE_COLUMN in group.columns:  # volbench, external or ensemble (folders made before: no column)
+        row[SOURCE_COLUMN] = group[SOURCE_COLUMN].dropna().astype(str).iloc[0] if group[SOURCE_COLUMN].notna().any() \
+            else "volbench"
     for col in EFFICIENCY_COLUMNS:
         if col in group.columns:
             row[col] = measured[col].iloc[0] if len(measured) else np.nan

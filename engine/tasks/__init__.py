@@ -10,8 +10,8 @@ flags of detection before BraTS's lesion-wise ones) and ``--task`` offers the fo
 from __future__ import annotations
 
 from engine.tasks.registry import (TASK_ENTRIES, FolderEvaluation, TaskEntry, box_file_task, folder_evaluation,
-                                   folder_task_names, register_task, served_model_kinds, task_flags, task_for,
-                                   task_from_meta)
+                                   folder_task_names, label_map_task, register_task, served_model_kinds,
+                                   task_flags, task_for, task_from_meta)
 from engine.tasks.base import CaseAccumulator, Selection, Task
 from engine.tasks.flags import TaskFlag
 from engine.tasks.detection import DetectionTask  # registers detection
@@ -21,5 +21,6 @@ from engine.tasks.promptable import PromptableTask  # registers promptable_segme
 
 __all__ = ["CaseAccumulator", "DetectSegmentTask", "DetectionTask", "FolderEvaluation", "PromptableTask", "Selection",
            "SegmentationTask", "TASK_ENTRIES", "Task", "TaskEntry", "TaskFlag", "binary_segmentation",
-           "box_file_task", "brats_segmentation", "folder_evaluation", "folder_task_names", "register_task",
+           "box_file_task", "brats_segmentation", "folder_evaluation", "folder_task_names", "label_map_task",
+           "register_task",
            "served_model_kinds", "task_flags", "task_for", "task_from_meta"]

@@ -152,6 +152,19 @@ def task_for(info: ModelInfo, dataset: DatasetInfo, *, loss: Any = "nnunet", les
 def meta_region(meta: dict[str, Any]) -> str:
     """The foreground region a checkpoint's ``meta`` records (its first region), else ``lesion``."""
     return next(iter(meta.get("regions") or {}), DEFAULT_BINARY_REGION)
+def label_map_task(dataset: DatasetInfo, lesions: Any = None) -> Task:
+    """The task that scores label maps on ``dataset`` (e.g. another tool's predictions): the one that trains
+    segmentation models there, with its test metrics.
+
+    Raises:
+        ValueError: no registered task trains segmentation models on the dataset's label kind.
+    """
+    for entry in TASK_ENTRIES.values():
+        if ("segmentation", dataset.label_kind) in entry.pairs():
+            return entry.build(dataset, "nnunet", lesions)
+    raise ValueError(f"no registered task scores label maps on dataset {dataset.name!r} ({dataset.label_kind} labels)")
+
+
 
 
 def task_from_meta(meta: dict[str, Any], lesions: Any = None) -> Task:

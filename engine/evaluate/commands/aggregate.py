@@ -5,16 +5,23 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from dataio.splits import load_splits
+from engine.evaluate.checkpoints import read_json
 from engine.evaluate.commands import EvaluationOutput
+from engine.evaluate.external import add_external_rows, check_sources, parse_external
+from engine.options.data_options import data_options_from_config
+from engine.options.lesion_options import lesion_options_for_evaluation
 from engine.options.evaluate_options import AggregateOptions
 from engine.results.reducer import reduce_results
-from utils.schema import JOBS_DIR
+from engine.tasks import label_map_task
+from utils.schema import CONFIG_JSON, JOBS_DIR, SPLITS_JSON
 
 log = logging.getLogger("volbench.evaluate")
 
 
 def run(options: AggregateOptions) -> EvaluationOutput:
-    """Reduce the job folders of --results_dir into its sweep tables (its charts are redrawn from them).
+    """Reduce the job folders of --results_dir into its sweep tables (its charts are redrawn from them), after
+    scoring --external_predictions into job folders of their own.
 
     A folder without ``jobs/`` (made before per-job results) is left as it is, with a warning, and nothing is drawn.
     """
@@ -25,6 +32,24 @@ def run(options: AggregateOptions) -> EvaluationOutput:
         log.warning("%s has no %s/ folder (made before per-job results): its tables are left as they are",
                     results_dir, JOBS_DIR)
         return EvaluationOutput(results_dir)
+    if options.external_predictions:
+        add_external(results_dir, options)
     for path in reduce_results(results_dir):
         log.info("written: %s", path)
     return EvaluationOutput(results_dir, charts_dir=results_dir)
+
+
+def add_external(results_dir: Path, options: AggregateOptions) -> None:
+    """Score --external_predictions on the sweep's test cases (its recorded data and lesion flags) into job
+    folders of --results_dir."""
+    config = read_json(results_dir / CONFIG_JSON, "sweep config")
+    sources = parse_external(options.external_predictions, options.external_label_map)
+    test_ids = list(load_splits(results_dir / SPLITS_JSON)["test"])
+    check_sources(sources, test_ids, list(config.get("resolved_models") or config.get("models") or []))
+    data = data_options_from_config(config).load()
+    by_id = {c.case_id: c for c in data.cases}
+    missing = [c for c in test_ids if c not in by_id]
+    if missing:
+        raise ValueError(f"the test cases {missing[:10]} of {results_dir / SPLITS_JSON} are not in the recorded data")
+    lesions = lesion_options_for_evaluation(options, config)
+    add_external_rows(results_dir, sources, [by_id[c] for c in test_ids], label_map_task(data.info, lesions=lesions))
