@@ -15,6 +15,9 @@ Layouts (file names as released):
   folders or a CSV manifest with a mask folder, see :mod:`dataio.ct_adapters`.
 - luna16 / synthetic_luna (chest CT, one channel ``ct``, binary nodule labels built from the annotation CSV):
   ``subset0..subset9/<seriesuid>.mhd`` + ``.raw`` and ``annotations.csv``, see :mod:`dataio.luna16`.
+- nnunet / datalist (``DESCRIBED_VERSIONS``: any channels, multi-class labels and regions declared by a file): an
+  nnU-Net raw folder (:mod:`dataio.nnunet_raw`) or a MONAI datalist (:mod:`dataio.datalist`); their description
+  decides channels and labels, so they are read by :mod:`dataio.described`, not by :func:`discover_cases`.
 """
 
 from __future__ import annotations
@@ -33,9 +36,10 @@ from .input_errors import map_all, raise_if_any
 logger = logging.getLogger(__name__)
 
 DATASET_VERSIONS: tuple[str, ...] = ("synthetic", "brats2018", "brats2021", "brats2023", "msd_task01", "ich",
-                                     "synthetic_ich", "luna16", "synthetic_luna")
+                                     "synthetic_ich", "luna16", "synthetic_luna", "nnunet", "datalist")
 CT_VERSIONS: tuple[str, ...] = ("ich", "synthetic_ich")  # head CT, one channel, binary haemorrhage labels
 LUNA_VERSIONS: tuple[str, ...] = ("luna16", "synthetic_luna")  # chest CT, one channel, binary nodule labels
+DESCRIBED_VERSIONS: tuple[str, ...] = ("nnunet", "datalist")  # channels and labels from a description file
 SYNTHETIC_VERSIONS: tuple[str, ...] = ("synthetic", "synthetic_ich", "synthetic_luna")  # generated without --data_path
 # HU window of each CT version when --hu_window is not given: ich's brain window, the LUNA chapter's clip
 DEFAULT_HU_WINDOWS: dict[str, tuple[float, float]] = {"ich": (0.0, 120.0), "synthetic_ich": (0.0, 120.0),
@@ -45,9 +49,13 @@ DEFAULT_HU_WINDOWS: dict[str, tuple[float, float]] = {"ich": (0.0, 120.0), "synt
 def dataset_info(dataset_version: str) -> DatasetInfo:
     """Channels and label kind of a dataset version: four BraTS MRI modalities with BraTS labels, or one CT channel
     ``ct`` with binary labels: region ``ich`` (``ich``, ``synthetic_ich``) or ``nodule`` (``luna16``,
-    ``synthetic_luna``, whose lesion hit rule is LUNA16's ``radius``)."""
+    ``synthetic_luna``, whose lesion hit rule is LUNA16's ``radius``). For ``nnunet`` / ``datalist`` only the label kind
+    ``multiclass`` is known before the description file is read (one generic channel and label stand in; the
+    loaded dataset's info, :func:`dataio.described.open_described`, has the file's)."""
     if dataset_version not in DATASET_VERSIONS:
         raise ValueError(f"unknown dataset_version {dataset_version!r}; known: {', '.join(DATASET_VERSIONS)}")
+    if dataset_version in DESCRIBED_VERSIONS:
+        return DatasetInfo(name=dataset_version, channels=("ch0",), label_kind="multiclass", labels=("label1",))
     if dataset_version in CT_VERSIONS:
         return DatasetInfo(name=dataset_version, channels=("ct",), label_kind="binary", region="ich")
     if dataset_version in LUNA_VERSIONS:
@@ -93,6 +101,8 @@ EXPECTED_PATTERN: dict[str, str] = {
     "synthetic_ich": "{data_path}/images/ICHSYN_XXXXX.nii.gz + {data_path}/labels/ICHSYN_XXXXX.nii.gz",
     "luna16": LUNA_PATTERN,
     "synthetic_luna": LUNA_PATTERN,
+    "nnunet": "{data_path}/dataset.json, imagesTr/CASE_0000.nii.gz, labelsTr/CASE.nii.gz [, imagesTs/ + labelsTs/]",
+    "datalist": "{data_path}/datalist.json (or --datalist FILE) listing training/testing image and label paths",
 }
 
 
@@ -239,6 +249,9 @@ def discover_cases(data_path: Path | None, dataset_version: str, *, require_labe
     if dataset_version in LUNA_VERSIONS:
         annotations = (ct or CTOptions()).annotations if dataset_version == "luna16" else None
         return find_luna_cases(data_path, annotations=annotations, require_labels=require_labels)
+    if dataset_version in DESCRIBED_VERSIONS:
+        raise ValueError(f"--dataset_version {dataset_version} is read from its description file by "
+                         "dataio.described (engine.options.data_options.DataOptions), not by discover_cases")
     if dataset_version not in _FINDERS:
         raise ValueError(f"unknown dataset_version {dataset_version!r}; known: {', '.join(DATASET_VERSIONS)}")
     if data_path is None:

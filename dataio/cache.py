@@ -7,6 +7,10 @@ preprocessing: BraTS MRI ``{"clip_percentiles"}`` (:func:`dataio.preprocess.prep
 (:func:`dataio.ct_preprocess.preprocess_ct_case`), or LUNA16 ``{"kind": "luna", "hu_window",
 "nodule_hu_threshold", "crop"}`` (:func:`dataio.luna_preprocess.preprocess_luna_case`), so changing the HU window,
 the spacing or the nodule threshold rebuilds.
+A model that declares its own preprocessing (``ModelInfo.preprocessing``, :mod:`dataio.model_preprocess`) gets
+entries of its own under the key of the dataset's parameters plus ``{"model": {...}}``
+(:func:`model_inputs`, built from the dataset's entry of the case); models without a declaration share the dataset's
+entries.
 An entry is written into a temporary folder (``meta.json`` last) that is then renamed into place, so a
 killed process never leaves an entry that is later trusted. An entry is reused only if its ``meta.json``
 is valid and every source file still has the recorded size and mtime (and, for annotated cases, the case's
@@ -38,10 +42,12 @@ from utils.atomic import atomic_write_json
 from utils.progress import progress as progress_bar
 
 from .adapters import CT_VERSIONS, DATASET_VERSIONS, LUNA_VERSIONS, dataset_info, default_hu_window, discover_cases
+from .channels_preprocess import CHANNELS_PREPROCESS_PARAMS, preprocess_channels_case
 from .ct_adapters import CTOptions, headerless
 from .ct_preprocess import CT_PREPROCESS_PARAMS, preprocess_ct_case
 from .input_errors import BAD_INPUT_ERRORS, InputErrors, deferred_input_errors, problems_of, raise_if_any
 from .luna_preprocess import LUNA_PREPROCESS_PARAMS, preprocess_luna_case
+from .model_preprocess import apply_model_preprocessing, check_model_params
 from .preprocess import preprocess_case
 from .synthetic import FORMAT_VERSION, ensure_synthetic_brats, validate_synthetic_args
 from .synthetic_ct import CT_FORMAT_VERSION, SYNTHETIC_CT_SIZE, ensure_synthetic_ct
@@ -53,8 +59,9 @@ logger = logging.getLogger(__name__)
 CACHE_VERSION = 1
 DEFAULT_CACHE_ROOT = Path(os.environ.get("VOLBENCH_CACHE", "~/.cache/volbench")).expanduser()
 PREPROCESS_PARAMS = ("clip_percentiles",)
-_KNOWN_PARAMS = {"ct": CT_PREPROCESS_PARAMS, "luna": LUNA_PREPROCESS_PARAMS}
-_PREPROCESSORS = {"ct": preprocess_ct_case, "luna": preprocess_luna_case}
+MODEL_KEY = "model"  # params key of a model's own preprocessing (dataio.model_preprocess)
+_KNOWN_PARAMS = {"ct": CT_PREPROCESS_PARAMS, "luna": LUNA_PREPROCESS_PARAMS, "channels": CHANNELS_PREPROCESS_PARAMS}
+_PREPROCESSORS = {"ct": preprocess_ct_case, "luna": preprocess_luna_case, "channels": preprocess_channels_case}
 _TMP_PREFIX = ".tmp-"
 _FOREIGN_TMP_MAX_AGE_S = 6 * 3600  # temp folders of other hosts are only removed when this old
 
@@ -159,7 +166,8 @@ class PreprocessedCache:
                       progress: bool = True) -> list[CachedCase]:
         """Cached cases in the order of ``cases``, preprocessing (with ``params``) those not cached yet."""
         known = _KNOWN_PARAMS.get(params.get("kind"), PREPROCESS_PARAMS)  # type: ignore[arg-type]
-        unknown = sorted(set(params) - set(known))
+        unknown = sorted(set(params) - set(known) - {MODEL_KEY})
+        check_model_params(params.get(MODEL_KEY) or {})
         if unknown:
             raise ValueError(f"unknown preprocessing parameters {unknown}; known: {known}")
         key_dir = self.cache_root / self.key_for(dataset_id, params)
@@ -210,8 +218,10 @@ class PreprocessedCache:
     @staticmethod
     def _preprocess(case: CaseFiles, params: dict) -> CachedCase:
         """Read and preprocess ``case`` with ``params`` (raises the bad-input errors of its files)."""
-        kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in params.items() if k != "kind"}
+        kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in params.items() if k not in ("kind", MODEL_KEY)}
         cached = _PREPROCESSORS.get(params.get("kind"), preprocess_case)(case, **kwargs)  # type: ignore[arg-type]
+        if params.get(MODEL_KEY):  # a model's own preprocessing on top of the dataset's
+            cached = apply_model_preprocessing(cached, params[MODEL_KEY])
         if not np.isfinite(cached.image).all():  # every reader checks its files; this guards the arithmetic
             raise ValueError(f"case {case.case_id}: preprocessing gave NaN or infinite values "
                              f"(files {sorted(map(str, case.images.values()))})")

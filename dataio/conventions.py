@@ -9,6 +9,8 @@ Internal map (``dataio.types.LABEL_NAMES``): 0 background, 1 NCR/NET (necrotic /
 - ``internal``: identity on {0, 1, 2, 3}.
 - ``binary`` (CT haemorrhage masks, ``ich`` / ``synthetic_ich``): 0 background, 1 lesion -> identity on {0, 1}
   (0/255 masks are not accepted: the CT preprocessing refuses them with a message).
+- ``identity`` (datasets described by a file: ``nnunet``, ``datalist``): labels 0..255 as stored (nnU-Net's
+  consecutive labels are volbench's internal labels unchanged; ``dataio.label_names``).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ _TO_INTERNAL: dict[str, dict[int, int]] = {
     "msd": {0: 0, 1: 2, 2: 1, 3: 3},
     "internal": {0: 0, 1: 1, 2: 2, 3: 3},
     "binary": {0: 0, 1: 1},
+    "identity": {v: v for v in range(256)},
 }
 
 CONVENTIONS: tuple[str, ...] = tuple(_TO_INTERNAL)
@@ -36,6 +39,8 @@ DATASET_CONVENTION: dict[str, str] = {
     "synthetic_ich": "binary",
     "luna16": "binary",
     "synthetic_luna": "binary",
+    "nnunet": "identity",
+    "datalist": "identity",
 }
 
 
@@ -58,6 +63,8 @@ def _remap(label: np.ndarray, mapping: dict[int, int], what: str) -> np.ndarray:
     unexpected = [v for v in values.tolist() if int(v) not in mapping]
     if unexpected:
         raise ValueError(f"{what}: unexpected label values {unexpected[:10]}; allowed {sorted(mapping)}")
+    if all(src == dst for src, dst in mapping.items()):  # identity: one cast instead of a pass per label
+        return arr.astype(np.uint8)
     out = np.zeros(arr.shape, dtype=np.uint8)
     for src, dst in mapping.items():
         if dst != 0:

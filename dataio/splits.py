@@ -327,3 +327,27 @@ def load_splits(path: str | os.PathLike[str], available_case_ids: list[str] | No
 def _check_id_list(value: Any, where: str) -> None:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise ValueError(f"{where} must be a list of case id strings")
+
+
+def given_splits(folds: list[tuple[list[str], list[str]]], test: list[str], source: str) -> dict[str, Any]:
+    """The split a dataset fixes itself (nnU-Net's ``splits_final.json``, a MONAI datalist's ``fold`` keys), in the
+    format of :func:`make_splits`: fold k trains on ``folds[k][0]`` and validates on ``folds[k][1]``, taken as given
+    (no patient grouping is imposed), and ``test`` is the fixed test set. ``mode`` is ``5fold`` whatever the fold
+    count; ``split_seed`` is ``None``; ``given_by`` records ``source``. Case id lists are sorted.
+
+    Raises:
+        ValueError: naming ``source``: no folds, an empty train or val list, a case in two parts of a fold.
+    """
+    if not folds:
+        raise ValueError(f"{source}: no folds")
+    out = []
+    for k, (train, val) in enumerate(folds):
+        if not train or not val:
+            raise ValueError(f"{source}: fold {k} has {len(train)} training and {len(val)} validation cases; "
+                             "both need at least one")
+        out.append({"fold": k, "train": sorted(train), "val": sorted(val)})
+    splits = {"split_seed": None, "mode": "5fold", "test": sorted(test), "folds": out, "given_by": source}
+    check_disjoint(splits, source=source)
+    logger.info("folds given by %s: %d folds, train/val sizes %s, %d test cases", source, len(out),
+                [(len(f["train"]), len(f["val"])) for f in out], len(test))
+    return splits

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -25,7 +26,7 @@ INTERNAL_LABELS: tuple[int, ...] = (0, 1, 2, 3)
 LABEL_NAMES: dict[int, str] = {0: "background", 1: "ncr", 2: "ed", 3: "et"}
 
 
-LABEL_KINDS: tuple[str, ...] = ("brats", "binary")
+LABEL_KINDS: tuple[str, ...] = ("brats", "binary", "multiclass")
 
 
 @dataclass(frozen=True)
@@ -35,11 +36,14 @@ class DatasetInfo:
     Attributes:
         name: dataset version (``synthetic``, ``brats2021``, ...).
         channels: image channel names in the cached order (models take them by name or all of them).
-        label_kind: ``brats`` (internal BraTS labels 0-3, regions WT/TC/ET) or ``binary`` (0/1).
+        label_kind: ``brats`` (internal BraTS labels 0-3, regions WT/TC/ET), ``binary`` (0/1) or ``multiclass``
+            (labels 0..N-1 of a dataset described by a file: nnU-Net raw, MONAI datalist).
         region: name of the foreground region of a binary dataset, used in column names
             (``dice_<region>``); ignored for ``brats``.
         lesion_hit: the dataset's own lesion hit rule (``--lesion_hit`` when not given): ``iou`` (box IoU >= 0.1),
             or LUNA16's ``radius`` (a prediction's centre within the nodule's radius, world mm).
+        labels: ``multiclass``: the column name of each foreground label (``labels[i]`` is label ``i + 1``).
+        regions: ``multiclass``: (column name, member labels) of each named region (``dataio.label_names``).
     """
 
     name: str
@@ -47,12 +51,16 @@ class DatasetInfo:
     label_kind: str = "brats"
     region: str = "lesion"
     lesion_hit: str = "iou"
+    labels: tuple[str, ...] = ()
+    regions: tuple[tuple[str, tuple[int, ...]], ...] = ()
 
     def __post_init__(self) -> None:
         if self.label_kind not in LABEL_KINDS:
             raise ValueError(f"dataset {self.name!r}: label_kind {self.label_kind!r} is not one of {LABEL_KINDS}")
         if not self.channels or len(set(self.channels)) != len(self.channels):
             raise ValueError(f"dataset {self.name!r}: channel names must be unique and non-empty, got {self.channels}")
+        if self.label_kind == "multiclass" and not self.labels:
+            raise ValueError(f"dataset {self.name!r}: multiclass labels need at least one foreground label name")
 
     @property
     def stratify_by_lesion(self) -> bool:
@@ -196,9 +204,12 @@ class LoadedDataset:
     ``--test_image_dir``); empty when the split draws the test cases itself.
     ``subsets``: case id -> the release's subset number (LUNA16 ``subsetN``, for ``--use_subset_folds``);
     empty when the release has no subsets.
+    ``splits``: the split the dataset itself fixes (nnU-Net's ``splits_final.json``, a datalist's ``fold`` keys),
+    in the format of :func:`dataio.splits.make_splits`; ``None``: the sweep makes the split.
     """
 
     info: DatasetInfo
     cases: list[CachedCase]
     test_ids: tuple[str, ...] = ()
     subsets: dict[str, int] = field(default_factory=dict)
+    splits: dict[str, Any] | None = None

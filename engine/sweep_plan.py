@@ -89,7 +89,9 @@ def prepare_data(config: ExperimentConfig, output_dir: Path, dataset: LoadedData
     existing = output_dir / SPLITS_JSON
     resumed = config.resume and existing.is_file()  # a resumed sweep keeps the split its finished jobs used
     splits_path = Path(config.splits_file) if config.splits_file else (existing if resumed else None)
-    if splits_path is not None:
+    if dataset.splits is not None:  # folds the dataset fixes itself (nnU-Net splits_final.json, datalist folds)
+        splits = dataset.splits
+    elif splits_path is not None:
         splits = load_splits(splits_path, list(by_id))
         wanted = "5fold" if config.use_5fold else "holdout"
         if splits.get("mode") != wanted:

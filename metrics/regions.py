@@ -53,12 +53,14 @@ class MetricSpec:
         regions: region name -> tuple of internal labels forming it (Dice, HD95, precision, recall).
         classes: class name -> single internal label (Dice, precision, recall; no HD95).
         n_classes: number of internal labels including background (size of the confusion matrix).
+        mean_of: the regions whose Dice values ``dice_mean`` averages; empty: every region.
     """
 
     name: str
     regions: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
     classes: Mapping[str, int] = field(default_factory=dict)
     n_classes: int = 2
+    mean_of: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "regions", _frozen({k: tuple(int(x) for x in v) for k, v in self.regions.items()}))
@@ -74,6 +76,15 @@ class MetricSpec:
         bad = [x for x in labels if not 0 < x < self.n_classes]
         if bad:
             raise ValueError(f"region/class labels must lie in [1, {self.n_classes}), got {sorted(set(bad))}")
+        object.__setattr__(self, "mean_of", tuple(self.mean_of))
+        unknown = [r for r in self.mean_of if r not in self.regions]
+        if unknown:
+            raise ValueError(f"mean_of names {unknown}, which are not regions of {self.name!r}")
+
+    @property
+    def mean_regions(self) -> tuple[str, ...]:
+        """The regions whose Dice values ``dice_mean`` averages (``mean_of``, else every region)."""
+        return self.mean_of or tuple(self.regions)
 
 
 BRATS_SPEC = MetricSpec(name="brats", regions=BRATS_REGIONS, classes=BRATS_CLASSES, n_classes=4)
@@ -87,3 +98,30 @@ def binary_spec(name: str) -> MetricSpec:
     if not name or not name.isidentifier():
         raise ValueError(f"binary_spec name must be a non-empty identifier (used in column names), got {name!r}")
     return MetricSpec(name=name, regions={name: (1,)}, classes={}, n_classes=2)
+
+
+def multiclass_spec(labels: tuple[str, ...] | list[str], regions: Any = (), name: str = "multiclass") -> MetricSpec:
+    """Spec of a multi-class dataset (nnU-Net raw, MONAI datalist; names from ``dataio.label_names``).
+
+    Every foreground label ``labels[i]`` (internal label ``i + 1``) and every named region (``(name, members)``
+    pairs, e.g. ``("wt", (1, 2, 3))``) is a region of the spec: each gets ``dice_<name>``, ``hd95_<name>``,
+    ``precision_<name>`` and ``recall_<name>``, labels first, then the named regions in the dataset's order.
+    ``dice_mean`` averages the named regions when there are any (nnU-Net's region-based datasets are scored on
+    their regions), else the labels (nnU-Net's foreground mean). ``n_classes`` = len(labels) + 1.
+
+    Example: ``multiclass_spec(("a", "b"), [("ab", (1, 2))])`` -> regions a = (1,), b = (2,), ab = (1, 2),
+    ``dice_mean`` over ab.
+
+    Raises:
+        ValueError: no labels, a name that is not an identifier or used twice.
+    """
+    pairs = [(str(n), (i + 1,)) for i, n in enumerate(labels)] + [(str(n), tuple(m)) for n, m in regions]
+    names = [n for n, _ in pairs]
+    if not labels:
+        raise ValueError("a multi-class spec needs at least one foreground label")
+    bad = [n for n in names if not n.isidentifier() or n == "mean"]
+    if bad or len(set(names)) != len(names):
+        raise ValueError(f"label and region names must be distinct identifiers other than 'mean' (used in column "
+                         f"names), got {names}")
+    named = tuple(str(n) for n, _ in regions)
+    return MetricSpec(name=name, regions=dict(pairs), classes={}, n_classes=len(labels) + 1, mean_of=named)

@@ -4,7 +4,8 @@ Keys of a case's metric dict (``spec`` = ``BRATS_SPEC`` unless given):
 - for each region r (BraTS: wt, tc, et): ``dice_r``, ``hd95_r`` (mm; if ``include_hd95``),
   ``precision_r``, ``recall_r``;
 - for each class c (BraTS: ncr, ed): ``dice_c``, ``precision_c``, ``recall_c``;
-- ``dice_mean``: nanmean of the region Dice values (NaN if all are NaN).
+- ``dice_mean``: nanmean of the Dice values of ``spec.mean_regions`` (every region unless the spec names some;
+  NaN if all are NaN).
 
 Empty-mask rules: see ``metrics.surface.EMPTY_MASK_RULES`` (Dice NaN when both empty; HD95 the
 image diagonal in mm when exactly one is empty). Aggregates are nanmeans with ``n_<metric>`` =
@@ -72,7 +73,8 @@ def case_metrics(pred_labels: Any, ref_labels: Any, spacing: float | Sequence[fl
             tp_fp_fn = counts[f"{kind}:{name}"]
             out[f"dice_{name}"] = dice_from_counts(*tp_fp_fn)
             if kind == "region":
-                region_dice.append(out[f"dice_{name}"])
+                if name in spec.mean_regions:
+                    region_dice.append(out[f"dice_{name}"])
                 if include_hd95:
                     out[f"hd95_{name}"] = hd[name]
             out[f"precision_{name}"], out[f"recall_{name}"] = precision_recall_from_counts(*tp_fp_fn)

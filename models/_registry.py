@@ -20,6 +20,24 @@ ModelBuilder = Callable[..., nn.Module]
 
 
 @dataclass(frozen=True)
+class InputPreprocessing:
+    """A model's own input preprocessing, applied to the dataset's preprocessed cases (``dataio.model_preprocess``).
+
+    Attributes:
+        target_spacing: voxel spacing in mm along the array axes 0, 1, 2 to resample to; ``None`` keeps the grid.
+        intensity: ``none`` (keep) or ``zscore_nonzero`` (per channel, mean 0 / std 1 over the non-zero voxels).
+    """
+
+    target_spacing: tuple[float, float, float] | None = None
+    intensity: str = "none"
+
+    def params(self) -> dict[str, Any]:
+        """The JSON form that keys the cache entries (and that checkpoints record)."""
+        spacing = None if self.target_spacing is None else [float(s) for s in self.target_spacing]
+        return {"target_spacing": spacing, "intensity": self.intensity}
+
+
+@dataclass(frozen=True)
 class ModelInfo:
     """Metadata of one registered model, readable without building it.
 
@@ -58,6 +76,9 @@ class ModelInfo:
         flag_kwargs: the sweep flags this model takes, flag name -> builder keyword (e.g. RetinaNet's
             ``anchor_shapes``); a flag's value reaches the builder whenever it is set (not None), so a flag with
             a default value (``min_lesion_size``) always does. Unset flags leave the builder's own default.
+        preprocessing: the model's own input preprocessing on top of the dataset's (:class:`InputPreprocessing`,
+            e.g. SAM-Med3D's 1.5 mm isotropic voxels and z-normalised foreground), cached under its own key and
+            used in training, validation, testing and re-evaluation; ``None`` (default): the dataset's, shared.
     """
 
     name: str
@@ -79,6 +100,7 @@ class ModelInfo:
     any_channels: bool = False
     train_defaults: dict[str, Any] = field(default_factory=dict)
     flag_kwargs: dict[str, str] = field(default_factory=dict)
+    preprocessing: "InputPreprocessing | None" = None
 
     @property
     def in_channels(self) -> int:

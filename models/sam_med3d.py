@@ -22,7 +22,10 @@ keys are SAM-Med3D's released names (``models/sam_med3d_keys.json`` lists them; 
 ``pixel_mean`` / ``pixel_std``). medim's ``SAM_Med3D.forward`` (no_grad, 2D-style preprocessing) and its weight
 loading are not used. The released weights fit ``img_size`` 128 only (position embeddings).
 
-Input: SAM-Med3D's own pipeline resamples to 1.5 mm, crops / pads to 128^3 and z-normalises over voxels > 0.
+Input: SAM-Med3D's own pipeline resamples to 1.5 mm, crops / pads to 128^3 and z-normalises over voxels > 0. The
+entry declares the first and last as its own preprocessing (``PREPROCESSING``: 1.5 mm isotropic, z-normalisation over
+the non-zero voxels; ``dataio.model_preprocess``), cached under its own key and used in training and every
+evaluation; whole cases are covered by 128^3 sliding windows (zero-padded where smaller) like every model's.
 
 Point convention: SAM-Med3D's click code (``utils/click_method.py``, ``utils/infer_utils.py``) takes
 ``torch.argwhere`` of the error region of a mask laid out like the image tensor, so its point coordinates are
@@ -49,7 +52,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ._registry import register_model
+from ._registry import InputPreprocessing, register_model
 from .promptable import PromptableNet, PromptOutput, check_masks, check_point_prompts, run_block
 
 PAPER = ("Wang et al., SAM-Med3D: Towards General-purpose Segmentation Models for Volumetric Medical Images, "
@@ -187,6 +190,7 @@ def state_dict_shapes(model: nn.Module) -> dict[str, list[int]]:
 
 # Seed 002's recipe (MODEL_SPECS.md section 3): its loss (losses.sam), AdamW lr 1e-4, weight decay 1e-4,
 # reduce-on-plateau (x0.5, patience 5), gradient accumulation 4, clipping at norm 1.0.
+PREPROCESSING = InputPreprocessing(target_spacing=(1.5, 1.5, 1.5), intensity="zscore_nonzero")
 TRAIN_DEFAULTS: dict[str, Any] = dict(loss="sam_med3d", optimizer="adamw", lr=1e-4, weight_decay=1e-4,
                                       scheduler="plateau", grad_accum=4, max_grad_norm=1.0)
 TINY: dict[str, Any] = dict(img_size=(32, 32, 32), patch_size=8, embed_dim=48, depth=2, num_heads=4,
@@ -197,7 +201,7 @@ TINY: dict[str, Any] = dict(img_size=(32, 32, 32), patch_size=8, embed_dim=48, d
 @register_model(family="sam_med3d", task="promptable", spatial_dims=3, modalities=("flair",), any_channels=True,
                 needs_fixed_input=True, divisibility=16, default_patch_size=(128, 128, 128),
                 test_patch_size=(32, 32, 32), paper=PAPER, num_params=100_509_232, tiny_kwargs=TINY,
-                train_defaults=TRAIN_DEFAULTS)
+                train_defaults=TRAIN_DEFAULTS, preprocessing=PREPROCESSING)
 def sam_med3d(*, in_channels: int = 1, out_channels: int = 2, img_size: Any = (128, 128, 128),
               **kwargs: Any) -> nn.Module:
     """SAM-Med3D ``vit_b_ori`` for a cube ``img_size`` (a 3-tuple); ``kwargs``: :func:`build_sam_med3d`'s sizes;

@@ -125,3 +125,20 @@ def test_zero_shot_without_a_checkpoint_names_the_models(sweep, tmp_path: Path,
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "--epochs" in err and "unet3d_xs" in err and "sam_med3d" not in err.split("unet3d_xs")[-1]
+
+
+def test_sam_med3d_reads_its_own_cached_arrays_and_the_others_share_one_entry(sweep) -> None:
+    """SAM-Med3D's declared preprocessing (1.5 mm, z-normalised foreground) has its own cache key; VISTA3D and the
+    U-Net (no declaration) share the dataset's one entry; the runs' rows are scored on the same test cases."""
+    out, cache, *_ = sweep
+    keys = [json.loads((d / "key.json").read_text()) for d in cache.iterdir() if (d / "key.json").is_file()]
+    own = [k for k in keys if "model" in k["params"]]
+    assert len(keys) == 2 and len(own) == 1
+    assert own[0]["params"]["model"] == model_info("sam_med3d").preprocessing.params()
+    own_dir = next(d for d in cache.iterdir() if (d / "key.json").is_file()
+                   and "model" in json.loads((d / "key.json").read_text())["params"])
+    metas = [json.loads(p.read_text()) for p in own_dir.glob("*/meta.json")]
+    assert metas and all(m["spacing"] == [1.5, 1.5, 1.5] for m in metas)
+    per_case = pd.read_csv(out / PER_CASE_CSV)
+    cases = {m: set(per_case.loc[per_case["model"] == m, "case_id"]) for m in MODELS}
+    assert cases["sam_med3d"] == cases["unet3d_xs"] == cases["vista3d"]

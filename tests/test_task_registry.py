@@ -32,14 +32,15 @@ from utils.schema import COMPARISON_CSV, JOBS_DIR
 # what the registry serves today: (model kind, label kind) -> task
 SERVED = {("segmentation", "brats"): "brats_segmentation", ("segmentation", "binary"): "binary_segmentation",
           ("detection", "binary"): "detection", ("detect_segment", "binary"): "detect_segment",
-          ("promptable", "binary"): "promptable_segmentation", ("promptable", "brats"): "promptable_segmentation"}
+          ("promptable", "binary"): "promptable_segmentation", ("promptable", "brats"): "promptable_segmentation",
+          ("segmentation", "multiclass"): "multiclass_segmentation"}
 # create_model's default out_channels per kind (those before the registry owned them, models/_registry.py, and the
 # promptable models' two-class prompt-free output)
 TODAY_OUTPUTS = {"segmentation": 4, "detection": 1, "detect_segment": 1, "promptable": 2}
 
 
 def _dataset(label_kind: str) -> DatasetInfo:
-    return DatasetInfo(name="d", channels=("ct",), label_kind=label_kind, region="ich")
+    return DatasetInfo(name="d", channels=("ct",), label_kind=label_kind, region="ich", labels=("ich",))
 
 
 def _info(kind: str, name: str = "m") -> ModelInfo:
@@ -75,6 +76,8 @@ def test_task_for_each_registered_pair(pair: tuple[str, str]) -> None:
     assert task.name == SERVED[pair]
     if pair[1] == "brats":  # the lesion flags reach the task's settings
         assert task.lesionwise.min_lesion_size == 9
+    elif pair[1] == "multiclass":  # no lesion metrics (yet) on multi-class data
+        assert task.lesions is None
     else:
         assert task.lesions.min_size == 3
 

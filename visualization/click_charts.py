@@ -1,6 +1,7 @@
 """``dice_vs_clicks.png``: each promptable model's Dice against the number of simulated clicks, from the results CSV.
 
-One line per promptable model (the mean over its ok runs of ``dice_<region>_click<k>`` at each k, with the click
+One panel per target region (the binary lesion; on BraTS WT, TC and ET, side by side in the columns' order), each with
+one line per promptable model (the mean over its ok runs of ``dice_<region>_click<k>`` at each k, with the click
 rule in the legend), its own prompt-free Dice (``dice_<region>``) as a dashed horizontal line of the same colour,
 and every automatic model's Dice as a dotted grey line labelled at the right edge. Drawn only when some run has
 per-click columns. Per-click values are interactive results: they are drawn apart, never mixed into the tables
@@ -12,6 +13,7 @@ from __future__ import annotations
 import logging
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -40,15 +42,13 @@ def _mean(frame: pd.DataFrame, model: str, column: str) -> float:
     return float(values.mean()) if values.notna().any() else float("nan")
 
 
-def clicks_figure(frame: pd.DataFrame, region: str, columns: dict[int, str]) -> Figure:
-    """The figure of ``dice_vs_clicks.png`` for one region (see the module docstring)."""
+def _draw_region(ax: Any, frame: pd.DataFrame, region: str, columns: dict[int, str],
+                 colours: dict[str, Any]) -> None:
+    """One region's panel (see the module docstring) on ``ax``."""
     counts = sorted(columns)
     promptable = [m for m in frame["model"].unique()
                   if pd.to_numeric(frame.loc[frame["model"] == m, columns[counts[0]]], errors="coerce").notna().any()]
     automatic = [m for m in frame["model"].unique() if m not in promptable]
-    colours = model_colors(list(frame["model"].unique()))
-    fig = Figure(figsize=(8, 5), layout="constrained")
-    ax = fig.subplots()
     base = f"dice_{region}"
     for model in promptable:
         mode = frame.loc[frame["model"] == model, "click_mode"].iloc[0] if "click_mode" in frame else "?"
@@ -66,20 +66,33 @@ def clicks_figure(frame: pd.DataFrame, region: str, columns: dict[int, str]) -> 
     ax.set_xlabel("clicks")
     ax.set_ylabel(f"Dice {region} (mean over runs)")
     ax.set_ylim(0, 1.05)
-    ax.legend(fontsize="small")
-    ax.set_title(f"Interactive Dice per click count ({region}); dotted: automatic models")
+    ax.set_title(region)
+
+
+def clicks_figure(frame: pd.DataFrame, found: dict[str, dict[int, str]]) -> Figure:
+    """The figure of ``dice_vs_clicks.png``: one panel per region of ``found`` (region -> {k: column})."""
+    colours = model_colors(list(frame["model"].unique()))
+    fig = Figure(figsize=(5.5 * len(found) + 1, 5), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(found), sharey=True, squeeze=False)[0])
+    for ax, (region, columns) in zip(axes, found.items()):
+        _draw_region(ax, frame, region, columns, colours)
+    axes[0].legend(fontsize="small")
+    fig.suptitle("Interactive Dice per click count, one panel per region; dotted: automatic models")
     return fig
 
 
 def draw_dice_vs_clicks(results_dir: Path, regions: list[str] | None = None) -> Path | None:
-    """Draw ``dice_vs_clicks.png`` when ok runs have per-click Dice columns; None otherwise."""
+    """Draw ``dice_vs_clicks.png`` when ok runs have per-click Dice columns, one panel per region (``regions``: the
+    dataset's regions in the order wanted, those with per-click columns drawn; None: every region found); None
+    otherwise."""
     results_dir = Path(results_dir)
     frame = load_ok_results(results_dir)
     if frame is None:
         return None
     found = click_columns(list(frame.columns))
+    if regions:
+        found = {r: found[r] for r in regions if r in found} or found
     if not found:
         logger.info("skipping %s: no promptable model with per-click columns", OUTPUT)
         return None
-    region, columns = next(iter(found.items()))
-    return save_figure(clicks_figure(frame, region, columns), results_dir / OUTPUT)
+    return save_figure(clicks_figure(frame, found), results_dir / OUTPUT)

@@ -1,6 +1,6 @@
 """Parameter efficiency: test Dice (mean over the regions) against parameters, FLOPs, training activation memory and
-latency, with the accuracy-efficiency Pareto front of ``model_comparison.csv`` (``pareto_flops``, ``pareto_pam``,
-``pareto_latency``) drawn on the FLOPs, PAM and latency panels."""
+latency, with the accuracy-efficiency Pareto front of ``model_comparison.csv`` (``pareto_params``, ``pareto_flops``,
+``pareto_pam``, ``pareto_latency``) drawn on every panel."""
 
 from __future__ import annotations
 
@@ -26,8 +26,9 @@ from visualization._common import (
 logger = logging.getLogger(__name__)
 
 OUTPUT = "parameter_efficiency.png"
-# panel column -> the Pareto column of model_comparison.csv for that cost axis (parameters have none)
-FRONT_COLUMNS = {"gflops": "pareto_flops", "pam_train_mb": "pareto_pam", "latency_ms": "pareto_latency"}
+# panel column -> the Pareto column of model_comparison.csv for that cost axis
+FRONT_COLUMNS = {"params_m": "pareto_params", "gflops": "pareto_flops", "pam_train_mb": "pareto_pam",
+                 "latency_ms": "pareto_latency"}
 
 
 def efficiency_table(frame: pd.DataFrame, regions: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -139,8 +140,8 @@ def efficiency_figure(frame: pd.DataFrame, regions: list[str] | None = None,
     """The figure of ``parameter_efficiency.png``: test Dice (the mean over the dataset's regions, per run;
     points = mean over ok runs, error bars = std over runs) against parameters (millions), forward GFLOPs,
     training PAM (MB) and batch-1 latency (ms). Log x only when a panel's values span a decade; points of equal
-    x are spread apart sideways (the caption says so). ``fronts``: panel column (``gflops``, ``pam_train_mb``,
-    ``latency_ms``) -> the models on that axis's Pareto front (:func:`pareto_models`), ringed and joined by a
+    x are spread apart sideways (the caption says so). ``fronts``: panel column (``params_m``, ``gflops``,
+    ``pam_train_mb``, ``latency_ms``) -> the models on that axis's Pareto front (:func:`pareto_models`), ringed and joined by a
     dashed line. None when no model has a Dice value.
     """
     found = detect_regions(frame.columns, regions)

@@ -148,7 +148,9 @@ def build_sections(results_dir: Path, runs: pd.DataFrame, regions: list[str],
         _table_section("comparison", "Model comparison",
                        tables.comparison_view(comparison, regions) if comparison is not None else None,
                        "Test metrics: mean over runs (seeds x folds) [95% bootstrap CI over runs]; HD95 in mm, "
-                       "lower is better. Efficiency at batch 1. Full columns in model_comparison.csv."),
+                       "lower is better. Efficiency at batch 1. Rank: the Ranking section's rank then aggregate "
+                       "(final_rank; before the statistics exist, the rank by mean Dice, so named). Full columns "
+                       "in model_comparison.csv."),
         _table_section("statistics", "Paired statistics",
                        tables.tests_view(tests) if tests is not None else None,
                        "Wilcoxon signed-rank on per-case values (a case's value: its mean over the model's seeds), "

@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 
 # efficiency axis of the comparison table -> (axis title, Pareto column, scale to the plotted unit)
 EFFICIENCY_AXES = {
-    "params": ("parameters (M)", None, 1e-6),
+    "params": ("parameters (M)", "pareto_params", 1e-6),
     "flops_torch": ("forward GFLOPs (batch 1)", "pareto_flops", 1e-9),
     "pam_train_mb": ("PAM train (MB)", "pareto_pam", 1.0),
     "latency_ms": ("latency (ms, batch 1)", "pareto_latency", 1.0),
@@ -204,29 +204,40 @@ def significance_chart(tests: pd.DataFrame, regions: list[str]) -> go.Figure | N
 
 def clicks_chart(runs: pd.DataFrame) -> go.Figure | None:
     """Promptable models' mean Dice after each click count (``dice_<region>_click<k>``), their own prompt-free Dice
-    (dashed) and the automatic models' Dice (dotted) as reference lines; None without per-click columns."""
+    (dashed) and the automatic models' Dice (dotted) as reference lines, one panel per region (BraTS: WT, TC, ET);
+    None without per-click columns."""
     from visualization.click_charts import click_columns  # the column parsing of dice_vs_clicks.png
 
     found = click_columns(list(runs.columns))
     if not found:
         return None
-    region, columns = next(iter(found.items()))
-    counts, base = sorted(columns), f"dice_{region}"
     means = runs.groupby("model").mean(numeric_only=True)
     colors = _colors(list(means.index))
-    fig = go.Figure()
+    fig = make_subplots(rows=1, cols=len(found), subplot_titles=list(found), shared_yaxes=True)
+    for col, (region, columns) in enumerate(found.items(), start=1):
+        for trace in _click_traces(means, region, columns, colors, first=col == 1):
+            fig.add_trace(trace, row=1, col=col)
+        fig.update_xaxes(title_text="clicks", tickvals=sorted(columns), row=1, col=col)
+    fig.update_yaxes(title_text="Dice", range=[0, 1.05], row=1, col=1)
+    return _layout(fig, "Dice against the number of clicks, per region (interactive; not ranked)")
+
+
+def _click_traces(means: pd.DataFrame, region: str, columns: dict[int, str], colors: dict[str, str],
+                  first: bool) -> list[go.Scatter]:
+    """One region's traces of :func:`clicks_chart` (legend entries on the first panel only, grouped by model)."""
+    counts, base = sorted(columns), f"dice_{region}"
+    traces = []
     for model, row in means.iterrows():
         prompt_free = float(row.get(base, np.nan))
+        common = dict(legendgroup=str(model), showlegend=first)
         if np.isfinite(row.get(columns[counts[0]], np.nan)):
-            fig.add_trace(go.Scatter(x=counts, y=[row[columns[k]] for k in counts], mode="lines+markers",
-                                     name=f"{model} (clicks)", line={"color": colors[model]}))
+            traces.append(go.Scatter(x=counts, y=[row[columns[k]] for k in counts], mode="lines+markers",
+                                     name=f"{model} (clicks)", line={"color": colors[model]}, **common))
             dash = "dash"
         else:
             dash = "dot"
         if np.isfinite(prompt_free):
-            fig.add_trace(go.Scatter(x=[counts[0], counts[-1]], y=[prompt_free, prompt_free], mode="lines",
+            traces.append(go.Scatter(x=[counts[0], counts[-1]], y=[prompt_free, prompt_free], mode="lines",
                                      name=f"{model} ({'prompt-free' if dash == 'dash' else 'automatic'})",
-                                     line={"color": colors[model], "dash": dash}))
-    fig.update_xaxes(title_text="clicks", tickvals=counts)
-    fig.update_yaxes(title_text=f"Dice {region}", range=[0, 1.05])
-    return _layout(fig, "Dice against the number of clicks (interactive; not ranked)")
+                                     line={"color": colors[model], "dash": dash}, **common))
+    return traces

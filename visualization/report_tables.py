@@ -66,8 +66,11 @@ def comparison_view(comparison: pd.DataFrame, regions: list[str]) -> pd.DataFram
     metrics += [m for m in LESION_METRICS if f"{m}_mean" in comparison.columns]
     metrics = [m for m in metrics if f"{m}_mean" in comparison.columns]
     rows = []
+    rank_column, rank_header = _rank_column(comparison)
+    if rank_column in comparison.columns:  # best first, as the ranking table below
+        comparison = comparison.sort_values(rank_column, kind="stable", na_position="last")
     for _, row in comparison.iterrows():
-        view: dict[str, str] = {"rank": number(row.get("rank")), "model": str(row["model"]),
+        view: dict[str, str] = {rank_header: number(row.get(rank_column)), "model": str(row["model"]),
                                 "ok runs": f"{number(row.get('n_ok'))}/{number(row.get('n_runs'))}"}
         view.update({m: metric_cell(row, m) for m in metrics})
         view["params (M)"] = _scaled(row.get("params"), 1e-6)
@@ -79,7 +82,19 @@ def comparison_view(comparison: pd.DataFrame, regions: list[str]) -> pd.DataFram
             "" if math.isnan(spread) else f" +- {spread:.1f}")
         rows.append(view)
     frame = pd.DataFrame(rows)
-    return frame.loc[:, [c for c in frame.columns if (frame[c] != "").any() or c in ("rank", "model")]]
+    return frame.loc[:, [c for c in frame.columns if (frame[c] != "").any() or c in (rank_header, "model")]]
+
+
+RANK_THEN_AGGREGATE = "rank (rank then aggregate)"
+RANK_MEAN_DICE = "rank (mean Dice)"
+
+
+def _rank_column(comparison: pd.DataFrame) -> tuple[str, str]:
+    """The one rank the page shows and its header: ``final_rank`` (ranking.csv's rank then aggregate, as the Ranking
+    section) when the comparison has it with a value; else ``rank`` (by mean Dice over runs), named so."""
+    if "final_rank" in comparison.columns and pd.to_numeric(comparison["final_rank"], errors="coerce").notna().any():
+        return "final_rank", RANK_THEN_AGGREGATE
+    return "rank", RANK_MEAN_DICE
 
 
 def tests_view(tests: pd.DataFrame) -> pd.DataFrame:

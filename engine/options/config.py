@@ -17,7 +17,7 @@ from dataio.adapters import DATASET_VERSIONS, dataset_info
 from dataio.cache import default_synthetic_size
 from engine.options.cli_parser import CliParser, add_list_models_argument
 from losses import list_losses
-from engine.options.data_options import DataOptions, add_luna_arguments, effective_hu_window
+from engine.options.data_options import DataOptions, add_described_arguments, add_luna_arguments, effective_hu_window
 from engine.options.lesion_options import LesionOptions, add_lesion_arguments
 from engine.options.parallel_options import PARALLEL_MODES, add_parallel_arguments, parse_shard
 from engine.options.stats_options import StatsOptions, add_stats_arguments
@@ -187,6 +187,7 @@ def add_data_arguments(parser: argparse.ArgumentParser, *, recorded: bool = Fals
                    help=f"use only the first N cases, for quick runs (default: {then}none: every case)")
     _add_ct_data_arguments(g, then)
     add_luna_arguments(g, recorded=recorded)
+    add_described_arguments(g, recorded=recorded)
     if recorded:
         parser.set_defaults(**{a.dest: None for a in g._group_actions})
     return g
@@ -377,7 +378,6 @@ def _add_evaluation_arguments(p: argparse.ArgumentParser) -> None:
                    help="sliding-window overlap at validation and test, fraction of the window in [0, 1) "
                         "(default: %(default)s)")
     g.add_argument("--val_every", type=int, default=1, help="validate every N epochs (default: %(default)s)")
-
     add_external_arguments(g)
 
 
@@ -392,6 +392,7 @@ def add_external_arguments(g: argparse._ArgumentGroup) -> None:
                    help="the label convention of external predictions (e.g. msd for nnU-Net's BraTS labels) or "
                         "file:internal pairs such as 1:2,2:1,4:3; NAME= for one source only (default: the "
                         "dataset's own convention)")
+
 
 def _add_efficiency_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("efficiency")
@@ -444,7 +445,8 @@ def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
         spacing=tuple(args.spacing),
         # recorded as applied: the dataset's own window unless given (None for BraTS, where a given one is refused)
         hu_window=tuple(args.hu_window) if args.hu_window else effective_hu_window(version, None),
-        use_5fold=args.use_5fold or bool(args.use_subset_folds),  # subset folds are cross-validation folds
+        # subset folds and nnU-Net's splits_final.json are cross-validation folds
+        use_5fold=args.use_5fold or bool(args.use_subset_folds) or bool(getattr(args, "nnunet_splits", None)),
         target_spacing=tuple(args.target_spacing) if args.target_spacing else None,
         patch_size=tuple(args.patch_size) if args.patch_size else None,
         tracker=tracker_list(args.tracker),

@@ -2,8 +2,9 @@
 
 Shared by the sweep (``ExperimentConfig`` extends it) and ``evaluate_experiment.py`` (which reads it
 back from a results folder's ``config.json``), so both read exactly the same cache entries.
-The LUNA16 flags (``--annotations``, ``--nodule_hu_threshold``, ``--use_subset_folds``) are declared here
-(:func:`add_luna_arguments`); the other data flags in :mod:`engine.options.config`.
+The LUNA16 flags (``--annotations``, ``--nodule_hu_threshold``, ``--use_subset_folds``) and those of the datasets
+described by a file (``--nnunet_splits``, ``--datalist``) are declared here (:func:`add_luna_arguments`,
+:func:`add_described_arguments`); the other data flags in :mod:`engine.options.config`.
 """
 
 from __future__ import annotations
@@ -15,10 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dataio.adapters import CT_VERSIONS, LUNA_VERSIONS, dataset_info, default_hu_window, discover_cases
+from dataio.adapters import (CT_VERSIONS, DESCRIBED_VERSIONS, LUNA_VERSIONS, dataset_info, default_hu_window,
+                             discover_cases)
 from dataio.cache import (DEFAULT_CACHE_ROOT, load_dataset, open_dataset, synthetic_ct_root, synthetic_luna_root,
                           synthetic_root)
 from dataio.ct_adapters import CTOptions
+from dataio.datalist import read_datalist
+from dataio.described import DescribedDataset, open_described
+from dataio.nnunet_raw import read_nnunet_raw
 from dataio.types import CachedCase, CaseFiles, DatasetInfo, LoadedDataset
 
 # data fields that only the CT versions (ich, synthetic_ich; hu_window also luna16, synthetic_luna) use, with their
@@ -31,6 +36,8 @@ CT_LAYOUT_FIELDS: tuple[str, ...] = ("test_image_dir", "test_label_dir", "patien
                                      "spacing", "allow_pickle")
 # data fields that only the LUNA16 versions (luna16, synthetic_luna) use, with their defaults
 LUNA_DEFAULTS: dict[str, Any] = {"annotations": None, "nodule_hu_threshold": -700.0, "use_subset_folds": False}
+# data fields of the datasets described by a file, each with the one version it applies to
+DESCRIBED_FLAGS: dict[str, str] = {"nnunet_splits": "nnunet", "datalist": "datalist"}
 LEGACY_HU_WINDOW = (0.0, 120.0)  # recorded by every sweep before --hu_window defaulted to the dataset's own
 _TUPLE_FIELDS = ("synthetic_size", "spacing", "hu_window", "target_spacing")
 _PHANTOM_ROOTS = {"synthetic_ich": synthetic_ct_root, "synthetic_luna": synthetic_luna_root}
@@ -44,6 +51,10 @@ class DataOptions(CTOptions):
     ``synthetic_ich`` separate test folders, patient regex, CSV manifest + mask folder, spacing of ``.npy`` /
     pickled files, resampling target and the pickle opt-in; for ``luna16`` / ``synthetic_luna`` the annotation
     file, the nodule HU threshold and the subset folds; the HU window for all four.
+
+    ``nnunet_splits``: nnU-Net's ``splits_final.json`` as the folds of ``nnunet`` (:mod:`dataio.nnunet_raw`);
+    ``datalist``: the MONAI datalist file of ``datalist`` (:mod:`dataio.datalist`; default ``datalist.json`` in
+    ``data_path``).
     """
 
     data_path: str | None = None
@@ -53,6 +64,8 @@ class DataOptions(CTOptions):
     synthetic_seed: int = 0
     cache_dir: str | None = None
     max_samples: int | None = None
+    nnunet_splits: str | None = None
+    datalist: str | None = None
 
     @property
     def cache_root(self) -> Path:
@@ -75,8 +88,18 @@ class DataOptions(CTOptions):
         return CTOptions(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
     def dataset_info(self) -> DatasetInfo:
-        """Channels and label kind of the chosen dataset."""
+        """Channels and label kind of the chosen dataset (``nnunet`` / ``datalist``: from the description file;
+        labels that only the label files name are known after :meth:`load`)."""
+        if self.dataset_version in DESCRIBED_VERSIONS:
+            return self.described().info()
         return dataset_info(self.dataset_version)
+
+    def described(self) -> DescribedDataset:
+        """The description and case files of an ``nnunet`` or ``datalist`` dataset (nothing is preprocessed)."""
+        root = Path(self.data_path or ".").expanduser()
+        if self.dataset_version == "nnunet":
+            return read_nnunet_raw(root, Path(self.nnunet_splits).expanduser() if self.nnunet_splits else None)
+        return read_datalist(root, self.datalist)
 
     def _load_kwargs(self) -> dict[str, Any]:
         return dict(cache_root=self.cache_root, synthetic_cases=self.synthetic_cases,
@@ -85,16 +108,23 @@ class DataOptions(CTOptions):
 
     def load(self) -> LoadedDataset:
         """The dataset's description, its labelled cached cases and its fixed test cases (separate test folders)."""
+        if self.dataset_version in DESCRIBED_VERSIONS:
+            return open_described(self.described(), cache_root=self.cache_root, max_samples=self.max_samples)
         return open_dataset(Path(self.data_path) if self.data_path else None, self.dataset_version,
                             **self._load_kwargs())
 
     def load_cases(self, *, require_labels: bool = True, progress: bool = True) -> list[CachedCase]:
         """Cached cases of this dataset (generated and preprocessed on first use)."""
+        if self.dataset_version in DESCRIBED_VERSIONS:  # every listed case is labelled
+            return open_described(self.described(), cache_root=self.cache_root, max_samples=self.max_samples,
+                                  progress=progress).cases
         return load_dataset(Path(self.data_path) if self.data_path else None, self.dataset_version,
                             require_labels=require_labels, progress=progress, **self._load_kwargs())
 
     def case_files(self, *, require_labels: bool = False) -> list[CaseFiles]:
         """Original files of every case (phantoms must exist already, e.g. after :meth:`load_cases`)."""
+        if self.dataset_version in DESCRIBED_VERSIONS:
+            return list(self.described().cases)
         root = None if (self.dataset_version == "ich" and self.manifest and not self.data_path) else self.dataset_root
         return discover_cases(root, self.dataset_version, require_labels=require_labels, ct=self.ct_options())
 
@@ -136,8 +166,19 @@ class DataOptions(CTOptions):
     def _given(self, defaults: dict[str, Any]) -> list[str]:
         return [k for k, default in defaults.items() if _norm(getattr(self, k)) != _norm(default)]
 
+    def _check_described_flags(self) -> None:
+        """``--nnunet_splits`` with ``nnunet`` only and not with ``--splits_file``; ``--datalist`` with ``datalist``."""
+        for name, version in DESCRIBED_FLAGS.items():
+            if getattr(self, name) is not None and self.dataset_version != version:
+                raise ValueError(f"--{name} applies to --dataset_version {version} only, not to --dataset_version "
+                                 f"{self.dataset_version}")
+        if self.nnunet_splits and getattr(self, "splits_file", None):
+            raise ValueError(f"--nnunet_splits {self.nnunet_splits} and --splits_file {getattr(self, 'splits_file')} "
+                             "both give the split; give one")
+
     def _check_flag_versions(self) -> None:
         """Each CT / LUNA16 flag only with the versions it applies to (``ValueError`` naming the flags)."""
+        self._check_described_flags()
         version = self.dataset_version
         ct, luna = version in CT_VERSIONS, version in LUNA_VERSIONS
         given, given_luna = self._given(CT_DEFAULTS), self._given(LUNA_DEFAULTS)
@@ -190,6 +231,24 @@ def add_luna_arguments(group: argparse._ArgumentGroup, *, recorded: bool = False
                        help="luna16, synthetic_luna: cross-validation folds from the release's subsets instead of a "
                             "seeded draw: the highest subset present is the test set, each other subset validates "
                             f"one fold (default: {then}off, the seeded patient split)")
+
+
+def add_described_arguments(group: argparse._ArgumentGroup, *, recorded: bool = False) -> None:
+    """Add the flags of the datasets described by a file (``--nnunet_splits``, ``--datalist``) to ``group``.
+
+    ``recorded=True`` (the evaluation CLI): the defaults mean "the value recorded in the sweep's config.json".
+    """
+    then = "the recorded value, else " if recorded else ""
+    group.add_argument("--nnunet_splits", default=None, metavar="FILE",
+                       help="nnunet: nnU-Net's splits_final.json (a list of {\"train\": [...], \"val\": [...]}, kept "
+                            "in nnU-Net's preprocessed folder) as the cross-validation folds, taken as given; the test "
+                            "set is then imagesTs/ with labelsTs/ beside it, which must exist (default: "
+                            f"{then}none: the split is drawn, imagesTs/ + labelsTs/ as the test set when present)")
+    group.add_argument("--datalist", default=None, metavar="FILE",
+                       help="datalist: the MONAI datalist JSON (Auto3DSeg style: 'training' entries with image, "
+                            "label and optional 'fold' keys, which are then the folds; 'testing' entries with labels "
+                            "as the test set; paths relative to --data_path); a relative FILE not found from the "
+                            f"working folder is read from --data_path (default: {then}datalist.json in --data_path)")
 
 
 def effective_hu_window(dataset_version: str, hu_window: Any) -> tuple[float, float] | None:

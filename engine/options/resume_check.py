@@ -23,7 +23,7 @@ RESULT_FLAGS = ("data_path", "dataset_version", "synthetic_cases", "synthetic_si
                 "test_image_dir", "test_label_dir", "patient_regex", "manifest", "mask_dir", "spacing", "hu_window",
                 "target_spacing", "context_slices", "fn_weight", "foreground_fraction", "annotations",
                 "nodule_hu_threshold", "use_subset_folds", "clicks", "click_mode", "lr_decoder",
-                "freeze_encoder", "train_prompts", "train_clicks")
+                "freeze_encoder", "train_prompts", "train_clicks", "nnunet_splits", "datalist")
 # flags that may change between starts: how the work runs, not what it computes
 FREE_FLAGS = ("models", "seeds", "num_workers", "sharing_strategy", "output_dir", "resume", "keep_latest", "device",
               "parallel", "shard", "pam_runs", "latency_runs", "skip_efficiency", "cache_dir", "allow_pickle",

@@ -36,7 +36,10 @@ log = logging.getLogger(__name__)
 # columns model_comparison.csv gains per metric (after <m>_mean, <m>_std)
 EXTENDED_SUFFIXES = ("_ci_low", "_ci_high", "_n_runs", "_n_cases", "_oof_mean", "_seed_share", "_fold_share")
 # Pareto columns of model_comparison.csv: column -> cost axis (accuracy: ACCURACY_COLUMN, higher is better)
-PARETO_AXES = {"pareto_pam": "pam_train_mb", "pareto_latency": "latency_ms", "pareto_flops": "flops_torch"}
+PARETO_AXES = {"pareto_pam": "pam_train_mb", "pareto_latency": "latency_ms", "pareto_flops": "flops_torch",
+               "pareto_params": "params"}
+# model_comparison.csv's copy of ranking.csv's rank-then-aggregate rank (its own ``rank`` ranks by mean Dice)
+FINAL_RANK = "final_rank"
 ACCURACY_COLUMN = "dice_mean_mean"
 # dataset-level metrics: one value per run, no per-case value (their CI is over scans when the boxes table has the
 # runs' boxes, else over runs; see lesion_scan_intervals)
@@ -51,7 +54,21 @@ TEST_COLUMNS = ["comparison", "metric", "model_a", "model_b", "baseline", "n", "
 
 def is_extended_column(name: str) -> bool:
     """True for the columns :func:`extend_comparison` adds (the incremental reducer leaves them out)."""
-    return name.startswith("pareto_") or name.endswith(EXTENDED_SUFFIXES)
+    return name.startswith("pareto_") or name.endswith(EXTENDED_SUFFIXES) or name == FINAL_RANK
+
+
+def add_final_rank(comparison: pd.DataFrame, ranking: pd.DataFrame | None) -> pd.DataFrame:
+    """``comparison`` with ``final_rank`` (ranking.csv's rank then aggregate, the one ranking the report shows)
+    right after ``rank`` (which ranks by mean Dice over runs, ``dice_mean_mean``); NaN for a model ranking.csv lacks
+    (no per-case rows), and the column is left out without a ranking. Values of other columns are unchanged."""
+    if ranking is None or FINAL_RANK not in ranking or "model" not in comparison:
+        return comparison
+    ranks = dict(zip(ranking["model"].astype(str), pd.to_numeric(ranking[FINAL_RANK], errors="coerce")))
+    table = comparison.copy()
+    table[FINAL_RANK] = [ranks.get(str(m), np.nan) for m in table["model"]]
+    columns = [c for c in table.columns if c != FINAL_RANK]
+    at = columns.index("rank") + 1 if "rank" in columns else 1
+    return table[columns[:at] + [FINAL_RANK] + columns[at:]]
 
 
 def higher_is_better(metric: str) -> bool:

@@ -36,7 +36,8 @@ from utils.schema import (COMPARISON_CSV, CONFIG_JSON, EFFICIENCY_COLUMNS, JOBS_
                           RANKING_CSV, RUN_LEADING, RUN_TRAILING, SOURCE_COLUMN, STAGE_PAM_CSV, STATISTICAL_TESTS_CSV,
                           TABLES)
 
-from engine.results.comparison_stats import extend_comparison, is_extended_column, ranking_table, statistical_tests
+from engine.results.comparison_stats import (add_final_rank, extend_comparison, is_extended_column, ranking_table,
+                                             statistical_tests)
 from engine.results.efficiency_store import stage_pam_table
 from engine.options.stats_options import StatsOptions, stats_options_from_config
 
@@ -99,10 +100,10 @@ def comparison_row(model: str, group: pd.DataFrame, metrics: Collection[str] | N
     one run)."""
     ok = group[group["status"] == "ok"]
     row: dict[str, Any] = dict(model=model, n_runs=len(group), n_ok=len(ok))
-    measured = group.dropna(subset=[c for c in ("params",) if c in group.columns])
     if SOURCE_COLUMN in group.columns:  # volbench, external or ensemble (folders made before: no column)
         row[SOURCE_COLUMN] = group[SOURCE_COLUMN].dropna().astype(str).iloc[0] if group[SOURCE_COLUMN].notna().any() \
             else "volbench"
+    measured = group.dropna(subset=[c for c in ("params",) if c in group.columns])
     for col in EFFICIENCY_COLUMNS:
         if col in group.columns:
             row[col] = measured[col].iloc[0] if len(measured) else np.nan
@@ -205,10 +206,10 @@ def write_statistics(output_dir: Path, tables: dict[str, pd.DataFrame], basic: p
     per_case, val_cases = tables.get("per_case"), tables.get("val_cases")
     comparison = extend_comparison(basic, runs, metric_columns(runs, metrics), per_case, val_cases, options,
                                    boxes=tables.get("boxes"))  # AP/FROC intervals by bootstrapping scans
-    atomic_write_csv(output_dir / COMPARISON_CSV, comparison)
-    written = [output_dir / COMPARISON_CSV]
     tests = statistical_tests(per_case, runs, options, models) if per_case is not None else None
     ranking = ranking_table(per_case, runs, options)
+    atomic_write_csv(output_dir / COMPARISON_CSV, add_final_rank(comparison, ranking))  # one ranking in the report
+    written = [output_dir / COMPARISON_CSV]
     for name, frame in ((STATISTICAL_TESTS_CSV, tests), (RANKING_CSV, ranking)):
         if frame is None:
             (output_dir / name).unlink(missing_ok=True)

@@ -16,10 +16,12 @@ from engine.tasks.base import CaseAccumulator, Selection, Task
 from engine.tasks.flags import TaskFlag
 from engine.tasks.detection import DetectionTask  # registers detection
 from engine.tasks.segmentation import SegmentationTask, binary_segmentation, brats_segmentation  # BraTS, binary
+from engine.tasks.multiclass import MulticlassSegmentationTask  # registers multiclass_segmentation
 from engine.tasks.detect_segment import DetectSegmentTask  # registers detect_segment
 from engine.tasks.promptable import PromptableTask  # registers promptable_segmentation
 
-__all__ = ["CaseAccumulator", "DetectSegmentTask", "DetectionTask", "FolderEvaluation", "PromptableTask", "Selection",
+__all__ = ["CaseAccumulator", "DetectSegmentTask", "DetectionTask", "FolderEvaluation", "MulticlassSegmentationTask",
+           "PromptableTask", "Selection",
            "SegmentationTask", "TASK_ENTRIES", "Task", "TaskEntry", "TaskFlag", "binary_segmentation",
            "box_file_task", "brats_segmentation", "folder_evaluation", "folder_task_names", "label_map_task",
            "register_task",

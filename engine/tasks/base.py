@@ -131,6 +131,11 @@ class Task(ABC):
         ``click_mode`` (the click rule of its per-click columns); ``none`` for models that take no prompts."""
         return dict(prompt_mode="none", click_mode="none")
 
+    def use_input_preprocessing(self, params: dict[str, Any]) -> None:
+        """Feed the model its own preprocessing of the cases (``ModelInfo.preprocessing``); tasks that support it
+        override this. Raises ``ValueError`` here: this task takes the dataset's preprocessing only."""
+        raise ValueError(f"task {self.name!r} cannot give a model its own input preprocessing ({params})")
+
     def checkpoint_meta(self) -> dict[str, Any]:
         """What a checkpoint records so that re-evaluation rebuilds this task (:func:`engine.tasks.task_from_meta`)."""
         return {"task": self.name, "n_classes": self.n_outputs}

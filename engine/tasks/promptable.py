@@ -33,6 +33,11 @@ r in the task's region order (WT, TC, ET), and one mask per click prompt.
   click counts. These columns stay out of the paired tests and rankings (``utils.schema.is_per_click``). Every
   run and per-case row says ``prompt_mode`` (the prompts the model was trained with: ``none`` or ``clicks``) and
   ``click_mode`` (the click rule of its per-click columns; ``none`` for automatic models).
+- A model's own preprocessing (``ModelInfo.preprocessing``, SAM-Med3D's 1.5 mm isotropic and z-normalised
+  foreground): training samples, prompt-free windows and clicks use the model's own cached cases; logits and click
+  masks are resampled back onto the dataset's grid and scored there like every other model's
+  (:mod:`engine.tasks.own_inputs`). A target too small to keep a voxel on the model's grid gets empty masks
+  (Dice 0), not NaN: the model was given the case and could not be clicked on it.
 Selection: validation ``dice_mean`` of the prompt-free prediction.
 """
 
@@ -56,6 +61,7 @@ from engine.tasks.flags import TaskFlag
 from engine.tasks.interactive import ClickPlan, TrainingClicks, click_masks
 from engine.tasks.lesion_metrics import LesionAccumulator, LesionSettings
 from engine.tasks.lesionwise import LesionwiseAccumulator, LesionwiseSettings
+from engine.tasks.own_inputs import OwnInputs
 from engine.tasks.registry import TaskEntry, meta_region, register_task
 from engine.tasks.segmentation import SegmentationAccumulator, SegmentationTask
 
@@ -224,6 +230,7 @@ class PromptableTask(SegmentationTask):
                          lesionwise=lesionwise or LesionwiseSettings() if several else None)
         self.spec = spec
         self.prompts = prompts or PromptSettings()
+        self.own: OwnInputs | None = None  # the model's own preprocessing, when its registry entry declares one
         if self.prompts.train_prompts not in TRAIN_PROMPTS:
             raise ValueError(f"--train_prompts {self.prompts.train_prompts!r} is not one of {TRAIN_PROMPTS}")
         if self.prompts.train_clicks < 1:
@@ -275,13 +282,27 @@ class PromptableTask(SegmentationTask):
         present = [m for m in masks if m.any()] or masks
         return present[int(rng.integers(len(present)))]
 
+    def use_input_preprocessing(self, params: dict[str, Any]) -> None:
+        self.own = OwnInputs(params)
+
+    def train_dataset(self, cases: list[CachedCase], **kwargs: Any) -> Any:
+        return super().train_dataset(self.own.cases(cases) if self.own is not None else cases, **kwargs)
+
     def predict_case(self, model: nn.Module, case: CachedCase, settings: InferenceSettings) -> PromptPrediction:
         plan = ClickPlan(counts=self.prompts.clicks, mode=self.prompts.click_mode, seed=settings.seed)
+        own = self.own.case(case) if self.own is not None else case
 
         def interact(target: np.ndarray, name: str) -> dict[int, np.ndarray]:
-            return click_masks(model, case, target, settings, plan, name)
+            if self.own is None:
+                return click_masks(model, case, target, settings, plan, name)
+            masks = click_masks(model, own, region_mask(own.label, self.spec.regions[name]), settings, plan, name)
+            if not masks and np.any(target):  # the target has no voxel left on the model's grid: empty masks
+                return {k: np.zeros(target.shape, dtype=bool) for k in plan.counts}
+            return {k: self.own.mask_back(m, own, case) for k, m in masks.items()}
 
-        logits = case_logits(model, case, settings)
+        logits = case_logits(model, own, settings)
+        if self.own is not None:
+            logits = self.own.logits_back(logits, own, case)
         return PromptPrediction(logits=label_scores(logits, self.spec), interact=interact, region_logits=logits)
 
     def new_accumulator(self, *, stage: str, with_loss: bool = False) -> PromptableAccumulator:
@@ -296,7 +317,8 @@ class PromptableTask(SegmentationTask):
 
     def checkpoint_meta(self) -> dict[str, Any]:
         return dict(super().checkpoint_meta(), clicks=list(self.prompts.clicks), click_mode=self.prompts.click_mode,
-                    train_prompts=self.prompts.train_prompts, train_clicks=self.prompts.train_clicks)
+                    train_prompts=self.prompts.train_prompts, train_clicks=self.prompts.train_clicks,
+                    input_preprocessing=None if self.own is None else self.own.params)
 
     def write_prediction(self, case: CachedCase, prediction: Any, out_dir: Any, **kwargs: Any) -> list[Any]:
         logits = prediction.logits if isinstance(prediction, PromptPrediction) else prediction
@@ -320,8 +342,12 @@ def _rebuild(meta: dict[str, Any], options: Any) -> PromptableTask:
         train_prompts=str(meta.get("train_prompts", "none")), train_clicks=int(meta.get("train_clicks", TRAIN_CLICKS)))
     regions = {k: tuple(v) for k, v in (meta.get("regions") or {}).items()}
     if regions == dict(BRATS_SPEC.regions):
-        return PromptableTask(BRATS_SPEC, lesionwise=LesionwiseSettings.of(options), prompts=prompts)
-    return PromptableTask(binary_spec(meta_region(meta)), lesions=LesionSettings.of(options), prompts=prompts)
+        task = PromptableTask(BRATS_SPEC, lesionwise=LesionwiseSettings.of(options), prompts=prompts)
+    else:
+        task = PromptableTask(binary_spec(meta_region(meta)), lesions=LesionSettings.of(options), prompts=prompts)
+    if meta.get("input_preprocessing"):  # the checkpoint's model was trained on its own preprocessing
+        task.use_input_preprocessing(meta["input_preprocessing"])
+    return task
 
 
 register_task(TaskEntry(

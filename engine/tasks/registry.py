@@ -139,7 +139,10 @@ def task_for(info: ModelInfo, dataset: DatasetInfo, *, loss: Any = "nnunet", les
     """
     for entry in TASK_ENTRIES.values():
         if (info.task, dataset.label_kind) in entry.pairs():
-            return entry.build(dataset, loss, lesions)
+            task = entry.build(dataset, loss, lesions)
+            if info.preprocessing is not None:  # the model's own input preprocessing (ModelInfo.preprocessing)
+                task.use_input_preprocessing(info.preprocessing.params())
+            return task
     if info.task not in served_model_kinds():
         raise ValueError(f"model {info.name!r} is of kind {info.task!r}, which no registered task serves (served "
                          f"kinds: {', '.join(served_model_kinds())}); register a task for it in engine/tasks/")
@@ -149,9 +152,6 @@ def task_for(info: ModelInfo, dataset: DatasetInfo, *, loss: Any = "nnunet", les
                      f"({dataset.label_kind} labels): no task for that pair (known: {known})")
 
 
-def meta_region(meta: dict[str, Any]) -> str:
-    """The foreground region a checkpoint's ``meta`` records (its first region), else ``lesion``."""
-    return next(iter(meta.get("regions") or {}), DEFAULT_BINARY_REGION)
 def label_map_task(dataset: DatasetInfo, lesions: Any = None) -> Task:
     """The task that scores label maps on ``dataset`` (e.g. another tool's predictions): the one that trains
     segmentation models there, with its test metrics.
@@ -165,6 +165,9 @@ def label_map_task(dataset: DatasetInfo, lesions: Any = None) -> Task:
     raise ValueError(f"no registered task scores label maps on dataset {dataset.name!r} ({dataset.label_kind} labels)")
 
 
+def meta_region(meta: dict[str, Any]) -> str:
+    """The foreground region a checkpoint's ``meta`` records (its first region), else ``lesion``."""
+    return next(iter(meta.get("regions") or {}), DEFAULT_BINARY_REGION)
 
 
 def task_from_meta(meta: dict[str, Any], lesions: Any = None) -> Task:
