@@ -111,3 +111,39 @@ def test_a_case_that_fails_to_read_leaves_no_half_written_dataset(brats, tmp_pat
     with pytest.raises(ValueError, match="missing.nii.gz"):
         export_dataset(broken, data.dataset_info(), splits, out, fmt="nnunet")
     assert not out.exists() and not list(tmp_path.glob(".Dataset502.*"))
+
+
+def test_an_nnunet_export_reads_back_with_the_same_cases_folds_and_labels(brats, tmp_path: Path) -> None:
+    results, splits, data = brats
+    out = tmp_path / "Dataset503_RoundTrip"
+    assert export(results, out, "nnunet") == 0
+    back = DataOptions(dataset_version="nnunet", data_path=str(out), nnunet_splits=str(out / "splits_final.json"),
+                       cache_dir=str(tmp_path / "cache")).described()
+    assert back.channels == ("t1", "t1ce", "t2", "flair")
+    assert [(sorted(tr), sorted(val)) for tr, val in back.folds] == \
+        [(sorted(tr), sorted(val)) for _, tr, val in iter_folds(splits)]
+    assert sorted(back.test_ids) == sorted(splits["test"])
+    regions = dict(back.info().regions)
+    assert regions == {"wt": (1, 2, 3), "tc": (2, 3), "et": (3,)}  # BraTS' regions give the WT/TC/ET columns
+    loaded = {c.case_id: c for c in DataOptions(dataset_version="nnunet", data_path=str(out),
+                                                 cache_dir=str(tmp_path / "cache")).load().cases}
+    original = {c.case_id: c for c in data.load_cases(progress=False)}
+    internal = {"wt": (1, 2, 3), "tc": (1, 3), "et": (3,)}  # volbench's labels: 1 NCR/NET, 2 ED, 3 ET
+    for case_id in sorted(splits["test"]):  # each region holds as many voxels after the round trip (crops differ)
+        for name, members in internal.items():
+            ours = int(np.isin(np.asarray(original[case_id].label), members).sum())
+            theirs = int(np.isin(np.asarray(loaded[case_id].label), regions[name]).sum())
+            assert ours == theirs and (ours > 0 or name != "wt"), (case_id, name, ours, theirs)
+
+
+def test_a_datalist_export_reads_back_with_the_same_folds(tmp_path: Path) -> None:
+    data = DataOptions(dataset_version="synthetic_ich", synthetic_cases=8, synthetic_size=(16, 16, 16),
+                       cache_dir=str(tmp_path / "cache"))
+    results, splits = sweep_folder(tmp_path / "ct", data, use_5fold=True)
+    out = tmp_path / "datalist_out"
+    assert export(results, out, "datalist") == 0
+    back = DataOptions(dataset_version="datalist", data_path=str(out), cache_dir=str(tmp_path / "cache")).described()
+    assert [(sorted(tr), sorted(val)) for tr, val in back.folds] == \
+        [(sorted(tr), sorted(val)) for _, tr, val in iter_folds(splits)]
+    assert sorted(back.test_ids) == sorted(splits["test"])
+    assert back.channels == ("ct",)
