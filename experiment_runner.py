@@ -28,6 +28,7 @@ from engine.options.config import ExperimentConfig
 from engine.context import RunContext
 from engine.options.data_options import DATA_FIELDS
 from engine.results.efficiency_store import ensure_efficiency, read_efficiency
+from engine.evaluate.ensemble import EnsembleInputs, add_ensemble_rows, check_ensembles
 from engine.evaluate.external import add_external_rows, check_sources, parse_external
 from engine.evaluation import EvaluationRequest, EvaluationResult, evaluate_cases
 from engine.fine_tuning import enable_gradient_checkpointing, export_encoder, freeze_encoder, named
@@ -50,7 +51,7 @@ from utils.device import resolve_device
 from utils.distributed import (barrier, destroy_process_group, dist_env, init_process_group,
                                process_device)
 from utils.pretrained import LoadReport, load_pretrained, parse_pretrained, pretrained_for
-from utils.schema import SOURCE_COLUMN, SUBMISSION_FILES
+from utils.schema import SOURCE_COLUMN, SPLITS_JSON, SUBMISSION_FILES
 from utils.seeding import seed_everything
 from utils.rank_agreement import agree, announce
 from utils.signals import raise_if_stopping
@@ -317,6 +318,7 @@ def _run_sweep(config: ExperimentConfig, context: RunContext, dataset: LoadedDat
     plans = plan_models(models, config, data)  # every check passes before anything is written
     externals = parse_external(config.external_predictions, config.external_label_map)
     check_sources(externals, list(data.splits["test"]), models)  # before any training: a missing case is an error
+    check_ensembles(config.ensemble, models)
     record = sweep_record(config, data, models, context)
     if config.resume or config.shard is not None:
         check_resume(output_dir, record)
@@ -340,6 +342,10 @@ def _run_sweep(config: ExperimentConfig, context: RunContext, dataset: LoadedDat
         if externals:
             add_external_rows(output_dir, externals, data.subset(data.splits["test"]),
                               label_map_task(data.info, lesions=config))
+        if config.ensemble or config.postprocess:
+            inputs = EnsembleInputs(data.subset(data.splits["test"]), data.subset, data.splits,
+                                    output_dir / SPLITS_JSON, context.device, amp=config.amp, lesions=config)
+            add_ensemble_rows(output_dir, config.ensemble, config.postprocess, models, inputs)
         reduce_results(output_dir)
         _draw_charts(output_dir)
     return output_dir

@@ -200,7 +200,7 @@ HELP_FLAGS = {
     "folders": ("--pred_dir", "--label_dir", "--output_csv", "--task", "--label_convention", "--spacing", "--prob_dir",
                 "--min_lesion_size", "--lesion_hit", "--lesion_score_threshold"),
     "boxes": ("--boxes_json", "--output_json", "--lesion_hit", "--lesion_score_threshold"),
-    "aggregate": ("--results_dir", "--external_predictions", "--external_label_map"),
+    "aggregate": ("--results_dir", "--external_predictions", "--external_label_map", "--ensemble", "--postprocess"),
     "compare": ("DIR", "--output_dir", "--baseline", "--stats_seed", "--bootstrap_resamples"),
     "export": ("--results_dir", "--format", "--output_dir", "--data_path", "--cache_dir"),
 }

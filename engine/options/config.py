@@ -78,6 +78,8 @@ class ExperimentConfig(DataOptions, LesionOptions, TrainerSettings, StatsOptions
     sync_bn: bool = False
     external_predictions: list[str] | None = None  # NAME=DIR entries as typed (engine.evaluate.external)
     external_label_map: list[str] | None = None  # [NAME=]MAP entries as typed
+    ensemble: list[str] | None = None  # folds | a+b entries as typed (engine.evaluate.ensemble)
+    postprocess: bool = False  # nnU-Net's largest-component rule chosen on validation (engine.evaluate.postprocess)
     explicit_flags: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
@@ -379,6 +381,22 @@ def _add_evaluation_arguments(p: argparse.ArgumentParser) -> None:
                         "(default: %(default)s)")
     g.add_argument("--val_every", type=int, default=1, help="validate every N epochs (default: %(default)s)")
     add_external_arguments(g)
+    add_ensemble_arguments(g)
+
+
+def add_ensemble_arguments(g: argparse._ArgumentGroup) -> None:
+    """``--ensemble`` and ``--postprocess`` (the sweep's and ``evaluate_experiment.py aggregate``'s)."""
+    g.add_argument("--ensemble", nargs="+", default=None, metavar="SPEC",
+                   help="ensemble rows (source ensemble): 'folds' adds <model>_ensemble for every model with more "
+                        "than one ok run (the softmax probabilities of its runs' best checkpoints averaged on the test "
+                        "cases, then argmax); a+b[+c] adds row a+b averaging every ok run of those models "
+                        "(default: none)")
+    g.add_argument("--postprocess", action="store_true",
+                   help="choose nnU-Net's largest-component post-processing per model on its validation predictions "
+                        "(26-connected; the whole foreground, then each region; a step kept only when it raises the "
+                        "validation Dice and lowers no region's), written to postprocessing.json, and add rows "
+                        "<model>_postprocessed (each run's test predictions with the rule) and, with --ensemble "
+                        "folds, <model>_ensemble_postprocessed (default: off)")
 
 
 def add_external_arguments(g: argparse._ArgumentGroup) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, ClassVar, Sequence, TypeVar
 
-from engine.options.config import add_data_arguments, add_external_arguments
+from engine.options.config import add_data_arguments, add_ensemble_arguments, add_external_arguments
 from engine.options.evaluate_flags import (add_boxes_json, add_case_arguments, add_checkpoint_outputs,
                                            add_checkpoint_sources, add_folder_arguments, add_inference_arguments,
                                            add_label_arguments, add_model_selection, add_output_csv, add_output_json,
@@ -305,6 +305,8 @@ class AggregateOptions(CommandOptions):
     results_dir: Path
     external_predictions: list[str] | None = None
     external_label_map: list[str] | None = None
+    ensemble: list[str] | None = None
+    postprocess: bool = False
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
@@ -313,6 +315,7 @@ class AggregateOptions(CommandOptions):
             "--results_dir", type=Path, required=True, metavar="DIR",
             help="the sweep folder whose tables and charts are rebuilt from DIR/jobs/ (default: none, required)")
         add_external_arguments(group)
+        add_ensemble_arguments(group)
 
     def check(self) -> None:
         if self.external_label_map and not self.external_predictions:

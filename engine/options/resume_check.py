@@ -30,7 +30,8 @@ FREE_FLAGS = ("models", "seeds", "num_workers", "sharing_strategy", "output_dir"
               "allow_pickle_checkpoint", "gradient_checkpointing",  # whether a checkpoint may be unpickled, not what it holds
               "baseline", "stats_seed", "bootstrap_resamples",  # statistics only (the reducer recomputes them)
               "tracker", "mlflow_uri", "wandb_project",  # trackers mirror the CSV rows
-              "external_predictions", "external_label_map")  # rows added beside the jobs, scored at each start
+              "external_predictions", "external_label_map",  # rows added beside the jobs, scored at each start
+              "ensemble", "postprocess")  # ensemble and post-processed rows, computed from the jobs at each start
 
 
 def _value(record: dict[str, Any], flag: str) -> Any:
