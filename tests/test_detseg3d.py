@@ -406,3 +406,22 @@ def test_the_size_loss_reaches_the_size_head_whatever_its_output() -> None:
     model.training_losses(image, label)["size"].backward()
     assert float(model.detector.size_head[-1].weight.grad.abs().sum()) > 0
     assert float(model.detector.size_head[-1].bias.grad.sum()) < 0  # descent raises the sizes
+
+
+def test_detseg3d_selects_its_epoch_by_boxes_and_masks_not_by_dice_alone() -> None:
+    """The checkpoint of a detector with masks is chosen by the mean of validation mAP and Dice (issue 25: a flat
+    Dice picked epoch 3 of a detector that had found no lesion); a box detector by its mAP alone."""
+    from engine.tasks.detect_segment import DetectSegmentAccumulator, DetectSegmentTask, map_dice
+    from engine.tasks.detection import DetectionTask
+
+    task = DetectSegmentTask("ich")
+    assert task.selection.metric == "map_dice" and task.selection.column == "best_val_map_dice"
+    assert DetectionTask.selection.metric == "map"
+    assert isinstance(task.new_accumulator(stage="val"), DetectSegmentAccumulator)
+    assert map_dice(dict(map=0.4, dice_mean=0.2)) == pytest.approx(0.3)
+    assert map_dice(dict(map=float("nan"), dice_mean=0.2)) == 0.2  # no lesion in the validation scans
+    assert math.isnan(map_dice(dict(map=float("nan"), dice_mean=float("nan"))))
+    # a later epoch that finds the lesions beats an early one whose Dice is a little higher
+    early, late = map_dice(dict(map=0.0, dice_mean=0.05)), map_dice(dict(map=0.3, dice_mean=0.04))
+    assert task.selection.improved(late, early, first=False)
+    assert "val_map_dice" in task.validation_row(dict(map=0.3, dice_mean=0.04, map_dice=late), None)
