@@ -3,6 +3,7 @@ region and channel names read from dataset descriptions."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -82,3 +83,49 @@ def test_channel_names_map_mri_modalities_and_keep_others_generic() -> None:
     assert channel_names(["T1w", "T1Gd", "T2w", "FLAIR"]) == ("t1", "t1ce", "t2", "flair")
     assert channel_names(["t1n", "t1c", "t2f", "CT"]) == ("t1", "t1ce", "flair", "ct")
     assert channel_names(["ADC map", "adc_map", "!!"]) == ("adc_map", "ch1", "ch2")
+
+
+def _lesion_case() -> "CachedCase":
+    """Label 2 ("b"): two lesions, label 1 ("a"): one, on a 16^3 grid."""
+    from dataio.types import CachedCase, CropBox
+
+    label = np.zeros((16, 16, 16), dtype=np.uint8)
+    label[1:4, 1:4, 1:4] = 2
+    label[10:13, 10:13, 10:13] = 2
+    label[1:4, 10:13, 1:4] = 1
+    return CachedCase("c0", "c0", np.zeros((1, 16, 16, 16), np.float32), label, (1.0, 1.0, 1.0), np.eye(4),
+                      (16, 16, 16), CropBox((0, 0, 0), (16, 16, 16)), "identity", channel_names=("ct",))
+
+
+def test_lesion_labels_score_each_chosen_label_as_the_binary_lesion_track_does() -> None:
+    import torch
+
+    from engine.tasks.lesion_metrics import LesionAccumulator, LesionSettings, prediction_from_probability
+
+    case = _lesion_case()
+    predicted = np.zeros_like(case.label)
+    predicted[1:4, 1:4, 1:4] = 2  # the first label-2 lesion found, the second missed
+    predicted[6:8, 1:3, 12:14] = 2  # a false positive of label 2
+    predicted[1:4, 10:13, 1:4] = 1  # label 1 exact
+    logits = torch.nn.functional.one_hot(torch.from_numpy(predicted.astype(np.int64)), 3).permute(3, 0, 1, 2).float()
+    task = MulticlassSegmentationTask(("a", "b"), lesion_labels=("b",))
+    accumulator = task.new_accumulator(stage="test")
+    accumulator.update(case, logits)
+    row, = accumulator.per_case()
+    assert (row["lesions_b"], row["lesions_found_b"], row["lesions_missed_b"], row["fp_components_b"]) == (2, 1, 1, 1)
+    assert "lesions_a" not in row and row["dice_a"] == pytest.approx(1.0)
+    binary = LesionAccumulator(LesionSettings())  # the same case as the binary track sees label 2
+    binary.update(dataclasses.replace(case, label=(case.label == 2).astype(np.uint8)),
+                  prediction_from_probability(torch.softmax(logits, 0)[2].numpy(), predicted == 2, 1))
+    want = {k: v for k, v in binary.aggregate().items() if k != "n_cases"}
+    got = accumulator.aggregate()
+    for key, value in want.items():
+        assert got[f"{key}_b"] == pytest.approx(value, nan_ok=True), key
+    assert set(f"{k}_b" for k in ("map", "froc_cpm", "lesions_found")) <= set(task.result_columns())
+    assert task_from_meta(task.checkpoint_meta()).result_columns() == task.result_columns()
+    assert task.new_accumulator(stage="val").per_case() == []  # validation: no lesion metrics, no cost
+
+
+def test_lesion_labels_must_name_foreground_labels() -> None:
+    with pytest.raises(ValueError, match="--lesion_labels"):
+        MulticlassSegmentationTask(("a", "b"), lesion_labels=("c",))

@@ -26,7 +26,8 @@ def _sweep(data: Path, splits: Path, tmp_path: Path) -> Path:
     code = integrated_experiment.main([
         "--dataset_version", "nnunet", "--data_path", str(data), "--nnunet_splits", str(splits),
         "--cache_dir", str(tmp_path / "cache"), "--output_dir", str(out), "--models", "unet3d_xs", "--tiny",
-        "--epochs", "1", "--seeds", "1", "--samples_per_volume", "1", "--num_workers", "0", "--skip_efficiency"])
+        "--epochs", "1", "--seeds", "1", "--samples_per_volume", "1", "--num_workers", "0", "--skip_efficiency",
+        "--lesion_labels", "label3"])
     assert code == 0
     return out
 
@@ -49,6 +50,8 @@ def test_nnunet_sweep_honours_splits_final_with_label_and_region_columns(tmp_pat
             assert runs[column].map(math.isfinite).all(), column
     cases = pd.read_csv(out / "per_case_results.csv")
     assert sorted(set(cases["case_id"])) == ["TEST_000", "TEST_001"]
+    assert {"map_label3", "froc_cpm_label3", "lesions_found_label3"} <= set(runs.columns)  # --lesion_labels
+    assert cases["lesions_label3"].ge(0).all() and "lesions_label1" not in cases.columns
 
 
 def _small(tmp_path: Path, **kwargs: object) -> Path:

@@ -136,7 +136,7 @@ def test_folder_and_box_evaluations_come_from_the_registry() -> None:
 def test_task_flags_are_the_sweep_options_with_their_defaults() -> None:
     flags = task_flags()
     assert [f.name for f in flags] == ["min_lesion_size", "lesion_hit", "lesion_score_threshold",
-                                       "lesionwise_dilation", "lesionwise_min_size", "clicks", "click_mode"]
+                                       "lesionwise_dilation", "lesionwise_min_size", "lesion_labels", "clicks", "click_mode"]
     assert all(getattr(LesionOptions(), f.name) == f.default for f in flags)
 
 

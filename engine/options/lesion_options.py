@@ -35,6 +35,7 @@ class LesionOptions:
         lesionwise_dilation: BraTS lesion-wise matching dilates each reference lesion this many times
             (26-connected structuring element).
         lesionwise_min_size: BraTS lesion-wise metrics drop reference lesions of this many voxels or fewer.
+        lesion_labels: multi-class datasets: the foreground labels whose lesion metrics are reported too.
         clicks, click_mode: promptable models' interactive evaluation: the click counts reported (None: 1 3 5 10)
             and the click rule (``engine.tasks.clicks``).
         anchor_shapes: RetinaNet base anchor shapes (voxels), triples.
@@ -47,6 +48,7 @@ class LesionOptions:
     lesion_score_threshold: float = 0.5
     lesionwise_dilation: int = 3
     lesionwise_min_size: int = 50
+    lesion_labels: list[str] | None = None
     clicks: list[int] | None = None
     click_mode: str = "random"
     anchor_shapes: list[list[int]] | None = None
