@@ -22,6 +22,7 @@ from engine.fine_tuning import check_fine_tuning, check_train_prompts
 from engine.trainer_settings import TrainerSettings
 from losses import loss_spec
 from models import model_info
+from utils.pretrained import parse_pretrained, pretrained_for
 from utils.schema import SPLITS_JSON, checkpoint_name, job_name
 
 log = logging.getLogger("volbench.plan")
@@ -141,6 +142,7 @@ def plan_models(models: list[str], config: ExperimentConfig, data: SweepData) ->
         if own:
             log.info("%s trains with its own recipe for the flags left unset: %s", name,
                      ", ".join(f"{k} {v}" for k, v in own.items()))
+        _warn_scratch(name, info, trainer, config)
         plans[name] = ModelPlan(setup=setup, task=task, trainer=trainer)
     check_fine_tuning(models, config.freeze_encoder, config.gradient_checkpointing, lambda n: _meta_build(plans[n]))
     check_train_prompts(models, getattr(config, "train_prompts", "none"), lambda n: _meta_build(plans[n]))
@@ -162,3 +164,14 @@ def _overrides(name: str, config: ExperimentConfig) -> dict[str, Any]:
     base = dict(info.tiny_kwargs) if config.tiny else {}
     base.update(config.model_flag_kwargs(info.flag_kwargs))
     return dict(base, **config.model_kwargs.get(name, {}))
+
+
+def _warn_scratch(name: str, info: Any, trainer: TrainerSettings, config: ExperimentConfig) -> None:
+    """Warn when a model with a fine-tuning recipe (``ModelInfo.scratch_flags``) starts from scratch with the
+    recipe's lr: it does not learn so (benchmarks/RESULTS.md), and the flags that make it learn are named."""
+    if not info.scratch_flags or "lr" in config.explicit_flags or "lr" not in info.train_defaults:
+        return
+    if pretrained_for(name, parse_pretrained(config.pretrained_checkpoint)) is not None:
+        return
+    log.warning("%s starts from scratch with its fine-tuning recipe (lr %g, meant for released weights); from "
+                "scratch it learns with %s (benchmarks/RESULTS.md)", name, trainer.lr, info.scratch_flags)

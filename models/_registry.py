@@ -79,6 +79,9 @@ class ModelInfo:
         preprocessing: the model's own input preprocessing on top of the dataset's (:class:`InputPreprocessing`,
             e.g. SAM-Med3D's 1.5 mm isotropic voxels and z-normalised foreground), cached under its own key and
             used in training, validation, testing and re-evaluation; ``None`` (default): the dataset's, shared.
+        scratch_flags: for a model whose recipe is a fine-tuning recipe (meant for released weights), the flags
+            a run from scratch needs to learn (e.g. ``--lr 1e-3 --grad_accum 1``); the sweep warns when the model
+            starts without a checkpoint and the recipe's lr is in force. Empty: the recipe suits both.
     """
 
     name: str
@@ -101,6 +104,7 @@ class ModelInfo:
     train_defaults: dict[str, Any] = field(default_factory=dict)
     flag_kwargs: dict[str, str] = field(default_factory=dict)
     preprocessing: "InputPreprocessing | None" = None
+    scratch_flags: str = ""
 
     @property
     def in_channels(self) -> int:
