@@ -21,7 +21,7 @@ import numpy as np
 
 from .input_errors import map_all
 from .nifti_io import load_label, load_volume
-from .preprocess import _check_finite, _check_same_grid, brain_crop, normalise_nonzero
+from .preprocess import Grid, _check_finite, _check_same_grid, check_clip_percentiles, cropped_case
 from .types import CachedCase, CaseFiles
 
 logger = logging.getLogger(__name__)
@@ -75,28 +75,13 @@ def preprocess_channels_case(case: CaseFiles, *, clip_percentiles: tuple[float, 
         ValueError: naming the case and files for grid mismatches, undeclared label values, an all-zero image;
             :class:`~dataio.input_errors.InputErrors` listing every unreadable file of the case.
     """
-    lo, hi = clip_percentiles
-    if not 0.0 <= lo < hi <= 100.0:
-        raise ValueError(f"clip_percentiles must satisfy 0 <= low < high <= 100, got {clip_percentiles}")
+    check_clip_percentiles(clip_percentiles)
     arrays, files, affine, spacing, names = _channels(case)
     _check_finite(arrays, files)
     label = None
-    mask = np.zeros(arrays[0].shape, dtype=bool)
     if case.label is not None:
         raw, label_affine, _ = load_label(case.label)
         _check_same_grid(case, [files[0], case.label], [arrays[0], raw], affine, label_affine)
         label = _check_label_values(raw, case, label_values)
-        mask |= label != 0
-    for array in arrays:
-        mask |= array != 0
-    if not mask.any():
-        raise ValueError(f"case {case.case_id}: every image voxel is 0 in {sorted(set(map(str, files)))}")
-    crop = brain_crop(mask)
-    sl = crop.slices()
-    image = np.stack([normalise_nonzero(a[sl], clip_percentiles) for a in arrays]).astype(np.float32)
-    return CachedCase(
-        case_id=case.case_id, patient_id=case.patient_id, image=image,
-        label=None if label is None else np.ascontiguousarray(label[sl]),
-        spacing=tuple(float(s) for s in spacing), affine=affine,  # type: ignore[arg-type]
-        original_shape=tuple(int(s) for s in arrays[0].shape),  # type: ignore[arg-type]
-        crop=crop, convention=IDENTITY_CONVENTION, channel_names=names)
+    return cropped_case(case, arrays, files, label, Grid(affine, spacing), clip_percentiles,
+                        convention=IDENTITY_CONVENTION, channel_names=names, keep_label=True)

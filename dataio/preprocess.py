@@ -9,6 +9,7 @@ The crop is the bounding box of the brain mask = union of non-zero voxels over a
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -100,9 +101,7 @@ def preprocess_case(case: CaseFiles, *, clip_percentiles: tuple[float, float] = 
             case's convention, an all-zero image or bad percentiles; :class:`~dataio.input_errors.InputErrors`
             listing every unreadable file or file with NaN / infinite voxels of the case.
     """
-    lo, hi = clip_percentiles
-    if not 0.0 <= lo < hi <= 100.0:
-        raise ValueError(f"clip_percentiles must satisfy 0 <= low < high <= 100, got {clip_percentiles}")
+    check_clip_percentiles(clip_percentiles)
     arrays, files, affine, spacing = _load_modalities(case)
     _check_finite(arrays, files)
     label = None
@@ -110,7 +109,37 @@ def preprocess_case(case: CaseFiles, *, clip_percentiles: tuple[float, float] = 
         raw, label_affine, _ = load_label(case.label)
         _check_same_grid(case, [files[0], case.label], [arrays[0], raw], affine, label_affine)
         label = to_internal(raw, case.convention, source=str(case.label))
+    return cropped_case(case, arrays, files, label, Grid(affine, spacing), clip_percentiles,
+                        convention=case.convention, channel_names=MODALITY_ORDER)
+
+
+def check_clip_percentiles(clip_percentiles: tuple[float, float]) -> None:
+    """``0 <= low < high <= 100`` or ``ValueError``."""
+    lo, hi = clip_percentiles
+    if not 0.0 <= lo < hi <= 100.0:
+        raise ValueError(f"clip_percentiles must satisfy 0 <= low < high <= 100, got {clip_percentiles}")
+
+
+@dataclass(frozen=True)
+class Grid:
+    """The original image's voxel grid: 4x4 affine and spacing in mm."""
+
+    affine: np.ndarray
+    spacing: tuple[float, ...]
+
+
+def cropped_case(case: CaseFiles, arrays: list[np.ndarray], files: list[Path], label: np.ndarray | None, grid: Grid,
+                 clip_percentiles: tuple[float, float], *, convention: str, channel_names: tuple[str, ...],
+                 keep_label: bool = False) -> CachedCase:
+    """The :class:`CachedCase` of loaded channels: cropped to the box of the non-zero image voxels (``keep_label``:
+    and of the labelled ones), each channel clipped and z-scored inside its non-zero voxels.
+
+    Raises:
+        ValueError: every image voxel is 0 (naming the files).
+    """
     mask = np.zeros(arrays[0].shape, dtype=bool)
+    if keep_label and label is not None:
+        mask |= label != 0
     for array in arrays:
         mask |= array != 0
     if not mask.any():
@@ -121,9 +150,9 @@ def preprocess_case(case: CaseFiles, *, clip_percentiles: tuple[float, float] = 
     return CachedCase(
         case_id=case.case_id, patient_id=case.patient_id, image=image,
         label=None if label is None else np.ascontiguousarray(label[sl]),
-        spacing=tuple(float(s) for s in spacing), affine=affine,  # type: ignore[arg-type]
+        spacing=tuple(float(s) for s in grid.spacing), affine=grid.affine,  # type: ignore[arg-type]
         original_shape=tuple(int(s) for s in arrays[0].shape),  # type: ignore[arg-type]
-        crop=crop, convention=case.convention)
+        crop=crop, convention=convention, channel_names=channel_names)
 
 
 def paste_back(array_cropped: np.ndarray, crop: CropBox, original_shape: tuple[int, int, int],
