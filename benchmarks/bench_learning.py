@@ -206,7 +206,7 @@ LONG = {"detseg3d", "retinanet", "mednext_s", "mobile_unetr"}
 # CT models on the ct_large track, each with the reason (their steps cost ~10x a tiny U-Net's).
 LARGE = {
     "swin_unetr": "32-divisible windows; 32^3 fails (1-voxel bottleneck): 64 x 64 x 32",
-    "mobile_unetr_3d": "64-divisible windows: 64 x 64 x 64",
+    "mobile_unetr_3d": "64-divisible windows: 64 x 64 x 32",
 }
 # The family's representative when it is not simply the smallest model.
 PREFERRED = {
