@@ -34,6 +34,18 @@ def nondeterministic() -> Iterator[None]:
         torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
 
 
+@pytest.fixture(autouse=True)
+def two_threads() -> Iterator[None]:
+    """PyTorch's backend choice (slow kernel at batch 1, oneDNN at batch 2) depends on the thread count: these cases
+    are stated for the machine's 2 threads, also when the suite's workers run on one."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def split_calls(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
     """Counts of calls into the two split functions."""
