@@ -37,3 +37,13 @@ def quick_threads_parser(description: str, quick_help: str, threads_help: str = 
     p.add_argument("--quick", action="store_true", help=quick_help)
     p.add_argument("--threads", type=int, default=2, help=threads_help)
     return p
+
+
+def machine_busy(loads: tuple[float, float], share: float) -> bool:
+    """Whether other processes held the cores while timing: the load per core beyond this run's threads
+    (``loads``: before / after) above ``BUSY_LOAD``, or this process's CPU share below ``BUSY_SHARE``."""
+    import os
+
+    from metrics.efficiency import BUSY_LOAD, BUSY_SHARE
+
+    return max(loads) - torch.get_num_threads() / (os.cpu_count() or 1) > BUSY_LOAD or share < BUSY_SHARE

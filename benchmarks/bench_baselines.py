@@ -41,14 +41,14 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._timing import CpuClock, quick_threads_parser  # noqa: E402
+from benchmarks._timing import CpuClock, machine_busy, quick_threads_parser  # noqa: E402
 import engine.tasks  # noqa: E402,F401  (sets create_model's default out_channels per model kind)
 from engine.model_setup import setup_model  # noqa: E402
 from engine.optim import build_optimizer  # noqa: E402
 from engine.trainer_settings import TrainerSettings  # noqa: E402
 from losses import create_loss  # noqa: E402
 from losses.deep_supervision import deep_supervision_loss  # noqa: E402
-from metrics.efficiency import BUSY_LOAD, BUSY_SHARE, MB, machine_load, measure_pam  # noqa: E402
+from metrics.efficiency import MB, machine_load, measure_pam  # noqa: E402
 from models import model_info  # noqa: E402
 from utils.cpu_conv import native_convs  # noqa: E402
 
@@ -144,7 +144,7 @@ def bench_model(name: str, args: argparse.Namespace, timer: CpuClock) -> dict[st
 
 def report(rows: list[dict[str, Any]], args: argparse.Namespace, loads: tuple[float, float], timer: CpuClock) -> None:
     share = timer.share()
-    busy = max(loads) - torch.get_num_threads() / (os.cpu_count() or 1) > BUSY_LOAD or share < BUSY_SHARE
+    busy = machine_busy(loads, share)
     print(f"# bench_baselines  {datetime.datetime.now().isoformat(timespec='seconds')}")
     print(f"machine: {platform.platform()} | {platform.processor() or platform.machine()} | cpu_count "
           f"{os.cpu_count()} | torch {torch.__version__} | threads {torch.get_num_threads()}")

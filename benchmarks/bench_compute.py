@@ -40,8 +40,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._timing import CpuClock, quick_threads_parser  # noqa: E402
-from metrics.efficiency import BUSY_LOAD, BUSY_SHARE, machine_load, measure_latency  # noqa: E402
+from benchmarks._timing import CpuClock, machine_busy, quick_threads_parser  # noqa: E402
+from metrics.efficiency import machine_load, measure_latency  # noqa: E402
 from models import create_model, model_info  # noqa: E402
 from utils.cpu_conv import apply_depth_split_convs, native_convs, slow_kernel  # noqa: E402
 
@@ -212,7 +212,7 @@ def options(split: nn.Module, x: torch.Tensor, label: torch.Tensor, args: argpar
 def report(rows: list[dict], peak: float, args: argparse.Namespace, loads: tuple[float, float],
            timer: CpuClock) -> None:
     share = timer.share()
-    busy = max(loads) - torch.get_num_threads() / (os.cpu_count() or 1) > BUSY_LOAD or share < BUSY_SHARE
+    busy = machine_busy(loads, share)
     print(f"# bench_compute  {datetime.datetime.now().isoformat(timespec='seconds')}")
     print(f"machine: {platform.platform()} | cpu_count {os.cpu_count()} | torch {torch.__version__} "
           f"(threads {torch.get_num_threads()}, oneDNN {torch.backends.mkldnn.is_available()}) | python "

@@ -47,8 +47,8 @@ from engine.model_setup import ModelSetup, setup_model  # noqa: E402
 from engine.tasks import task_for  # noqa: E402
 from engine.train_state import TrainState  # noqa: E402
 from engine.trainer import Optimisation, TrainerSettings, train_one_epoch  # noqa: E402
-from benchmarks._timing import CpuClock, quick_threads_parser  # noqa: E402
-from metrics.efficiency import BUSY_LOAD, BUSY_SHARE, machine_load  # noqa: E402
+from benchmarks._timing import CpuClock, machine_busy, quick_threads_parser  # noqa: E402
+from metrics.efficiency import machine_load  # noqa: E402
 from models import model_info  # noqa: E402
 from utils.seeding import seed_everything  # noqa: E402
 
@@ -241,7 +241,7 @@ def profile_summary(stats: pstats.Stats, n: int = 18) -> list[tuple[str, float, 
 def report(overhead: list[dict[str, Any]], job: dict[str, Any], args: argparse.Namespace,
            loads: tuple[float, float], clock: CpuClock) -> None:
     share = clock.share()
-    busy = max(loads) - torch.get_num_threads() / (os.cpu_count() or 1) > BUSY_LOAD or share < BUSY_SHARE
+    busy = machine_busy(loads, share)
     print(f"# bench_runner_overhead  {datetime.datetime.now().isoformat(timespec='seconds')}")
     print(f"machine: {platform.platform()} | cpu_count {os.cpu_count()} | torch {torch.__version__} "
           f"(threads {torch.get_num_threads()}) | python {platform.python_version()}")

@@ -164,15 +164,22 @@ def score_source(source: ExternalSource, cases: list[CachedCase], task: Task) ->
                              desc=source.name)
 
 
+def _fresh_folder(output_dir: Path, source: ExternalSource, position: int,
+                  **info: Any) -> tuple[JobFolder, dict[str, Any]]:
+    """The source's job folder ``jobs/<name>_seed_0``, emptied, with its ``job.json`` (``info`` added); its run keys."""
+    keys = dict(model=source.name, seed=EXTERNAL_SEED, fold=None)
+    folder = JobFolder.of(Path(output_dir) / JOBS_DIR, source.name, EXTERNAL_SEED, None)
+    folder.clear_results()
+    folder.write_job(dict(keys, index=EXTERNAL_INDEX + position, source="external", **info))
+    return folder, keys
+
+
 def write_external_job(output_dir: Path, source: ExternalSource, cases: list[CachedCase], task: Task, *,
                        position: int = 0) -> dict[str, Any]:
     """Score ``source`` and write it as the job folder ``jobs/<name>_seed_0``; returns its run row."""
     result = score_source(source, cases, task)
-    keys = dict(model=source.name, seed=EXTERNAL_SEED, fold=None)
-    folder = JobFolder.of(Path(output_dir) / JOBS_DIR, source.name, EXTERNAL_SEED, None)
-    folder.clear_results()
-    folder.write_job(dict(keys, index=EXTERNAL_INDEX + position, result_columns=list(task.result_columns()),
-                          source="external", folder=str(source.folder)))
+    folder, keys = _fresh_folder(output_dir, source, position, result_columns=list(task.result_columns()),
+                                 folder=str(source.folder))
     for table, rows in result.all_tables().items():
         folder.write_table(table, [dict(keys, **r) for r in rows])
     row = dict(keys, status="ok", error="", epochs=0, n_test_cases=len(result.per_case),
@@ -193,10 +200,7 @@ def add_external_rows(output_dir: Path, sources: list[ExternalSource], cases: li
             rows.append(write_external_job(output_dir, source, cases, task, position=position))
         except ValueError as exc:
             log.error("external predictions %s failed: %s", source.name, exc)
-            keys = dict(model=source.name, seed=EXTERNAL_SEED, fold=None)
-            folder = JobFolder.of(Path(output_dir) / JOBS_DIR, source.name, EXTERNAL_SEED, None)
-            folder.clear_results()
-            folder.write_job(dict(keys, index=EXTERNAL_INDEX + position, source="external"))
+            folder, keys = _fresh_folder(output_dir, source, position)
             row = dict(keys, status="failed", error=f"{type(exc).__name__}: {exc}"[:500], epochs=0,
                        **task.run_labels(), **{SOURCE_COLUMN: "external"})
             folder.write_table("runs", [row])
