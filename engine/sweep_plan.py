@@ -137,7 +137,8 @@ def plan_models(models: list[str], config: ExperimentConfig, data: SweepData) ->
                             requested_patch=requested, data_extent=data.extent,
                             inputs=InputChoices(dim=config.dim, context_slices=config.context_slices,
                                                 foreground_fraction=config.foreground_fraction),
-                            overrides=_overrides(name, config), cpu_conv=cpu_conv_wanted(config))
+                            overrides=_with_spacing(info, _overrides(name, config), data),
+                            cpu_conv=cpu_conv_wanted(config))
         own = {k: getattr(trainer, k) for k in info.train_defaults if getattr(trainer, k) != getattr(config, k)}
         if own:
             log.info("%s trains with its own recipe for the flags left unset: %s", name,
@@ -164,6 +165,24 @@ def _overrides(name: str, config: ExperimentConfig) -> dict[str, Any]:
     base = dict(info.tiny_kwargs) if config.tiny else {}
     base.update(config.model_flag_kwargs(info.flag_kwargs))
     return dict(base, **config.model_kwargs.get(name, {}))
+
+
+def median_spacing(cases: Any) -> tuple[float, ...]:
+    """Median voxel spacing (mm per array axis) over ``cases`` (:class:`CachedCase`)."""
+    spacings = np.array([c.spacing for c in cases], dtype=np.float64)
+    return tuple(float(v) for v in np.median(spacings, axis=0))
+
+
+def _with_spacing(info: Any, overrides: dict[str, Any], data: SweepData) -> dict[str, Any]:
+    """``overrides`` plus the dataset's median spacing under ``info.spacing_kwarg`` when the model takes it and
+    ``--model_kwargs`` does not give it (recorded in the checkpoint's build kwargs like any other)."""
+    key = info.spacing_kwarg
+    if not key or key in overrides or not data.cases:
+        return overrides
+    spacing = median_spacing(data.cases.values())
+    log.info("%s is built for the dataset's median spacing %s mm (%s)", info.name,
+             " x ".join(f"{v:g}" for v in spacing), key)
+    return dict(overrides, **{key: spacing})
 
 
 def _warn_scratch(name: str, info: Any, trainer: TrainerSettings, config: ExperimentConfig) -> None:

@@ -82,6 +82,9 @@ class ModelInfo:
         scratch_flags: for a model whose recipe is a fine-tuning recipe (meant for released weights), the flags
             a run from scratch needs to learn (e.g. ``--lr 1e-3 --grad_accum 1``); the sweep warns when the model
             starts without a checkpoint and the recipe's lr is in force. Empty: the recipe suits both.
+        spacing_kwarg: the builder keyword that receives the dataset's voxel spacing (mm per array axis, the
+            median over the sweep's cases) unless ``--model_kwargs`` gives it (DetSeg3D plans its detector grid
+            from it); empty: the builder is not told the spacing.
     """
 
     name: str
@@ -105,6 +108,7 @@ class ModelInfo:
     flag_kwargs: dict[str, str] = field(default_factory=dict)
     preprocessing: "InputPreprocessing | None" = None
     scratch_flags: str = ""
+    spacing_kwarg: str = ""
 
     @property
     def in_channels(self) -> int:

@@ -425,3 +425,68 @@ def test_detseg3d_selects_its_epoch_by_boxes_and_masks_not_by_dice_alone() -> No
     early, late = map_dice(dict(map=0.0, dice_mean=0.05)), map_dice(dict(map=0.3, dice_mean=0.04))
     assert task.selection.improved(late, early, first=False)
     assert "val_map_dice" in task.validation_row(dict(map=0.3, dice_mean=0.04, map_dice=late), None)
+
+
+# ----------------------------------------------------------------------------- anisotropic grid
+def test_anisotropic_targets_decode_back_and_keep_the_seed_sigma_rule() -> None:
+    """A per-axis stride (8, 8, 2): the thin lesion's centre cell, size and offset are in cells of each axis,
+    decoding gives its box back, and sigma uses the size in cells per axis (the seed's rule when isotropic)."""
+    label = _thin_lesion()  # box [21, 34, 9, 26, 41, 10]: centre (23.5, 37.5, 9.5)
+    t = R.make_targets(label, (8, 8, 8), stride=(8, 8, 2))
+    heat = t["heatmap"][0]
+    assert np.unravel_index(heat.argmax(), heat.shape) == (2, 4, 4)
+    np.testing.assert_allclose(t["size"][:, 2, 4, 4], [5 / 8, 7 / 8, 1 / 2])
+    np.testing.assert_allclose(t["offset"][:, 2, 4, 4], [23.5 / 8 - 2, 37.5 / 8 - 4, 9.5 / 2 - 4])
+    heat_t, size_t, offset_t = (torch.from_numpy(t[k]) for k in ("heatmap", "size", "offset"))
+    boxes, _ = R.extract_rois(heat_t[0], size_t, offset_t, threshold=0.1, stride=(8, 8, 2))
+    np.testing.assert_allclose(boxes[0], [21, 34, 9, 26, 41, 10], atol=1e-5)
+    assert R.gaussian_sigma((64, 64, 40), stride=(8, 8, 2)) == 2.0  # min(8, 8, 20) cells / 4
+    assert R.gaussian_sigma((40, 64, 64), stride=8) == R.gaussian_sigma((40, 64, 64), stride=(8, 8, 8)) == 2.0
+
+
+def test_anisotropic_detector_halves_the_coarse_axis_last() -> None:
+    from models.detection.detseg3d import level_strides
+
+    assert level_strides((8, 8, 8)) == [(2, 2, 2)] * 3
+    assert level_strides((8, 8, 2)) == [(2, 2, 1), (2, 2, 1), (2, 2, 2)]
+    assert level_strides((8, 8, 1)) == [(2, 2, 1)] * 3
+    with pytest.raises(ValueError, match="1, 2, 4, 8"):
+        level_strides((8, 8, 3))
+    model = _tiny(stride=[8, 8, 2])
+    heat, size, offset = model.detector(torch.zeros(1, 1, 32, 32, 16))
+    assert heat.shape == (1, 1, 4, 4, 8) and size.shape == offset.shape == (1, 3, 4, 4, 8)
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in _tiny().parameters())
+    found = model.predict(torch.rand(1, 30, 27, 13))  # padded to (32, 32, 14) for the (8, 8, 2) grid
+    assert found.probability.shape == (30, 27, 13)
+
+
+@pytest.mark.parametrize("spacing, grid", [(None, (8, 8, 8)), ((1.0, 1.0, 1.0), (8, 8, 8)), ((0.9, 0.9, 4.5), (8, 8, 2)),
+                                           ((1.0, 1.0, 5.0), (8, 8, 2)), ((0.7, 0.7, 1.25), (8, 8, 4)),
+                                           ((3.0, 1.0, 1.0), (2, 8, 8)), ((0.5, 0.5, 10.0), (8, 8, 1))])
+def test_detector_grid_follows_the_voxel_spacing(spacing, grid) -> None:
+    from models.detection.detseg3d import grid_for_spacing
+
+    assert grid_for_spacing(spacing) == grid
+    assert _tiny(spacing=spacing).stride == grid
+    assert _tiny(spacing=spacing, stride=4).stride == (4, 4, 4)  # an explicit stride wins
+
+
+def test_the_sweep_builds_detseg3d_for_the_dataset_spacing(tmp_path) -> None:
+    """The runner passes the median spacing of the sweep's cases (ModelInfo.spacing_kwarg) unless --model_kwargs
+    gives one; the build kwargs (what checkpoints record) carry it."""
+    from engine.options.config import parse_config
+    from engine.sweep_plan import median_spacing, plan_models, prepare_data
+
+    config = parse_config(["--dataset_version", "synthetic_ich", "--synthetic_cases", "8", "--synthetic_size", "32",
+                           "32", "16", "--tiny", "--models", "detseg3d", "unet3d_xs", "--cache_dir",
+                           str(tmp_path / "cache")])
+    data = prepare_data(config, tmp_path / "out")
+    plans = plan_models(["detseg3d", "unet3d_xs"], config, data)
+    spacing = plans["detseg3d"].setup.model_kwargs["spacing"]
+    assert spacing == median_spacing(data.cases.values()) and 4.0 <= spacing[2] <= 5.0 and spacing[0] < 1.01
+    assert plans["detseg3d"].setup.build().stride == (8, 8, 2)
+    assert "spacing" not in plans["unet3d_xs"].setup.model_kwargs
+    config = parse_config(["--dataset_version", "synthetic_ich", "--synthetic_cases", "8", "--synthetic_size", "32",
+                           "32", "16", "--tiny", "--models", "detseg3d", "--cache_dir", str(tmp_path / "cache"),
+                           "--model_kwargs", '{"detseg3d": {"spacing": [1, 1, 1]}}'])
+    assert plan_models(["detseg3d"], config, data)["detseg3d"].setup.build().stride == (8, 8, 8)

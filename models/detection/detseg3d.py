@@ -13,15 +13,21 @@ After kevinkwshin/DetSeg3D ``main.py`` (MODEL_SPECS 2.1), with these deliberate 
 - each RoI has two boxes: the decoded *detection box* (reported and scored against the lesions' boxes) and a
   *crop box* of the same centre with sizes clipped to ``[min_box, max_box]`` (segmented and pasted back), so
   a lesion thinner than ``min_box`` (one 5 mm slice of a head CT) keeps a box that can overlap its own;
+- the detector's grid follows the voxel spacing (:func:`grid_for_spacing`): stride 8 on the finest axis and about as
+  many mm on the others, halving the coarse axis at the last levels as nnU-Net plans anisotropic data (the seed
+  strides 8 on every axis: on head CT of 5 mm slices a cell spans 40 mm across slices, two cells the whole
+  phantom, and the z offset of a one-slice haemorrhage cannot be learnt; see benchmarks/RESULTS.md); isotropic
+  voxels keep the seed's grid;
 - RoI peaks go through 3D NMS; training RoIs are the ground-truth boxes (plain and jittered) and the
   detector's proposals that hit a lesion, plus hard negatives; the RoI U-Net uses instance norm.
 
 Stage 1, detector (GroupNorm + ReLU throughout): init Convolution 3^3 (in -> c); three levels, each a MONAI
-``ResidualUnit`` (2 subunits, 3^3) then a stride-2 ``Convolution`` (c -> 2c -> 4c -> 8c); a fusion
+``ResidualUnit`` (2 subunits, 3^3) then a strided ``Convolution`` (c -> 2c -> 4c -> 8c; stride 2 on each axis
+the grid halves at that level); a fusion
 ``ResidualUnit`` (8c); three heads, each Convolution 3^3 (8c -> 4c, GroupNorm, ReLU) + 1^3 conv:
 heatmap (1 channel, logits; bias initialised to the focal prior -log((1 - 0.01) / 0.01)),
 size (3 channels, ``exp`` of the head's output clipped to +-``LOG_SIZE_LIMIT`` with gradients passing the clip,
-in cells = voxels / 8; about 1 cell at initialisation), offset (3 channels, sigmoid, in [0, 1) of a cell).
+in cells = voxels / stride; about 1 cell at initialisation), offset (3 channels, sigmoid, in [0, 1) of a cell).
 
 Stage 2, RoI segmenter: MONAI ``UNet`` (3D, in_channels -> 1 logit, channels ``seg_channels``, strides 2,
 2 residual units, dropout 0.1, instance norm, so each RoI is segmented independently of its mini-batch).
@@ -70,23 +76,49 @@ def _norm(channels: int) -> tuple[str, dict[str, int]]:
     return ("GROUP", {"num_groups": math.gcd(channels, 8)})
 
 
-def _conv(cin: int, cout: int, strides: int = 1) -> Convolution:
-    return Convolution(3, cin, cout, strides=strides, kernel_size=3, act="RELU", norm=_norm(cout))
+def _conv(cin: int, cout: int) -> Convolution:
+    return Convolution(3, cin, cout, kernel_size=3, act="RELU", norm=_norm(cout))
+
+
+def grid_for_spacing(spacing: Sequence[float] | None) -> tuple[int, int, int]:
+    """The detector's stride per axis for voxels of ``spacing`` (mm per axis): 8 on the finest axis, and on each
+    other axis the power of two in [1, 8] nearest (in log scale) to ``8 * finest / spacing``, so the cells are
+    about as long in mm on every axis; ``None`` or isotropic voxels: the seed's 8 on every axis. Head CT of 0.9 mm
+    x 0.9 mm x 4.5 mm gets (8, 8, 2): cells of 7 x 7 x 9 mm instead of 7 x 7 x 36 mm, two of which span the
+    16 slices of a phantom."""
+    if spacing is None:
+        return (STRIDE,) * 3
+    sp = np.asarray(spacing, dtype=np.float64)
+    if sp.shape != (3,) or not np.all(np.isfinite(sp)) or (sp <= 0).any():
+        raise ValueError(f"spacing must be three positive sizes in mm, got {spacing}")
+    power = np.clip(np.round(np.log2(STRIDE * sp.min() / sp)), 0, 3)
+    return tuple(int(2 ** p) for p in power)  # type: ignore[return-value]
+
+
+def level_strides(stride: Sequence[int]) -> list[tuple[int, ...]]:
+    """Per-level conv strides of the detector's three levels for a total per-axis ``stride`` (each 1, 2, 4 or 8):
+    an axis of stride ``2^n`` is halved at the last ``n`` levels (as nnU-Net plans an anisotropic axis: the
+    fine axes are halved first, the coarse one once they have caught up)."""
+    powers = [int(round(math.log2(s))) for s in stride]
+    if len(stride) != 3 or any(s not in (1, 2, 4, 8) for s in stride):
+        raise ValueError(f"detector stride must be three of 1, 2, 4, 8 per axis, got {tuple(stride)}")
+    return [tuple(2 if k >= 3 - p else 1 for p in powers) for k in range(3)]
 
 
 class CenterNetDetector3D(nn.Module):
-    """Anchor-free detector at stride 8: returns ``(heatmap logits (B,1), size (B,3), offset (B,3))`` maps."""
+    """Anchor-free detector at ``stride`` (per axis; the seed's 8 on every axis by default): returns
+    ``(heatmap logits (B,1), size (B,3), offset (B,3))`` maps."""
 
-    def __init__(self, in_channels: int, base_channels: int = 32) -> None:
+    def __init__(self, in_channels: int, base_channels: int = 32, stride: Sequence[int] = (STRIDE,) * 3) -> None:
         super().__init__()
         c = int(base_channels)
         self.init_conv = _conv(in_channels, c)
         levels = []
-        for k in range(3):
+        for k, strides in enumerate(level_strides(stride)):
             cin = c * 2**k
             levels.append(nn.Sequential(
                 ResidualUnit(3, cin, cin, strides=1, kernel_size=3, subunits=2, act="RELU", norm=_norm(cin)),
-                _conv(cin, 2 * cin, strides=2)))
+                Convolution(3, cin, 2 * cin, strides=strides, kernel_size=3, act="RELU", norm=_norm(2 * cin))))
         self.encoder = nn.Sequential(*levels)
         self.fusion = ResidualUnit(3, 8 * c, 8 * c, strides=1, kernel_size=3, subunits=2, act="RELU",
                                    norm=_norm(8 * c))
@@ -103,10 +135,11 @@ class CenterNetDetector3D(nn.Module):
         return self.heatmap_head(f), log_size.exp(), torch.sigmoid(self.offset_head(f))
 
 
-def _pad_to(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, ...]]:
-    """Zero-pad the last three axes at their end to a multiple of ``multiple``; returns the original shape."""
+def _pad_to(x: torch.Tensor, multiple: Sequence[int]) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """Zero-pad the last three axes at their end to a multiple of ``multiple`` (per axis); returns the original
+    shape."""
     shape = tuple(x.shape[-3:])
-    pads = [(-s) % multiple for s in shape]
+    pads = [(-s) % int(m) for s, m in zip(shape, multiple)]
     if any(pads):
         x = F.pad(x, (0, pads[2], 0, pads[1], 0, pads[0]))
     return x, shape
@@ -138,6 +171,10 @@ class DetSeg3D(nn.Module):
         seg_lambda: weight of the RoI segmentation loss.
         seg_dropout: dropout of the RoI U-Net.
         dice_smooth: smoothing of the per-RoI Dice loss.
+        stride: the detector's grid in voxels per axis (one int or three of 1, 2, 4, 8; see :func:`level_strides`);
+            ``None``: planned from ``spacing`` (:func:`grid_for_spacing`).
+        spacing: voxel spacing in mm per axis (the sweep passes the dataset's median spacing); ``None`` and no
+            ``stride``: the seed's 8 on every axis.
     """
 
     def __init__(self, *, in_channels: int = 1, base_channels: int = 32,
@@ -145,8 +182,11 @@ class DetSeg3D(nn.Module):
                  max_rois: int = 64, roi_batch_size: int = 8, train_threshold: float = 0.3,
                  infer_threshold: float = 0.1, nms_iou: float = 0.3, min_box: float = 8.0, max_box: float = 64.0,
                  min_lesion_size: int = 1, neg_ratio: float = 1.0, roi_jitter: float = 0.15,
-                 seg_lambda: float = 1.0, seg_dropout: float = 0.1, dice_smooth: float = 1.0) -> None:
+                 seg_lambda: float = 1.0, seg_dropout: float = 0.1, dice_smooth: float = 1.0,
+                 stride: int | Sequence[int] | None = None, spacing: Sequence[float] | None = None) -> None:
         super().__init__()
+        grid = grid_for_spacing(spacing) if stride is None else stride
+        self.stride = tuple(int(s) for s in np.broadcast_to(np.asarray(grid), (3,)))
         seg_channels = tuple(int(c) for c in seg_channels)
         roi_size = tuple(int(r) for r in roi_size)
         if len(roi_size) != 3 or min(roi_size) < 1:
@@ -172,7 +212,7 @@ class DetSeg3D(nn.Module):
         self.min_lesion_size, self.neg_ratio = int(min_lesion_size), float(neg_ratio)
         self.roi_jitter = float(roi_jitter)
         self.seg_lambda, self.dice_smooth = float(seg_lambda), float(dice_smooth)
-        self.detector = CenterNetDetector3D(in_channels, base_channels)
+        self.detector = CenterNetDetector3D(in_channels, base_channels, self.stride)
         self.segmenter = UNet(spatial_dims=3, in_channels=in_channels, out_channels=1, channels=seg_channels,
                               strides=(2,) * (len(seg_channels) - 1), num_res_units=2, norm="INSTANCE",
                               dropout=seg_dropout)
@@ -189,7 +229,7 @@ class DetSeg3D(nn.Module):
               fallback: bool, straight_through: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Detection boxes (N, 6) and scores (N,) of one image's maps (:func:`models.detection.roi.extract_rois`)."""
         return R.extract_rois(torch.sigmoid(heat_logits[0]), size, offset, threshold=threshold, nms_iou=self.nms_iou,
-                              max_rois=self.max_rois, stride=STRIDE, max_size=self.max_box, fallback=fallback,
+                              max_rois=self.max_rois, stride=self.stride, max_size=self.max_box, fallback=fallback,
                               straight_through=straight_through)
 
     def crop_boxes(self, boxes: torch.Tensor, straight_through: bool = False) -> torch.Tensor:
@@ -200,7 +240,7 @@ class DetSeg3D(nn.Module):
                         ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
         """Full pass: probabilities (B, 1, D, H, W), per-image detection boxes (clipped to the image; those left
         without volume dropped) and scores, and each image's highest heatmap probability (B,)."""
-        xp, shape = _pad_to(x, STRIDE)
+        xp, shape = _pad_to(x, self.stride)
         heat, size, offset = self.detector(xp)
         boxes, scores, cropped, crops = [], [], [], []
         for b in range(x.shape[0]):
@@ -258,12 +298,12 @@ class DetSeg3D(nn.Module):
             label = label[:, 0]
         if label.shape != (image.shape[0], *image.shape[2:]):
             raise ValueError(f"label must be (B, *patch) matching image {tuple(image.shape)}, got {tuple(label.shape)}")
-        xp, _ = _pad_to(image, STRIDE)
-        lp, _ = _pad_to(label, STRIDE)
+        xp, _ = _pad_to(image, self.stride)
+        lp, _ = _pad_to(label, self.stride)
         heat, size, offset = self.detector(xp)
         fshape = heat.shape[2:]
         lab_np = (lp.detach().cpu().numpy() > 0)
-        tgts = [R.make_targets(lab_np[b], fshape, stride=STRIDE, min_lesion_size=self.min_lesion_size)
+        tgts = [R.make_targets(lab_np[b], fshape, stride=self.stride, min_lesion_size=self.min_lesion_size)
                 for b in range(image.shape[0])]
         dev, dt = heat.device, heat.dtype
         stacked = {k: torch.from_numpy(np.stack([t[k] for t in tgts])).to(dev, dt)
@@ -341,7 +381,7 @@ FLAG_KWARGS = dict(max_rois="max_rois", roi_batch_size="roi_batch_size", roi_siz
 @register_model(family="detseg3d", task="detect_segment", spatial_dims=3, divisibility=STRIDE,
                 default_patch_size=_DEFAULT_PATCH, paper=PAPER, num_params=13_268_657, tiny_kwargs=TINY,
                 test_patch_size=(32, 32, 16), train_defaults=dict(optimizer="adamw", lr=1e-4, scheduler="cosine"),
-                flag_kwargs=FLAG_KWARGS)
+                flag_kwargs=FLAG_KWARGS, spacing_kwarg="spacing")
 def detseg3d(*, in_channels: int = 1, out_channels: int = 1, **kwargs: Any) -> nn.Module:
     """DetSeg3D; ``out_channels`` must be 1 (one foreground probability)."""
     if out_channels != 1:

@@ -5,7 +5,8 @@ Conventions (shared by every function here):
 - Boxes are ``[x1, y1, z1, x2, y2, z2]`` over array axes 0, 1, 2 (D, H, W), minimum inclusive, maximum
   exclusive, in continuous voxel coordinates where voxel ``i`` spans ``[i, i + 1)`` (its centre is
   ``i + 0.5``); MONAI's ``StandardMode``. A lesion occupying voxels 4..11 on an axis has ``x1 = 4, x2 = 12``.
-- Feature cell ``k`` at stride ``s`` spans voxels ``[s k, s k + s)``. A box centre ``c`` (voxels) lies in
+- Feature cell ``k`` at stride ``s`` (per axis: one int, or three for an anisotropic grid) spans voxels
+  ``[s k, s k + s)``. A box centre ``c`` (voxels) lies in
   cell ``floor(c / s)`` with offset ``c / s - floor(c / s)`` in ``[0, 1)``; sizes are in cells (voxels / s).
   :func:`make_targets` then :func:`decode_boxes` at the centre cell gives the lesion's box back exactly.
 - Two boxes per RoI: the *detection box* (the decoded centre and size, at least ``MIN_DETECTION_BOX`` voxels
@@ -54,12 +55,22 @@ def lesion_boxes(label: np.ndarray, min_lesion_size: int = 1) -> tuple[np.ndarra
     return boxes[keep], boxes
 
 
-def gaussian_sigma(box_size_voxels: Sequence[float], stride: int = 8) -> float:
-    """``max(1, ceil(min(size) / stride / 4))`` (cells)."""
-    return float(max(1, math.ceil(min(box_size_voxels) / stride / 4)))
+def axis_strides(stride: int | Sequence[int]) -> np.ndarray:
+    """Per-axis strides (3,) float64 of ``stride`` (one int for all three axes, or three ints)."""
+    out = np.broadcast_to(np.asarray(stride, dtype=np.float64), (3,)).copy()
+    if (out < 1).any():
+        raise ValueError(f"strides must be >= 1, got {stride}")
+    return out
 
 
-def make_targets(label: np.ndarray, feature_shape: Sequence[int], *, stride: int = 8,
+def gaussian_sigma(box_size_voxels: Sequence[float], stride: int | Sequence[int] = 8) -> float:
+    """``max(1, ceil(min(size / stride) / 4))`` (cells; the size in cells along each axis, so an isotropic
+    ``stride`` gives the seed's ``max(1, ceil(min(size) / stride / 4))``)."""
+    cells = np.asarray(box_size_voxels, dtype=np.float64) / axis_strides(stride)
+    return float(max(1, math.ceil(float(cells.min()) / 4)))
+
+
+def make_targets(label: np.ndarray, feature_shape: Sequence[int], *, stride: int | Sequence[int] = 8,
                  min_lesion_size: int = 1) -> dict[str, np.ndarray]:
     """Detector targets of one label mask (D, H, W) on a feature grid ``feature_shape`` (d, h, w).
 
@@ -79,15 +90,16 @@ def make_targets(label: np.ndarray, feature_shape: Sequence[int], *, stride: int
     offset = np.zeros((3, *fshape), dtype=np.float32)
     mask = np.zeros(fshape, dtype=np.float32)
     grids = np.meshgrid(*[np.arange(s, dtype=np.float32) for s in fshape], indexing="ij")
+    strides = axis_strides(stride)
     for box in boxes:
         extent = box[3:] - box[:3]
-        centre = (box[:3] + box[3:]) / 2.0 / stride
+        centre = (box[:3] + box[3:]) / 2.0 / strides
         cell = np.minimum(np.floor(centre).astype(np.int64), np.array(fshape) - 1)
         sigma = gaussian_sigma(extent, stride)
         d2 = sum((g - c) ** 2 for g, c in zip(grids, cell))
         heat[0] = np.maximum(heat[0], np.exp(-d2 / (2.0 * sigma**2)).astype(np.float32))
         idx = (slice(None), *cell.tolist())
-        size[idx] = extent / stride
+        size[idx] = extent / strides
         offset[idx] = centre - cell
         mask[tuple(cell.tolist())] = 1.0
     return dict(heatmap=heat, size=size, offset=offset, mask=mask, boxes=boxes, all_boxes=all_boxes)
@@ -105,15 +117,16 @@ def clamp_size(size: torch.Tensor, lo: float, hi: float, straight_through: bool 
     return size + (clipped - size).detach() if straight_through else clipped
 
 
-def decode_boxes(cells: torch.Tensor, size: torch.Tensor, offset: torch.Tensor, *, stride: int = 8,
+def decode_boxes(cells: torch.Tensor, size: torch.Tensor, offset: torch.Tensor, *, stride: int | Sequence[int] = 8,
                  min_size: float = MIN_DETECTION_BOX, max_size: float = 64.0,
                  straight_through: bool = False) -> torch.Tensor:
     """Detection boxes (N, 6) from integer cells (N, 3), predicted sizes (N, 3, cells) and offsets (N, 3).
 
     Centre = (cell + offset) * stride; size = size * stride clipped to ``[min_size, max_size]`` voxels.
     """
-    centre = (cells.to(offset.dtype) + offset) * stride
-    return centre_size_to_box(centre, clamp_size(size * stride, min_size, max_size, straight_through))
+    strides = torch.as_tensor(axis_strides(stride), dtype=offset.dtype, device=offset.device)
+    centre = (cells.to(offset.dtype) + offset) * strides
+    return centre_size_to_box(centre, clamp_size(size * strides, min_size, max_size, straight_through))
 
 
 def crop_boxes(boxes: torch.Tensor, min_size: float, max_size: float, straight_through: bool = False) -> torch.Tensor:
@@ -168,7 +181,7 @@ def jitter_boxes(boxes: torch.Tensor, jitter: float, generator: torch.Generator 
 
 # --------------------------------------------------------------------------- RoI extraction
 def extract_rois(heat: torch.Tensor, size: torch.Tensor, offset: torch.Tensor, *, threshold: float | None,
-                 nms_iou: float = 0.3, max_rois: int = 64, stride: int = 8, min_size: float = MIN_DETECTION_BOX,
+                 nms_iou: float = 0.3, max_rois: int = 64, stride: int | Sequence[int] = 8, min_size: float = MIN_DETECTION_BOX,
                  max_size: float = 64.0, fallback: bool = False,
                  straight_through: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """RoIs of one image from its detector maps.
