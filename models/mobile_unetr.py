@@ -8,8 +8,11 @@ throughout; total downsampling /64 (inputs divisible by 64); like the original, 
 encoder skips.
 Deviation from the original (clean spec 1.13): the MobileViT blocks are the v2 patch-unfolding form
 (2^3 patches, sequence length N/8) instead of attending over all voxels of the map, so attention
-cost stays bounded for large inputs. ``stem_stride=1`` (used by the tiny test build) removes the stem
-downsampling, giving /32 and one decoder upsampling fewer.
+cost stays bounded for large inputs. ``stem_stride=1`` removes the stem downsampling (/32) and ``stage_strides``
+sets the five MV2 downsamplings; the decoder then has one conv per x2 level.
+The tiny build (``TINY_3D``, ``--tiny``) downsamples by 8 with instance norm: a skip-free decoder from the former
+/32 grid (2 x 2 x 1 for a 64 x 64 x 32 window) cannot place a lesion of a 32 x 32 x 16 scan, and with batch norm the
+/8 build did not tell a bright blob from the head it lies in (tests/test_mobile_unetr_3d_learns.py).
 
 ``mobile_unetr`` (2D): the official model uses a pretrained Hugging Face ``apple/mobilevit-small``
 encoder, which cannot be downloaded here. volbench builds a MobileViT-XXS-like encoder from scratch
@@ -79,6 +82,8 @@ class MobileUNETR3D(nn.Module):
         bottleneck_depth, bottleneck_head_dim, bottleneck_mlp_dim, dropout: global transformer.
         decoder_channels: widths of the decoder convs, deepest first (the last log2(stride) + 1 are used).
         stem_stride: 2 (default, /64 in total) or 1 (/32).
+        stage_strides: strides (1 or 2) of the five downsampling MV2 blocks (stage 1 twice, stage 2 twice, the
+            first block of stage 3); the default (2, 2, 2, 2, 2) with ``stem_stride`` 2 gives /64.
         norm: ``bn`` | ``in`` | ``gn``.
     """
 
@@ -89,30 +94,33 @@ class MobileUNETR3D(nn.Module):
                  patch_size: int = 2, bottleneck_depth: int = 3, bottleneck_head_dim: int = 64,
                  bottleneck_mlp_dim: int = 1280, dropout: float = 0.1,
                  decoder_channels: Sequence[int] = (196, 160, 128, 96, 64, 32, 16), stem_stride: int = 2,
-                 norm: str = "bn") -> None:
+                 stage_strides: Sequence[int] = (2, 2, 2, 2, 2), norm: str = "bn") -> None:
         super().__init__()
         if len(channels) != 7 or len(mvit_dims) != 3 or len(mvit_depths) != 3 or len(mvit_mlp_dims) != 3:
             raise ValueError(f"need 7 channels and 3 MobileViT dims/depths/mlp dims, got {tuple(channels)}, "
                              f"{tuple(mvit_dims)}, {tuple(mvit_depths)}, {tuple(mvit_mlp_dims)}")
         if stem_stride not in (1, 2):
             raise ValueError(f"stem_stride must be 1 or 2, got {stem_stride}")
-        self.stride = 32 * stem_stride
+        if len(stage_strides) != 5 or any(s not in (1, 2) for s in stage_strides):
+            raise ValueError(f"stage_strides needs 5 strides of 1 or 2, got {tuple(stage_strides)}")
+        self.stride = stem_stride * math.prod(stage_strides)
         n_up = int(math.log2(self.stride))
         if len(decoder_channels) < n_up + 1:
             raise ValueError(f"decoder_channels needs >= {n_up + 1} widths for stride {self.stride}, "
                              f"got {len(decoder_channels)}")
         c0, c1, c2, c3, c4, c5, c6 = channels
         self.stem = conv_norm_act_nd(3, in_channels, c0, 3, stride=stem_stride, norm=norm, act=ACT)
-        self.stage1 = mv2_stack([(c0, c0, 1, 1), (c0, c1, 2, 4), (c1, c1, 1, 3), (c1, c1, 1, 3), (c1, c2, 2, 4)],
+        s1, s2, s3, s4, s5 = stage_strides
+        self.stage1 = mv2_stack([(c0, c0, 1, 1), (c0, c1, s1, 4), (c1, c1, 1, 3), (c1, c1, 1, 3), (c1, c2, s2, 4)],
                                 spatial_dims=3, norm=norm)
-        self.stage2 = mv2_stack([(c2, c3, 2, 4), (c3, c3, 1, 3), (c3, c4, 2, 4)], spatial_dims=3, norm=norm)
+        self.stage2 = mv2_stack([(c2, c3, s3, 4), (c3, c3, 1, 3), (c3, c4, s4, 4)], spatial_dims=3, norm=norm)
 
         def mvit(ch: int, k: int) -> MobileViTBlock:
             return MobileViTBlock(ch, dim=mvit_dims[k], depth=mvit_depths[k], heads=heads, head_dim=head_dim,
                                   mlp_ratio=mvit_mlp_dims[k] / mvit_dims[k], patch_size=patch_size, norm=norm,
                                   act=ACT, spatial_dims=3)
 
-        self.stage3 = nn.Sequential(mv2_stack([(c4, c5, 2, 4)], spatial_dims=3, norm=norm), mvit(c5, 0),
+        self.stage3 = nn.Sequential(mv2_stack([(c4, c5, s5, 4)], spatial_dims=3, norm=norm), mvit(c5, 0),
                                     mvit(c5, 1), mv2_stack([(c5, c6, 1, 4)], spatial_dims=3, norm=norm),
                                     mvit(c6, 2))
         self.bottleneck = GlobalTransformer(c6, bottleneck_depth, heads, mlp_dim=bottleneck_mlp_dim,
@@ -207,9 +215,12 @@ class MobileUNETR2D(nn.Module):
         return F.interpolate(self.head(y), size=x.shape[2:], mode="bilinear", align_corners=False)
 
 
-TINY_3D: dict[str, Any] = dict(channels=(2, 4, 4, 8, 8, 8, 16), mvit_dims=(8, 8, 8), mvit_depths=(1, 1, 1),
-                               mvit_mlp_dims=(16, 16, 16), head_dim=2, bottleneck_depth=1, bottleneck_head_dim=4,
-                               bottleneck_mlp_dim=32, decoder_channels=(8, 8, 8, 8, 4, 2), stem_stride=1)
+# /8 (stem and the first two stage-1/2 downsamplings; a skip-free decoder from the /32 grid, 2 x 2 x 1 for a
+# 64 x 64 x 32 window, cannot place a lesion) and instance norm (with batch norm it did not learn; module docstring).
+TINY_3D: dict[str, Any] = dict(channels=(8, 8, 8, 16, 16, 16, 32), mvit_dims=(16, 16, 16), mvit_depths=(1, 1, 1),
+                               mvit_mlp_dims=(32, 32, 32), head_dim=2, bottleneck_depth=1, bottleneck_head_dim=8,
+                               bottleneck_mlp_dim=64, decoder_channels=(32, 16, 16, 16), stem_stride=2,
+                               stage_strides=(2, 2, 1, 1, 1), norm="in")
 TINY_2D: dict[str, Any] = dict(channels=(4, 8, 8, 8, 8, 8), mvit_dims=(8, 8, 8), mvit_depths=(1, 1, 1),
                                bottleneck_dim=16, bottleneck_depth=1, decoder_channels=(8, 8, 8, 8),
                                decoder_mvit_dims=(8, 8, 0, 0))
