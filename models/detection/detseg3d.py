@@ -84,8 +84,8 @@ def grid_for_spacing(spacing: Sequence[float] | None) -> tuple[int, int, int]:
     """The detector's stride per axis for voxels of ``spacing`` (mm per axis): 8 on the finest axis, and on each
     other axis the power of two in [1, 8] nearest (in log scale) to ``8 * finest / spacing``, so the cells are
     about as long in mm on every axis; ``None`` or isotropic voxels: the seed's 8 on every axis. Head CT of 0.9 mm
-    x 0.9 mm x 4.5 mm gets (8, 8, 2): cells of 7 x 7 x 9 mm instead of 7 x 7 x 36 mm, two of which span the
-    16 slices of a phantom."""
+    x 0.9 mm x 4.5 mm gets (8, 8, 2): cells of 7 x 7 x 9 mm instead of 7 x 7 x 36 mm (a 16-slice phantom is two
+    such cells deep)."""
     if spacing is None:
         return (STRIDE,) * 3
     sp = np.asarray(spacing, dtype=np.float64)
@@ -99,9 +99,9 @@ def level_strides(stride: Sequence[int]) -> list[tuple[int, ...]]:
     """Per-level conv strides of the detector's three levels for a total per-axis ``stride`` (each 1, 2, 4 or 8):
     an axis of stride ``2^n`` is halved at the last ``n`` levels (as nnU-Net plans an anisotropic axis: the
     fine axes are halved first, the coarse one once they have caught up)."""
-    powers = [int(round(math.log2(s))) for s in stride]
     if len(stride) != 3 or any(s not in (1, 2, 4, 8) for s in stride):
         raise ValueError(f"detector stride must be three of 1, 2, 4, 8 per axis, got {tuple(stride)}")
+    powers = [int(round(math.log2(s))) for s in stride]
     return [tuple(2 if k >= 3 - p else 1 for p in powers) for k in range(3)]
 
 
@@ -186,7 +186,7 @@ class DetSeg3D(nn.Module):
                  stride: int | Sequence[int] | None = None, spacing: Sequence[float] | None = None) -> None:
         super().__init__()
         grid = grid_for_spacing(spacing) if stride is None else stride
-        self.stride = tuple(int(s) for s in np.broadcast_to(np.asarray(grid), (3,)))
+        self.stride = tuple(int(s) for s in R.axis_strides(grid))
         seg_channels = tuple(int(c) for c in seg_channels)
         roi_size = tuple(int(r) for r in roi_size)
         if len(roi_size) != 3 or min(roi_size) < 1:
