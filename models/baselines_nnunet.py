@@ -3,8 +3,9 @@
 Both are planned as nnU-Net plans a 3D full-resolution U-Net for the patch size and spacing
 (:func:`models.nnunet_plan.plan_unet`): stages, kernels and strides; widths 32 doubling up to 320. The registry
 passes the patch as ``img_size`` (``needs_fixed_input``: the topology depends on it; the built network takes any
-input that is a multiple of the plan's divisors). ``spacing`` (mm, per array axis) defaults to isotropic 1 mm,
-volbench's BraTS resolution; anisotropic data need it in ``--model_kwargs``.
+input that is a multiple of the plan's divisors). ``spacing`` (mm, per array axis): a sweep passes the dataset's
+median spacing, as nnU-Net plans from its training set's (``ModelInfo.spacing_kwarg``; ``--model_kwargs`` may set
+another); built directly without it, isotropic 1 mm, volbench's BraTS resolution.
 
 Deep supervision: in training mode the network returns a list of logits, full resolution first, one per decoder
 stage, which the segmentation task weighs with nnU-Net's loss (:mod:`losses.deep_supervision`); in eval mode it
@@ -83,6 +84,7 @@ def _planned(img_size: Sequence[int], spacing: Sequence[float] | None, model: st
     paper=RESENC_PAPER, num_params=102_353_972, train_defaults=NNUNET_RECIPE, test_patch_size=(32, 32, 32),
     tiny_kwargs=dict(img_size=(32, 32, 32), base_features=TINY_FEATURES, max_features=TINY_FEATURES,
                      n_blocks_per_stage=(1,) * 8),
+    spacing_kwarg="spacing",
 )
 def resenc_unet(*, in_channels: int, out_channels: int, img_size: Sequence[int] = DEFAULT_PATCH,
                 spacing: Sequence[float] | None = None, deep_supervision: bool = True, base_features: int = 32,
@@ -114,7 +116,7 @@ def resenc_unet(*, in_channels: int, out_channels: int, img_size: Sequence[int] 
 @register_model(
     family="dynunet", divisibility=32, default_patch_size=DEFAULT_PATCH, needs_fixed_input=True,
     paper=DYNUNET_PAPER, num_params=31_192_068, train_defaults=NNUNET_RECIPE, test_patch_size=(32, 32, 32),
-    tiny_kwargs=dict(img_size=(32, 32, 32), filters=(TINY_FEATURES,) * 8),
+    tiny_kwargs=dict(img_size=(32, 32, 32), filters=(TINY_FEATURES,) * 8), spacing_kwarg="spacing",
 )
 def dynunet(*, in_channels: int, out_channels: int, img_size: Sequence[int] = DEFAULT_PATCH,
             spacing: Sequence[float] | None = None, deep_supervision: bool = False,

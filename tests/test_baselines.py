@@ -166,3 +166,30 @@ def test_a_users_adam_drops_the_recipes_sgd_momentum() -> None:
     assert chosen.optimizer == "adam" and chosen.momentum is None and chosen.lr == recipe["lr"]
     kept = TrainerSettings.for_model(TrainerSettings(), recipe)
     assert kept.optimizer == "sgd" and kept.momentum == recipe["momentum"]
+
+
+@pytest.mark.parametrize("name", ["dynunet", "resenc_unet"])
+def test_a_sweep_plans_the_nnunet_baselines_for_the_dataset_spacing(name: str, tmp_path: Path) -> None:
+    """As nnU-Net plans from its training set's median spacing: on head CT of ~1 x 1 x 4.5 mm the high-resolution
+    stages get in-plane kernels (3, 3, 1) and keep the slices; on the isotropic BraTS phantoms the plan is the 1 mm
+    one a direct build makes."""
+    from engine.options.config import parse_config
+    from engine.sweep_plan import median_spacing, plan_models, prepare_data
+
+    def planned(dataset: str, size: tuple[int, int, int]) -> tuple[tuple, nn.Module]:
+        config = parse_config(["--dataset_version", dataset, "--synthetic_cases", "8", "--synthetic_size",
+                               *map(str, size), "--tiny", "--models", name, "--cache_dir", str(tmp_path / "cache")])
+        data = prepare_data(config, tmp_path / dataset)
+        setup = plan_models([name], config, data)[name].setup
+        assert setup.model_kwargs["spacing"] == median_spacing(data.cases.values())
+        return setup.model_kwargs["spacing"], setup.build()
+
+    def kernels(model: nn.Module) -> list[tuple[int, ...]]:
+        return [tuple(m.kernel_size) for m in model.modules() if isinstance(m, nn.Conv3d)]
+
+    spacing, ct = planned("synthetic_ich", (32, 32, 16))
+    assert spacing[2] > 4 * spacing[0] and kernels(ct)[0] == (3, 3, 1)
+    spacing, mri = planned("synthetic", (32, 32, 32))
+    assert spacing == (1.0, 1.0, 1.0)
+    direct = create_model(name, in_channels=4, out_channels=4, **model_info(name).tiny_kwargs)
+    assert kernels(mri) == kernels(direct) and kernels(mri)[0] == (3, 3, 3)
