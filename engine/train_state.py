@@ -68,9 +68,10 @@ def set_rng_states(states: dict[str, Any], generator: torch.Generator | None = N
 
 def save_train_state(path: Path, state: TrainState, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                      scheduler: Any, scaler: torch.amp.GradScaler | None,
-                     rng_by_rank: list[dict[str, Any]]) -> None:
+                     rng_by_rank: list[dict[str, Any]], build: dict[str, Any] | None = None) -> None:
     """Write the full training state to ``path`` atomically; ``rng_by_rank``: :func:`rng_states` of every
-    process training this job (one entry without DDP), so each rank resumes its own random streams."""
+    process training this job (one entry without DDP), so each rank resumes its own random streams; ``build``:
+    the model's build kwargs, checked on resume (:func:`load_train_state`)."""
     payload = {
         "format": STATE_FORMAT,
         "progress": _plain(asdict(state)),
@@ -79,6 +80,7 @@ def save_train_state(path: Path, state: TrainState, *, model: torch.nn.Module, o
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "scaler": scaler.state_dict() if scaler is not None else None,
         "rng": list(rng_by_rank),
+        "build": None if build is None else _plain(build),
     }
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
@@ -86,11 +88,13 @@ def save_train_state(path: Path, state: TrainState, *, model: torch.nn.Module, o
 
 def load_train_state(path: Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
                      scaler: torch.amp.GradScaler | None, generator: torch.Generator | None = None,
-                     rank: int = 0) -> TrainState:
+                     rank: int = 0, build: dict[str, Any] | None = None) -> TrainState:
     """Restore model, optimiser, scheduler, scaler and this ``rank``'s RNGs from ``path``; returns the progress.
 
     Raises:
-        ValueError: the file cannot be read with ``weights_only=True`` or is not a training state.
+        ValueError: the file cannot be read with ``weights_only=True`` or is not a training state, or it was saved
+            by a model built with other kwargs than ``build`` (e.g. a grid planned differently since: weights of the
+            same shapes would load into another network). Files without a build record are not checked.
     """
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
@@ -98,6 +102,12 @@ def load_train_state(path: Path, *, model: torch.nn.Module, optimizer: torch.opt
         raise ValueError(f"training state {path} cannot be read safely (weights_only=True): {exc}") from exc
     if not isinstance(payload, dict) or payload.get("format") != STATE_FORMAT:
         raise ValueError(f"{path} is not a volbench training state (format {STATE_FORMAT})")
+    saved = payload.get("build")
+    if build is not None and saved is not None and saved != _plain(build):
+        changed = sorted(k for k in set(saved) | set(build) if saved.get(k) != _plain(build).get(k))
+        raise ValueError(f"training state {path} was saved by a model built otherwise ({', '.join(changed)}: "
+                         f"{ {k: saved.get(k) for k in changed} } then, { {k: _plain(build).get(k) for k in changed} } "
+                         f"now); delete it to train this job afresh")
     model.load_state_dict(payload["model"])
     optimizer.load_state_dict(payload["optimizer"])
     if scheduler is not None and payload["scheduler"] is not None:

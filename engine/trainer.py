@@ -251,7 +251,7 @@ class _Training:
             return TrainState()
         state = load_train_state(latest, model=_bare(self.inputs.model), optimizer=self.opt.optimizer,
                                  scheduler=self.opt.scheduler, scaler=self.opt.scaler, generator=self.generator,
-                                 rank=self.inputs.shard[0])
+                                 rank=self.inputs.shard[0], build=self.files.info.get("model_kwargs"))
         log.info("%s: resuming after epoch %d from %s", self.desc, state.epoch, latest)
         return state
 
@@ -320,4 +320,4 @@ class _Training:
         if self.files.writes:
             save_train_state(self.files.latest, self.state, model=_bare(self.inputs.model),
                              optimizer=self.opt.optimizer, scheduler=self.opt.scheduler, scaler=self.opt.scaler,
-                             rng_by_rank=rngs)
+                             rng_by_rank=rngs, build=self.files.info.get("model_kwargs"))

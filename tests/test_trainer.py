@@ -174,3 +174,24 @@ def test_training_state_round_trips_with_weights_only(scheduler: str, tmp_path: 
     assert opt2.state_dict()["state"][0]["exp_avg"].equal(opt.state_dict()["state"][0]["exp_avg"])
     if sched is not None:
         assert sched2.state_dict() == sched.state_dict()
+
+
+def test_a_training_state_refuses_a_model_built_otherwise(tmp_path: Path) -> None:
+    """The build kwargs are saved with the state: resuming into a model built with other kwargs (same weight shapes,
+    e.g. DetSeg3D's grid planned differently) is refused with the file and the changed kwargs named; the same build
+    resumes, and a state without a build record (older files) is not checked."""
+    from engine.train_state import load_train_state, rng_states, save_train_state
+
+    model = _net()
+    opt = build_optimizer("adamw", model.parameters(), lr=0.1, weight_decay=0.0)
+    build = dict(in_channels=1, spacing=(0.95, 0.95, 4.5), stride=None)
+    path = tmp_path / "latest.pth"
+    save_train_state(path, TrainState(epoch=2), model=model, optimizer=opt, scheduler=None, scaler=None,
+                     rng_by_rank=[rng_states(None)], build=build)
+    assert load_train_state(path, model=_net(), optimizer=opt, scheduler=None, scaler=None, build=dict(build)).epoch == 2
+    with pytest.raises(ValueError, match=r"latest\.pth was saved by a model built otherwise \(spacing"):
+        load_train_state(path, model=_net(), optimizer=opt, scheduler=None, scaler=None,
+                         build=dict(build, spacing=(1.0, 1.0, 1.0)))
+    save_train_state(path, TrainState(epoch=3), model=model, optimizer=opt, scheduler=None, scaler=None,
+                     rng_by_rank=[rng_states(None)])
+    assert load_train_state(path, model=_net(), optimizer=opt, scheduler=None, scaler=None, build=build).epoch == 3
