@@ -102,11 +102,11 @@ def load_train_state(path: Path, *, model: torch.nn.Module, optimizer: torch.opt
         raise ValueError(f"training state {path} cannot be read safely (weights_only=True): {exc}") from exc
     if not isinstance(payload, dict) or payload.get("format") != STATE_FORMAT:
         raise ValueError(f"{path} is not a volbench training state (format {STATE_FORMAT})")
-    saved = payload.get("build")
-    if build is not None and saved is not None and saved != _plain(build):
-        changed = sorted(k for k in set(saved) | set(build) if saved.get(k) != _plain(build).get(k))
+    saved, now = payload.get("build"), None if build is None else _plain(build)
+    if now is not None and saved is not None and saved != now:
+        changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
         raise ValueError(f"training state {path} was saved by a model built otherwise ({', '.join(changed)}: "
-                         f"{ {k: saved.get(k) for k in changed} } then, { {k: _plain(build).get(k) for k in changed} } "
+                         f"{ {k: saved.get(k) for k in changed} } then, { {k: now.get(k) for k in changed} } "
                          f"now); delete it to train this job afresh")
     model.load_state_dict(payload["model"])
     optimizer.load_state_dict(payload["optimizer"])

@@ -181,8 +181,8 @@ def jitter_boxes(boxes: torch.Tensor, jitter: float, generator: torch.Generator 
 
 # --------------------------------------------------------------------------- RoI extraction
 def extract_rois(heat: torch.Tensor, size: torch.Tensor, offset: torch.Tensor, *, threshold: float | None,
-                 nms_iou: float = 0.3, max_rois: int = 64, stride: int | Sequence[int] = 8, min_size: float = MIN_DETECTION_BOX,
-                 max_size: float = 64.0, fallback: bool = False,
+                 nms_iou: float = 0.3, max_rois: int = 64, stride: int | Sequence[int] = 8,
+                 min_size: float = MIN_DETECTION_BOX, max_size: float = 64.0, fallback: bool = False,
                  straight_through: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """RoIs of one image from its detector maps.
 
