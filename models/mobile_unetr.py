@@ -12,7 +12,11 @@ cost stays bounded for large inputs. ``stem_stride=1`` removes the stem downsamp
 sets the five MV2 downsamplings; the decoder then has one conv per x2 level.
 The tiny build (``TINY_3D``, ``--tiny``) downsamples by 8 with instance norm: a skip-free decoder from the former
 /32 grid (2 x 2 x 1 for a 64 x 64 x 32 window) cannot place a lesion of a 32 x 32 x 16 scan, and with batch norm the
-/8 build did not tell a bright blob from the head it lies in (tests/test_mobile_unetr_3d_learns.py).
+/8 build did not tell a bright blob from the head it lies in (tests/test_mobile_unetr_3d_learns.py); its inputs need
+only be divisible by 8 (``tiny_divisibility``), so a tiny sweep on small CT scans is not padded to 64^3 windows.
+Deviation (a volbench addition, off for isotropic voxels): given the voxel ``spacing`` (a sweep passes the dataset's
+median), an axis coarser than the finest skips the first downsamplings (:mod:`models.anisotropy`, as nnU-Net plans),
+e.g. /8 in-plane and /2 across the 4.5 mm slices of head CT for the tiny build, /64 and /16 for the default one.
 
 ``mobile_unetr`` (2D): the official model uses a pretrained Hugging Face ``apple/mobilevit-small``
 encoder, which cannot be downloaded here. volbench builds a MobileViT-XXS-like encoder from scratch
@@ -34,6 +38,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ._registry import register_model
+from .anisotropy import halvings_for_spacing, step_strides
 from .blocks.layers import conv_nd, conv_norm_act_nd
 from .blocks.mobilenetv2 import InvertedResidual
 from .blocks.mobilevit import MobileViTBlock, make_transformer
@@ -64,10 +69,24 @@ class GlobalTransformer(nn.Module):
         return y.transpose(1, 2).reshape(b, c, *sizes)
 
 
-def _check_divisible(x: torch.Tensor, factor: int, name: str) -> None:
-    bad = [s for s in x.shape[2:] if s % factor]
-    if bad:
-        raise ValueError(f"{name}: every spatial size must be divisible by {factor}, got {tuple(x.shape[2:])}")
+def _check_divisible(x: torch.Tensor, factor: int | Sequence[int], name: str) -> None:
+    """Refuse an input whose spatial sizes are not multiples of ``factor`` (one, or one per axis)."""
+    sizes = tuple(x.shape[2:])
+    factors = (factor,) * len(sizes) if isinstance(factor, int) else tuple(factor)
+    if any(s % f for s, f in zip(sizes, factors)):
+        what = factors[0] if len(set(factors)) == 1 else factors
+        raise ValueError(f"{name}: every spatial size must be divisible by {what}, got {sizes}")
+
+
+def _planned_steps(strides: Sequence[int], spacing: Sequence[float] | None) -> list[tuple[int, int, int]]:
+    """Per-axis strides of the downsampling steps ``strides`` (each 1 or 2): with ``spacing``, the steps of 2
+    halve each axis as :mod:`models.anisotropy` plans it (an axis coarser than the finest skips the first ones)."""
+    halving = [k for k, s in enumerate(strides) if s == 2]
+    planned = step_strides(halvings_for_spacing(spacing, len(halving)), len(halving))
+    steps = [(1, 1, 1)] * len(strides)
+    for k, st in zip(halving, planned):
+        steps[k] = st  # type: ignore[assignment]
+    return steps
 
 
 class MobileUNETR3D(nn.Module):
@@ -85,6 +104,11 @@ class MobileUNETR3D(nn.Module):
         stage_strides: strides (1 or 2) of the five downsampling MV2 blocks (stage 1 twice, stage 2 twice, the
             first block of stage 3); the default (2, 2, 2, 2, 2) with ``stem_stride`` 2 gives /64.
         norm: ``bn`` | ``in`` | ``gn``.
+        spacing: voxel spacing (mm per axis; the sweep passes the dataset's median): of the downsampling steps
+            (the stem and stage strides of 2), an axis coarser than the finest skips the first ones
+            (:mod:`models.anisotropy`), so head CT of 0.9 x 0.9 x 4.5 mm keeps its slices longer (tiny build: a
+            grid of /8 in-plane and /2 across slices instead of /8 on every axis); ``None`` or isotropic voxels:
+            every step halves every axis, as the original.
     """
 
     def __init__(self, *, in_channels: int, out_channels: int,
@@ -94,7 +118,8 @@ class MobileUNETR3D(nn.Module):
                  patch_size: int = 2, bottleneck_depth: int = 3, bottleneck_head_dim: int = 64,
                  bottleneck_mlp_dim: int = 1280, dropout: float = 0.1,
                  decoder_channels: Sequence[int] = (196, 160, 128, 96, 64, 32, 16), stem_stride: int = 2,
-                 stage_strides: Sequence[int] = (2, 2, 2, 2, 2), norm: str = "bn") -> None:
+                 stage_strides: Sequence[int] = (2, 2, 2, 2, 2), norm: str = "bn",
+                 spacing: Sequence[float] | None = None) -> None:
         super().__init__()
         if len(channels) != 7 or len(mvit_dims) != 3 or len(mvit_depths) != 3 or len(mvit_mlp_dims) != 3:
             raise ValueError(f"need 7 channels and 3 MobileViT dims/depths/mlp dims, got {tuple(channels)}, "
@@ -103,14 +128,17 @@ class MobileUNETR3D(nn.Module):
             raise ValueError(f"stem_stride must be 1 or 2, got {stem_stride}")
         if len(stage_strides) != 5 or any(s not in (1, 2) for s in stage_strides):
             raise ValueError(f"stage_strides needs 5 strides of 1 or 2, got {tuple(stage_strides)}")
-        self.stride = stem_stride * math.prod(stage_strides)
-        n_up = int(math.log2(self.stride))
+        steps = _planned_steps((stem_stride, *stage_strides), spacing)
+        self.axis_stride = tuple(math.prod(st[a] for st in steps) for a in range(3))
+        self.stride = max(self.axis_stride)  # divisibility of every input axis
+        self.upsampling = [st for st in reversed(steps) if max(st) > 1]  # scale factors of the decoder
+        n_up = len(self.upsampling)
         if len(decoder_channels) < n_up + 1:
             raise ValueError(f"decoder_channels needs >= {n_up + 1} widths for stride {self.stride}, "
                              f"got {len(decoder_channels)}")
         c0, c1, c2, c3, c4, c5, c6 = channels
-        self.stem = conv_norm_act_nd(3, in_channels, c0, 3, stride=stem_stride, norm=norm, act=ACT)
-        s1, s2, s3, s4, s5 = stage_strides
+        self.stem = conv_norm_act_nd(3, in_channels, c0, 3, stride=steps[0], norm=norm, act=ACT)
+        s1, s2, s3, s4, s5 = steps[1:]
         self.stage1 = mv2_stack([(c0, c0, 1, 1), (c0, c1, s1, 4), (c1, c1, 1, 3), (c1, c1, 1, 3), (c1, c2, s2, 4)],
                                 spatial_dims=3, norm=norm)
         self.stage2 = mv2_stack([(c2, c3, s3, 4), (c3, c3, 1, 3), (c3, c4, s4, 4)], spatial_dims=3, norm=norm)
@@ -133,11 +161,11 @@ class MobileUNETR3D(nn.Module):
             f"decoder.{i}" for i in range(len(self.decoder))] + ["head"]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _check_divisible(x, self.stride, "mobile_unetr_3d")
+        _check_divisible(x, self.axis_stride, "mobile_unetr_3d")
         y = self.bottleneck(self.stage3(self.stage2(self.stage1(self.stem(x)))))
         for i, conv in enumerate(self.decoder):
             if i:
-                y = F.interpolate(y, scale_factor=2, mode="trilinear", align_corners=False)
+                y = F.interpolate(y, scale_factor=self.upsampling[i - 1], mode="trilinear", align_corners=False)
             y = conv(y)
         return self.head(y)
 
@@ -227,8 +255,9 @@ TINY_2D: dict[str, Any] = dict(channels=(4, 8, 8, 8, 8, 8), mvit_dims=(8, 8, 8),
 
 
 @register_model(family="mobile_unetr", paper=PAPER + " (3D variant, jwon112/3d-segmentation)", modalities=MODALITIES, any_channels=True,
-                divisibility=64, default_patch_size=(128, 128, 128), num_params=23_128_604, tiny_kwargs=TINY_3D,
-                test_patch_size=(64, 64, 64))
+                divisibility=64, tiny_divisibility=8, default_patch_size=(128, 128, 128), num_params=23_128_604,
+                tiny_kwargs=TINY_3D, spacing_kwarg="spacing",
+                test_patch_size=(32, 32, 32))
 def mobile_unetr_3d(**kwargs: Any) -> nn.Module:
     return MobileUNETR3D(**kwargs)
 

@@ -24,7 +24,7 @@ class InvertedResidual(nn.Module):
 
     Args:
         in_ch, out_ch: channels.
-        stride: stride of the first depthwise conv (1 or 2).
+        stride: stride of the first depthwise conv (1 or 2; or one per axis, e.g. ``(2, 2, 1)``).
         expand_ratio: t.
         dilations: dilation rate of each depthwise conv, e.g. ``(1, 2, 5)``.
         channel_attention_ratio: reduction r of the channel attention; None disables it.
@@ -33,12 +33,14 @@ class InvertedResidual(nn.Module):
         spatial_dims: 3 (default) or 2.
     """
 
-    def __init__(self, in_ch: int, out_ch: int, *, stride: int = 1, expand_ratio: float = 4.0,
+    def __init__(self, in_ch: int, out_ch: int, *, stride: int | Sequence[int] = 1, expand_ratio: float = 4.0,
                  dilations: Sequence[int] = (1,), channel_attention_ratio: int | None = None,
                  act: str = "relu6", norm: str = "bn", spatial_dims: int = 3) -> None:
         super().__init__()
-        if stride not in (1, 2):
-            raise ValueError(f"InvertedResidual stride must be 1 or 2, got {stride}")
+        strides = (stride,) * spatial_dims if isinstance(stride, int) else tuple(int(s) for s in stride)
+        if len(strides) != spatial_dims or any(s not in (1, 2) for s in strides):
+            raise ValueError(f"InvertedResidual stride must be 1 or 2 (one, or one per axis), got {stride}")
+        stride = strides if len(set(strides)) > 1 else strides[0]
         if not dilations or any(d < 1 for d in dilations):
             raise ValueError(f"dilations must be a non-empty sequence of rates >= 1, got {tuple(dilations)}")
         if expand_ratio <= 0:
@@ -56,7 +58,7 @@ class InvertedResidual(nn.Module):
             layers.append(ChannelAttention3D(hidden, channel_attention_ratio))
         layers += [conv_nd(spatial_dims, hidden, out_ch, 1), make_norm_nd(norm, out_ch, spatial_dims)]
         self.block = nn.Sequential(*layers)
-        self.use_residual = stride == 1 and in_ch == out_ch
+        self.use_residual = max(strides) == 1 and in_ch == out_ch
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.block(x)

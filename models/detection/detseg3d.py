@@ -51,6 +51,7 @@ from torch import nn
 from losses.detection import CenterNetDetectionLoss, roi_dice_bce_loss
 
 from .._registry import register_model
+from ..anisotropy import halvings_for_spacing, step_strides
 from . import roi as R
 
 PAPER = "DetSeg3D (CenterNet-style detector + RoI U-Net)"
@@ -88,11 +89,7 @@ def grid_for_spacing(spacing: Sequence[float] | None) -> tuple[int, int, int]:
     such cells deep)."""
     if spacing is None:
         return (STRIDE,) * 3
-    sp = np.asarray(spacing, dtype=np.float64)
-    if sp.shape != (3,) or not np.all(np.isfinite(sp)) or (sp <= 0).any():
-        raise ValueError(f"spacing must be three positive sizes in mm, got {spacing}")
-    power = np.clip(np.round(np.log2(STRIDE * sp.min() / sp)), 0, 3)
-    return tuple(int(2 ** p) for p in power)  # type: ignore[return-value]
+    return tuple(2**h for h in halvings_for_spacing(spacing, 3))  # type: ignore[return-value]
 
 
 def level_strides(stride: Sequence[int]) -> list[tuple[int, ...]]:
@@ -101,8 +98,7 @@ def level_strides(stride: Sequence[int]) -> list[tuple[int, ...]]:
     fine axes are halved first, the coarse one once they have caught up)."""
     if len(stride) != 3 or any(s not in (1, 2, 4, 8) for s in stride):
         raise ValueError(f"detector stride must be three of 1, 2, 4, 8 per axis, got {tuple(stride)}")
-    powers = [int(round(math.log2(s))) for s in stride]
-    return [tuple(2 if k >= 3 - p else 1 for p in powers) for k in range(3)]
+    return step_strides([int(round(math.log2(s))) for s in stride], 3)
 
 
 class CenterNetDetector3D(nn.Module):
