@@ -83,15 +83,16 @@ def round_up(value: int, multiple: int) -> int:
 
 
 def resolve_patch_size(info: ModelInfo, requested: tuple[int, ...] | None,
-                       data_extent: tuple[int, int, int]) -> tuple[int, ...]:
+                       data_extent: tuple[int, int, int], tiny: bool = False) -> tuple[int, ...]:
     """Patch for this model: the requested (or the model's default, capped to the largest case extent),
-    each axis rounded up to the model's divisibility. For 2D models the in-plane axes (D, H) are used."""
+    each axis rounded up to the divisibility of the build (``tiny``: the tiny build's,
+    :meth:`ModelInfo.divisibility_for`). For 2D models the in-plane axes (D, H) are used."""
     if info.spatial_dims == 3:
         base = requested or tuple(min(p, e) for p, e in zip(info.default_patch_size, data_extent))
     else:
         default = info.default_patch_size[-2:]
         base = tuple(requested[:2]) if requested else tuple(min(p, e) for p, e in zip(default, data_extent[:2]))
-    return tuple(round_up(int(b), info.divisibility) for b in base)
+    return tuple(round_up(int(b), info.divisibility_for(tiny)) for b in base)
 
 
 @dataclass(frozen=True)
@@ -114,11 +115,12 @@ class InputChoices:
 def setup_model(name: str, *, available_modalities: tuple[str, ...], n_classes: int,
                 requested_patch: tuple[int, ...] | None, data_extent: tuple[int, int, int],
                 inputs: InputChoices | None = None, overrides: dict[str, Any] | None = None,
-                cpu_conv: bool | None = None) -> ModelSetup:
+                cpu_conv: bool | None = None, tiny: bool = False) -> ModelSetup:
     """Validate that ``name`` can run on this data and decide how it is built.
 
     ``cpu_conv``: see :attr:`ModelSetup.cpu_conv` (pass :func:`cpu_conv_wanted` of the sweep's config).
     ``inputs``: ``--dim`` and ``--context_slices`` (:class:`InputChoices`).
+    ``tiny``: ``overrides`` hold the tiny build (``--tiny``), so the patch follows its divisibility.
     Input channels: the model's named modalities; a model with ``any_channels`` whose modalities the
     dataset lacks takes every channel of ``available_modalities`` instead (e.g. one CT channel).
 
@@ -138,7 +140,7 @@ def setup_model(name: str, *, available_modalities: tuple[str, ...], n_classes: 
     if dim is not None and int(dim[0]) != info.spatial_dims:
         raise ValueError(f"model {name!r} is a {info.spatial_dims}D network; --dim {dim} does not apply to it "
                          f"(leave --dim unset to use each model's native dimensionality)")
-    patch = resolve_patch_size(info, requested_patch, data_extent)
+    patch = resolve_patch_size(info, requested_patch, data_extent, tiny)
     context = 0 if info.spatial_dims == 3 else (info.context_slices if context_slices is None else int(context_slices))
     if context < 0:
         raise ValueError(f"--context_slices must be >= 0, got {context}")

@@ -138,7 +138,7 @@ def plan_models(models: list[str], config: ExperimentConfig, data: SweepData) ->
                             inputs=InputChoices(dim=config.dim, context_slices=config.context_slices,
                                                 foreground_fraction=config.foreground_fraction),
                             overrides=_with_spacing(info, _overrides(name, config), data),
-                            cpu_conv=cpu_conv_wanted(config))
+                            cpu_conv=cpu_conv_wanted(config), tiny=bool(config.tiny))
         own = {k: getattr(trainer, k) for k in info.train_defaults if getattr(trainer, k) != getattr(config, k)}
         if own:
             log.info("%s trains with its own recipe for the flags left unset: %s", name,

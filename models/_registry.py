@@ -55,6 +55,8 @@ class ModelInfo:
             Models that need their named modalities (dual-/quad-branch, modality comparisons) get
             exactly those or fail on a dataset without them.
         divisibility: every spatial input size must be a multiple of this.
+        tiny_divisibility: the same for the ``tiny_kwargs`` build when it differs (``None``: ``divisibility``), e.g.
+            mobile_unetr_3d downsamples by 64 but by 8 when tiny; :meth:`divisibility_for` picks.
         default_patch_size: training patch (voxels, D H W for 3D; H W for 2D).
         paper: reference the architecture follows.
         num_params: parameters of the default build (``in_channels=len(modalities)``, ``out_channels`` the
@@ -93,6 +95,7 @@ class ModelInfo:
     spatial_dims: int = 3
     modalities: tuple[str, ...] = MODALITY_ORDER
     divisibility: int = 16
+    tiny_divisibility: int | None = None
     default_patch_size: tuple[int, ...] = (128, 128, 128)
     paper: str = ""
     num_params: int | None = None
@@ -109,6 +112,10 @@ class ModelInfo:
     preprocessing: "InputPreprocessing | None" = None
     scratch_flags: str = ""
     spacing_kwarg: str = ""
+
+    def divisibility_for(self, tiny: bool) -> int:
+        """Divisibility of the tiny build (``tiny``) or of the default one."""
+        return self.tiny_divisibility if tiny and self.tiny_divisibility is not None else self.divisibility
 
     @property
     def in_channels(self) -> int:

@@ -86,7 +86,7 @@ def test_metadata_is_consistent(name: str) -> None:
     info = model_info(name)
     assert info.spatial_dims == len(info.default_patch_size) == len(info.test_patch_size)
     assert all(p % info.divisibility == 0 for p in info.default_patch_size)
-    assert all(p % info.divisibility == 0 for p in info.test_patch_size)
+    assert all(p % info.divisibility_for(True) == 0 for p in info.test_patch_size)  # the tiny build runs on it
     assert set(info.modalities) <= set(MODALITY_ORDER)
     assert info.paper
 

@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 import integrated_experiment
 from engine.model_setup import setup_model
+from models import model_info
 from utils.schema import ATTENTION_CSV, RUNS_CSV, STAGE_PAM_CSV
 
 FAMILY_REPRESENTATIVES = [
@@ -73,3 +75,18 @@ def test_patch_size_is_rounded_up_to_each_model_divisibility() -> None:
     unetr = setup_model("unetr", available_modalities=("t1", "t1ce", "t2", "flair"), n_classes=4,
                         requested_patch=None, data_extent=(50, 60, 70))
     assert unetr.patch_size == (64, 64, 80) and unetr.model_kwargs["img_size"] == (64, 64, 80)
+
+
+def test_a_tiny_build_rounds_the_patch_to_its_own_divisibility() -> None:
+    """mobile_unetr_3d downsamples by 64, its tiny build by 8: with --tiny a 32 x 32 x 16 CT patch stays as asked
+    (it was rounded up to 64^3, a window the scan fills by 3%), and the tiny build runs on it."""
+    info = model_info("mobile_unetr_3d")
+    kwargs = dict(available_modalities=("ct",), n_classes=2, requested_patch=(32, 32, 16), data_extent=(32, 32, 16))
+    assert setup_model("mobile_unetr_3d", **kwargs).patch_size == (64, 64, 64)
+    tiny = setup_model("mobile_unetr_3d", **kwargs, overrides=dict(info.tiny_kwargs), tiny=True)
+    assert tiny.patch_size == (32, 32, 16)
+    model = tiny.build()
+    assert model.stride == info.tiny_divisibility == 8
+    with torch.no_grad():
+        assert model(torch.zeros(1, 1, *tiny.patch_size)).shape == (1, 2, 32, 32, 16)
+    assert model_info("unet3d_xs").divisibility_for(True) == model_info("unet3d_xs").divisibility
