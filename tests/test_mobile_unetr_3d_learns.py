@@ -1,5 +1,6 @@
 """The tiny ``mobile_unetr_3d`` build (``TINY_3D``, the sweeps' ``--tiny``) must learn where a lesion lies in a scan
-that fills a small part of a zero-padded window, as on the ct_large track (benchmarks/bench_learning.py).
+that fills a small part of a zero-padded window (as a 64-divisible build made of the bench_learning ct tracks'
+32 x 32 x 16 scans before the tiny build got its own divisibility).
 
 The problem: a "head" (an ellipsoid of brain intensity 0.3 inside a bright rim, ~26 x 26 x 14 voxels) at a random
 place of a 64 x 64 x 32 zero window, holding a brighter blob (0.6, radius 3-5 voxels), plus noise; the label is the
