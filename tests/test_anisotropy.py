@@ -43,15 +43,17 @@ def _tiny_mobile(**kwargs) -> torch.nn.Module:
 
 
 def test_mobile_unetr_3d_planned_for_head_ct_keeps_the_slices() -> None:
-    """Tiny build on 0.95 x 0.95 x 4.5 mm voxels: /8 in-plane, /2 across slices, full-size logits; a slice count
-    that is not even is refused naming the per-axis divisibility."""
+    """Tiny build (/4) on 0.95 x 0.95 x 4.5 mm voxels: /4 in-plane, every slice kept, full-size logits; on 1 x 1 x 2 mm
+    /4 and /2, and an odd slice count is refused naming the per-axis divisibility."""
     model = _tiny_mobile(spacing=HEAD_CT)
-    assert model.axis_stride == (8, 8, 2) and model.stride == 8
-    assert model.upsampling == [(2, 2, 2), (2, 2, 1), (2, 2, 1)]
+    assert model.axis_stride == (4, 4, 1) and model.stride == 4
+    assert model.upsampling == [(2, 2, 1), (2, 2, 1)]
     with torch.no_grad():
-        assert model(torch.randn(1, 1, 32, 32, 6)).shape == (1, 2, 32, 32, 6)
-        with pytest.raises(ValueError, match=r"divisible by \(8, 8, 2\)"):
-            model(torch.randn(1, 1, 32, 32, 5))
+        assert model(torch.randn(1, 1, 16, 16, 5)).shape == (1, 2, 16, 16, 5)
+    half = _tiny_mobile(spacing=(1.0, 1.0, 2.0))
+    assert half.axis_stride == (4, 4, 2) and half.upsampling == [(2, 2, 2), (2, 2, 1)]
+    with torch.no_grad(), pytest.raises(ValueError, match=r"divisible by \(4, 4, 2\)"):
+        half(torch.randn(1, 1, 16, 16, 5))
     default = create_model("mobile_unetr_3d", in_channels=1, out_channels=2, spacing=HEAD_CT)
     assert default.axis_stride == (64, 64, 16)
 
@@ -59,7 +61,7 @@ def test_mobile_unetr_3d_planned_for_head_ct_keeps_the_slices() -> None:
 def test_mobile_unetr_3d_isotropic_spacing_is_the_original_network() -> None:
     """Isotropic voxels (or no spacing) give the same network: same weights, same output."""
     plain, planned = _tiny_mobile(), _tiny_mobile(spacing=(1.0, 1.0, 1.0))
-    assert plain.axis_stride == planned.axis_stride == (8, 8, 8)
+    assert plain.axis_stride == planned.axis_stride == (4, 4, 4)
     planned.load_state_dict(plain.state_dict())
     x = torch.randn(1, 1, 16, 16, 16)
     with torch.no_grad():

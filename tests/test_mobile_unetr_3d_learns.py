@@ -7,8 +7,8 @@ place of a 64 x 64 x 32 zero window, holding a brighter blob (0.6, radius 3-5 vo
 blob. The model trains directly on fresh volumes (batch 2, the pipeline's loss: ``binary_segmentation``'s Dice + CE,
 the default recipe's AdamW at a constant lr 1e-3), then the pooled Dice of held-out volumes is measured in eval mode.
 Like the original, the decoder has no encoder skips, so what the decoder can place is bounded by the bottleneck grid:
-the former tiny build (/32: a 2 x 2 x 1 grid for this window) stays spatially flat (Dice ~0); the current one (/8)
-finds the blobs.
+the former tiny build (/32: a 2 x 2 x 1 grid for this window) stays spatially flat (Dice ~0); the current one (/4;
+a /8 one found these blobs too, but not the CT phantoms' haemorrhages) finds the blobs.
 """
 
 from __future__ import annotations
