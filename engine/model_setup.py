@@ -105,22 +105,24 @@ class InputChoices:
             channels (``ModelInfo.context_slices`` when None); 3D models ignore it.
         foreground_fraction: ``--foreground_fraction``: share of training samples centred on a foreground voxel
             (``ModelInfo.foreground_fraction`` when None, else the sampler's 1/3).
+        tiny: ``--tiny``: the model is its tiny build, so the patch is rounded to the tiny build's divisibility
+            (:meth:`ModelInfo.divisibility_for`).
     """
 
     dim: str | None = None
     context_slices: int | None = None
     foreground_fraction: float | None = None
+    tiny: bool = False
 
 
 def setup_model(name: str, *, available_modalities: tuple[str, ...], n_classes: int,
                 requested_patch: tuple[int, ...] | None, data_extent: tuple[int, int, int],
                 inputs: InputChoices | None = None, overrides: dict[str, Any] | None = None,
-                cpu_conv: bool | None = None, tiny: bool = False) -> ModelSetup:
+                cpu_conv: bool | None = None) -> ModelSetup:
     """Validate that ``name`` can run on this data and decide how it is built.
 
     ``cpu_conv``: see :attr:`ModelSetup.cpu_conv` (pass :func:`cpu_conv_wanted` of the sweep's config).
-    ``inputs``: ``--dim`` and ``--context_slices`` (:class:`InputChoices`).
-    ``tiny``: ``overrides`` hold the tiny build (``--tiny``), so the patch follows its divisibility.
+    ``inputs``: ``--dim``, ``--context_slices`` and ``--tiny`` (:class:`InputChoices`).
     Input channels: the model's named modalities; a model with ``any_channels`` whose modalities the
     dataset lacks takes every channel of ``available_modalities`` instead (e.g. one CT channel).
 
@@ -140,7 +142,7 @@ def setup_model(name: str, *, available_modalities: tuple[str, ...], n_classes: 
     if dim is not None and int(dim[0]) != info.spatial_dims:
         raise ValueError(f"model {name!r} is a {info.spatial_dims}D network; --dim {dim} does not apply to it "
                          f"(leave --dim unset to use each model's native dimensionality)")
-    patch = resolve_patch_size(info, requested_patch, data_extent, tiny)
+    patch = resolve_patch_size(info, requested_patch, data_extent, inputs.tiny)
     context = 0 if info.spatial_dims == 3 else (info.context_slices if context_slices is None else int(context_slices))
     if context < 0:
         raise ValueError(f"--context_slices must be >= 0, got {context}")

@@ -136,9 +136,9 @@ def plan_models(models: list[str], config: ExperimentConfig, data: SweepData) ->
         setup = setup_model(name, available_modalities=data.info.channels, n_classes=task.n_outputs,
                             requested_patch=requested, data_extent=data.extent,
                             inputs=InputChoices(dim=config.dim, context_slices=config.context_slices,
-                                                foreground_fraction=config.foreground_fraction),
+                                                foreground_fraction=config.foreground_fraction, tiny=bool(config.tiny)),
                             overrides=_with_spacing(info, _overrides(name, config), data),
-                            cpu_conv=cpu_conv_wanted(config), tiny=bool(config.tiny))
+                            cpu_conv=cpu_conv_wanted(config))
         own = {k: getattr(trainer, k) for k in info.train_defaults if getattr(trainer, k) != getattr(config, k)}
         if own:
             log.info("%s trains with its own recipe for the flags left unset: %s", name,

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import integrated_experiment
-from engine.model_setup import setup_model
+from engine.model_setup import InputChoices, setup_model
 from models import model_info
 from utils.schema import ATTENTION_CSV, RUNS_CSV, STAGE_PAM_CSV
 
@@ -83,7 +83,7 @@ def test_a_tiny_build_rounds_the_patch_to_its_own_divisibility() -> None:
     info = model_info("mobile_unetr_3d")
     kwargs = dict(available_modalities=("ct",), n_classes=2, requested_patch=(32, 32, 16), data_extent=(32, 32, 16))
     assert setup_model("mobile_unetr_3d", **kwargs).patch_size == (64, 64, 64)
-    tiny = setup_model("mobile_unetr_3d", **kwargs, overrides=dict(info.tiny_kwargs), tiny=True)
+    tiny = setup_model("mobile_unetr_3d", **kwargs, overrides=dict(info.tiny_kwargs), inputs=InputChoices(tiny=True))
     assert tiny.patch_size == (32, 32, 16)
     model = tiny.build()
     assert model.stride == info.tiny_divisibility == 4
