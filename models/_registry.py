@@ -56,7 +56,7 @@ class ModelInfo:
             exactly those or fail on a dataset without them.
         divisibility: every spatial input size must be a multiple of this.
         tiny_divisibility: the same for the ``tiny_kwargs`` build when it differs (``None``: ``divisibility``), e.g.
-            mobile_unetr_3d downsamples by 64 but by 8 when tiny; :meth:`divisibility_for` picks.
+            mobile_unetr_3d downsamples by 64 but by 4 when tiny; :meth:`divisibility_for` picks.
         default_patch_size: training patch (voxels, D H W for 3D; H W for 2D).
         paper: reference the architecture follows.
         num_params: parameters of the default build (``in_channels=len(modalities)``, ``out_channels`` the
