@@ -130,7 +130,8 @@ def plan_models(models: list[str], config: ExperimentConfig, data: SweepData) ->
     plans = {}
     for name in models:
         info = model_info(name)
-        trainer = TrainerSettings.for_model(config, info.train_defaults, config.explicit_flags)
+        recipe = info.train_defaults_for(bool(config.tiny))
+        trainer = TrainerSettings.for_model(config, recipe, config.explicit_flags)
         task = task_for(info, data.info, loss=loss_spec(trainer.loss, config), lesions=config)
         requested = config.patch_size or (info.test_patch_size if config.tiny else None)
         setup = setup_model(name, available_modalities=data.info.channels, n_classes=task.n_outputs,
@@ -139,7 +140,7 @@ def plan_models(models: list[str], config: ExperimentConfig, data: SweepData) ->
                                                 foreground_fraction=config.foreground_fraction, tiny=bool(config.tiny)),
                             overrides=_with_spacing(info, _overrides(name, config), data),
                             cpu_conv=cpu_conv_wanted(config))
-        own = {k: getattr(trainer, k) for k in info.train_defaults if getattr(trainer, k) != getattr(config, k)}
+        own = {k: getattr(trainer, k) for k in recipe if getattr(trainer, k) != getattr(config, k)}
         if own:
             log.info("%s trains with its own recipe for the flags left unset: %s", name,
                      ", ".join(f"{k} {v}" for k, v in own.items()))

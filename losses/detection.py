@@ -6,11 +6,12 @@
   number of peak cells (lesions; at least 1), so each lesion weighs the same whatever the patch size. (A
   sigmoid focal loss averaged over every cell, as MONAI's ``FocalLoss`` on soft targets, divides the lesion
   terms by the cell count, a few hundred per patch, and treats every cell of ``y > 0.5`` as a lesion centre.)
-- Size / offset: L1 at the lesion centre cells only, ``sum |pred - target|`` over those cells and the
-  3 axes divided by ``3 * n_pos`` (mean absolute error per coordinate, ``n_pos`` = centre cells in the
-  batch); exactly 0 (still attached to the graph) when the batch has no lesion. Sizes are compared as
-  logarithms (``|log pred - log target|``, a relative error), so a lesion of one voxel and one of forty
-  weigh the same; offsets as they are.
+- Size / offset: L1 at the cells of the targets' ``weight`` (the lesion centre cells, weight 1, or with box
+  regression every cell of a lesion's box, weighted by its heatmap Gaussian: TTFNet), ``sum w |pred - target|``
+  over the cells and the 3 axes divided by ``3 * sum w`` (weighted mean absolute error per coordinate); exactly
+  0 (still attached to the graph) when the batch has no lesion. Sizes are compared as logarithms
+  (``|log pred - log target|``, a relative error), so a lesion of one voxel and one of forty weigh the same;
+  offsets as they are.
 - RoI segmentation: per RoI, smoothed soft Dice loss ``1 - (2 sum(p t) + s) / (sum p + sum t + s)`` with
   ``s = 1`` (an empty target with an empty prediction gives ~0) plus BCE-with-logits averaged over the
   RoI's voxels; then the mean over RoIs, so each RoI (lesion) weighs the same whatever its size.
@@ -42,7 +43,8 @@ def heatmap_focal_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float 
 
 
 def masked_l1(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean L1 per coordinate over the cells where ``mask`` (B, d, h, w) is 1; 0 when there are none.
+    """Mean L1 per coordinate over the cells of ``mask`` (B, d, h, w), weighted by its values (0/1 or weights
+    in [0, 1]): ``sum m |pred - target| / (K * sum m)``; 0 when ``mask`` is all 0.
 
     ``pred``/``target``: (B, K, d, h, w).
     """
@@ -109,8 +111,8 @@ class CenterNetDetectionLoss(nn.Module):
                 targets: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {
             "heatmap": self.w_heatmap * heatmap_focal_loss(heat_logits, targets["heatmap"], self.alpha, self.beta),
-            "size": self.w_size * masked_l1(_log(size), _log(targets["size"]), targets["mask"]),
-            "offset": self.w_offset * masked_l1(offset, targets["offset"], targets["mask"]),
+            "size": self.w_size * masked_l1(_log(size), _log(targets["size"]), targets["weight"]),
+            "offset": self.w_offset * masked_l1(offset, targets["offset"], targets["weight"]),
         }
 
     def extra_repr(self) -> str:

@@ -75,6 +75,9 @@ class ModelInfo:
         train_defaults: trainer settings this model trains with unless the user sets them on the command
             line (names of ``TrainerSettings`` fields, e.g. RetinaNet's SGD: ``optimizer``, ``lr``,
             ``momentum``, ``weight_decay``, ``scheduler``, ``lr_step_size``).
+        tiny_train_defaults: trainer settings of the ``tiny_kwargs`` build over ``train_defaults`` (e.g. DetSeg3D's
+            lr 1e-3: the seed's 1e-4 is meant for 100 epochs of the default build, and the tiny build does not learn
+            its masks with it in a CPU budget; benchmarks/RESULTS.md); the user's flags still win.
         flag_kwargs: the sweep flags this model takes, flag name -> builder keyword (e.g. RetinaNet's
             ``anchor_shapes``); a flag's value reaches the builder whenever it is set (not None), so a flag with
             a default value (``min_lesion_size``) always does. Unset flags leave the builder's own default.
@@ -108,10 +111,16 @@ class ModelInfo:
     centre_jitter: int = 0
     any_channels: bool = False
     train_defaults: dict[str, Any] = field(default_factory=dict)
+    tiny_train_defaults: dict[str, Any] = field(default_factory=dict)
     flag_kwargs: dict[str, str] = field(default_factory=dict)
     preprocessing: "InputPreprocessing | None" = None
     scratch_flags: str = ""
     spacing_kwarg: str = ""
+
+    def train_defaults_for(self, tiny: bool) -> dict[str, Any]:
+        """The recipe of the tiny build (``tiny``: ``train_defaults`` updated by ``tiny_train_defaults``) or of the
+        default one."""
+        return dict(self.train_defaults, **self.tiny_train_defaults) if tiny else dict(self.train_defaults)
 
     def divisibility_for(self, tiny: bool) -> int:
         """Divisibility of the tiny build (``tiny``) or of the default one."""

@@ -38,6 +38,42 @@ def test_targets_of_one_cube_lesion() -> None:
     assert R.gaussian_sigma((40, 64, 64)) == 2.0
 
 
+def test_box_regression_targets_cover_the_lesion_box_with_gaussian_weights() -> None:
+    """TTFNet's rule: every cell the box meets regresses the lesion's box, weighted by its Gaussian; the seed's
+    rule writes the centre cell only. A peak one cell off the centre decodes the lesion's box exactly."""
+    label = np.zeros((32, 32, 16), dtype=np.int64)
+    label[6:26, 9:13, 3:9] = 1  # box 20 x 4 x 6 voxels: cells [0, 4) x [1, 2) x [1, 5) at stride (8, 8, 2)
+    box = R.make_targets(label, (4, 4, 8), stride=(8, 8, 2), regress="box")
+    centre = R.make_targets(label, (4, 4, 8), stride=(8, 8, 2), regress="centre")
+    claimed = np.argwhere(box["weight"] > 0)
+    assert {tuple(c) for c in claimed} == {(i, 1, k) for i in range(4) for k in range(1, 5)}
+    centre_cell = (2, 1, 3)  # centre (16, 11, 6) voxels -> (2.0, 1.375, 3.0) cells
+    assert box["weight"][centre_cell] == 1.0 and box["mask"].sum() == 1 and box["mask"][centre_cell] == 1
+    # weights are the heatmap's Gaussian (sigma max(1, ceil(0.5 / 4)) = 1 cell) at each claimed cell
+    np.testing.assert_allclose(box["weight"][box["weight"] > 0], box["heatmap"][0][box["weight"] > 0])
+    assert box["weight"][0, 1, 3] == pytest.approx(math.exp(-2.0))
+    assert np.argwhere(centre["weight"] > 0).tolist() == [list(centre_cell)]
+    np.testing.assert_array_equal(centre["heatmap"], box["heatmap"])
+    for cell in ((2, 1, 3), (1, 1, 2), (3, 1, 4)):
+        size = torch.from_numpy(box["size"][(slice(None), *cell)])[None]
+        offset = torch.from_numpy(box["offset"][(slice(None), *cell)])[None]
+        decoded = R.decode_boxes(torch.tensor([cell]), size, offset, stride=(8, 8, 2))
+        np.testing.assert_allclose(decoded[0], box["boxes"][0], atol=1e-5)
+
+
+def test_box_regression_cell_shared_by_two_lesions_goes_to_the_nearer_centre() -> None:
+    label = np.zeros((32, 32, 16), dtype=np.int64)
+    label[0:18, 0:3, 0:4] = 1  # box x [0, 18): centre 9 -> cell 1; z [0, 4): centre cell 1
+    label[14:30, 5:8, 0:4] = 1  # a separate component (2 voxels apart in y); box x [14, 30): centre 22 -> cell 2
+    t = R.make_targets(label, (4, 4, 8), stride=(8, 8, 2), regress="box")
+    # cells (1, 0, 0) and (2, 0, 0) lie in both boxes; each goes to the lesion whose Gaussian is higher there
+    assert t["size"][0, 1, 0, 0] == pytest.approx(18 / 8) and t["offset"][0, 1, 0, 0] == pytest.approx(9 / 8 - 1)
+    assert t["size"][0, 2, 0, 0] == pytest.approx(16 / 8) and t["offset"][0, 2, 0, 0] == pytest.approx(22 / 8 - 2)
+    assert t["weight"][1, 0, 0] == pytest.approx(math.exp(-0.5)) and t["mask"].sum() == 2
+    with pytest.raises(ValueError, match="regress"):
+        R.make_targets(label, (4, 4, 8), regress="anchors")
+
+
 def test_components_are_26_connected_and_filtered_by_size() -> None:
     label = np.zeros((16, 16, 16), dtype=np.uint8)
     label[2, 2, 2] = label[3, 3, 3] = 1  # corner neighbours: one lesion under 26-connectivity
@@ -163,6 +199,9 @@ def test_detection_loss_terms() -> None:
     mask[0, 1, 1, 1] = 1
     assert float(masked_l1(pred, tgt, mask)) == pytest.approx(6.0)
     assert float(masked_l1(pred, tgt, torch.zeros(1, 2, 2, 2))) == 0.0
+    weights = mask.clone()
+    weights[0, 0, 0, 0] = 0.25  # Gaussian weights: (1 * 18 + 0.25 * 300) / (3 * 1.25)
+    assert float(masked_l1(pred, tgt, weights)) == pytest.approx((18 + 0.25 * 300) / 3.75)
 
 
 # ----------------------------------------------------------------------------- training RoIs
@@ -490,3 +529,22 @@ def test_the_sweep_builds_detseg3d_for_the_dataset_spacing(tmp_path) -> None:
                            "32", "16", "--tiny", "--models", "detseg3d", "--cache_dir", str(tmp_path / "cache"),
                            "--model_kwargs", '{"detseg3d": {"spacing": [1, 1, 1]}}'])
     assert plan_models(["detseg3d"], config, data)["detseg3d"].setup.build().stride == (8, 8, 8)
+
+
+def test_the_regression_mode_travels_with_the_weights() -> None:
+    """A checkpoint decodes offsets as it was trained (the mode is a buffer of the state dict), and one saved
+    before the mode existed (no buffer) fails to load instead of decoding sigmoid-trained offsets linearly."""
+    centre, box = _tiny(regress="centre"), _tiny(regress="box")
+    x = torch.rand(1, 1, 32, 32, 16)
+    box.load_state_dict(centre.state_dict())
+    assert box.detector.regress == "centre"
+    with torch.no_grad():
+        for a, b in zip(centre.detector(x), box.detector(x)):
+            torch.testing.assert_close(a, b)
+        offset = box.detector(x)[2]
+    assert float(offset.min()) >= 0.0 and float(offset.max()) < 1.0  # sigmoid offsets
+    old = {k: v for k, v in centre.state_dict().items() if not k.endswith("box_regression")}
+    with pytest.raises(RuntimeError, match="box_regression"):
+        _tiny().load_state_dict(old)
+    with pytest.raises(ValueError, match="regress"):
+        _tiny(regress="anchors")

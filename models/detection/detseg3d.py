@@ -7,6 +7,13 @@ After kevinkwshin/DetSeg3D ``main.py`` (MODEL_SPECS 2.1), with these deliberate 
   compares log sizes (:mod:`losses.detection`); the detection terms have equal weights 1/1/1;
 - the size head predicts log sizes (``exp`` instead of the original ReLU, whose zero output at a lesion's
   centre gets no gradient);
+- box regression (``regress="box"``, TTFNet's Gaussian-weighted regression): size and offset are trained at every
+  cell the lesion's box meets, weighted by its heatmap Gaussian there, not at the centre cell only (the seed writes
+  them at the centre but masks its L1 to every cell of target > 0.5, so its other cells learn size 0); a heatmap peak
+  a cell off the centre then still decodes the lesion's box. This matters for thin, hollow lesions such as a
+  subdural crescent, whose box centre lies off the lesion and whose peak lands beside the centre cell; offsets are
+  then linear (``raw + 0.5``, in cells, any value), not the seed's squashed [0, 1). ``regress="centre"``: the centre
+  cell only, sigmoid offsets;
 - the detector uses GroupNorm (8 groups) instead of BatchNorm: trained on one patch per step, BatchNorm
   normalises each patch by its own statistics but a scan at inference by its running averages, so the
   heatmap learnt in training shifts at inference (higher off the lesions, lower at their centres);
@@ -27,7 +34,10 @@ the grid halves at that level); a fusion
 ``ResidualUnit`` (8c); three heads, each Convolution 3^3 (8c -> 4c, GroupNorm, ReLU) + 1^3 conv:
 heatmap (1 channel, logits; bias initialised to the focal prior -log((1 - 0.01) / 0.01)),
 size (3 channels, ``exp`` of the head's output clipped to +-``LOG_SIZE_LIMIT`` with gradients passing the clip,
-in cells = voxels / stride; about 1 cell at initialisation), offset (3 channels, sigmoid, in [0, 1) of a cell).
+in cells = voxels / stride; about 1 cell at initialisation), offset (3 channels, in cells from the cell's corner:
+``raw + 0.5`` with box regression, ``sigmoid(raw)`` in [0, 1) with centre regression). The regression mode is a
+buffer of the state dict (``box_regression``), so a checkpoint decodes as it was trained whatever the build says,
+and one saved before the mode existed (centre regression, no buffer) fails to load instead of decoding wrongly.
 
 Stage 2, RoI segmenter: MONAI ``UNet`` (3D, in_channels -> 1 logit, channels ``seg_channels``, strides 2,
 2 residual units, dropout 0.1, instance norm, so each RoI is segmented independently of its mini-batch).
@@ -105,9 +115,13 @@ class CenterNetDetector3D(nn.Module):
     """Anchor-free detector at ``stride`` (per axis; the seed's 8 on every axis by default): returns
     ``(heatmap logits (B,1), size (B,3), offset (B,3))`` maps."""
 
-    def __init__(self, in_channels: int, base_channels: int = 32, stride: Sequence[int] = (STRIDE,) * 3) -> None:
+    def __init__(self, in_channels: int, base_channels: int = 32, stride: Sequence[int] = (STRIDE,) * 3,
+                 regress: str = "box") -> None:
         super().__init__()
+        if regress not in R.REGRESS_MODES:
+            raise ValueError(f"regress must be one of {R.REGRESS_MODES}, got {regress!r}")
         c = int(base_channels)
+        self.register_buffer("box_regression", torch.tensor(int(regress == "box"), dtype=torch.uint8))
         self.init_conv = _conv(in_channels, c)
         levels = []
         for k, strides in enumerate(level_strides(stride)):
@@ -128,7 +142,14 @@ class CenterNetDetector3D(nn.Module):
         f = self.fusion(self.encoder(self.init_conv(x)))
         log_size = self.size_head(f)  # the clip passes gradients straight through: no output stops learning
         log_size = log_size + (log_size.clamp(-LOG_SIZE_LIMIT, LOG_SIZE_LIMIT) - log_size).detach()
-        return self.heatmap_head(f), log_size.exp(), torch.sigmoid(self.offset_head(f))
+        raw = self.offset_head(f)
+        offset = raw + 0.5 if bool(self.box_regression) else torch.sigmoid(raw)
+        return self.heatmap_head(f), log_size.exp(), offset
+
+    @property
+    def regress(self) -> str:
+        """``"box"`` or ``"centre"``: where size and offset are trained (see the module docstring)."""
+        return "box" if bool(self.box_regression) else "centre"
 
 
 def _pad_to(x: torch.Tensor, multiple: Sequence[int]) -> tuple[torch.Tensor, tuple[int, ...]]:
@@ -171,6 +192,8 @@ class DetSeg3D(nn.Module):
             ``None``: planned from ``spacing`` (:func:`grid_for_spacing`).
         spacing: voxel spacing in mm per axis (the sweep passes the dataset's median spacing); ``None`` and no
             ``stride``: the seed's 8 on every axis.
+        regress: ``"box"`` (size and offset trained at every cell of the lesion's box, Gaussian-weighted) or
+            ``"centre"`` (the seed's centre cell only); see the module docstring.
     """
 
     def __init__(self, *, in_channels: int = 1, base_channels: int = 32,
@@ -179,7 +202,8 @@ class DetSeg3D(nn.Module):
                  infer_threshold: float = 0.1, nms_iou: float = 0.3, min_box: float = 8.0, max_box: float = 64.0,
                  min_lesion_size: int = 1, neg_ratio: float = 1.0, roi_jitter: float = 0.15,
                  seg_lambda: float = 1.0, seg_dropout: float = 0.1, dice_smooth: float = 1.0,
-                 stride: int | Sequence[int] | None = None, spacing: Sequence[float] | None = None) -> None:
+                 stride: int | Sequence[int] | None = None, spacing: Sequence[float] | None = None,
+                 regress: str = "box") -> None:
         super().__init__()
         grid = grid_for_spacing(spacing) if stride is None else stride
         self.stride = tuple(int(s) for s in R.axis_strides(grid))
@@ -208,7 +232,7 @@ class DetSeg3D(nn.Module):
         self.min_lesion_size, self.neg_ratio = int(min_lesion_size), float(neg_ratio)
         self.roi_jitter = float(roi_jitter)
         self.seg_lambda, self.dice_smooth = float(seg_lambda), float(dice_smooth)
-        self.detector = CenterNetDetector3D(in_channels, base_channels, self.stride)
+        self.detector = CenterNetDetector3D(in_channels, base_channels, self.stride, regress)
         self.segmenter = UNet(spatial_dims=3, in_channels=in_channels, out_channels=1, channels=seg_channels,
                               strides=(2,) * (len(seg_channels) - 1), num_res_units=2, norm="INSTANCE",
                               dropout=seg_dropout)
@@ -299,11 +323,12 @@ class DetSeg3D(nn.Module):
         heat, size, offset = self.detector(xp)
         fshape = heat.shape[2:]
         lab_np = (lp.detach().cpu().numpy() > 0)
-        tgts = [R.make_targets(lab_np[b], fshape, stride=self.stride, min_lesion_size=self.min_lesion_size)
+        tgts = [R.make_targets(lab_np[b], fshape, stride=self.stride, min_lesion_size=self.min_lesion_size,
+                               regress=self.detector.regress)
                 for b in range(image.shape[0])]
         dev, dt = heat.device, heat.dtype
         stacked = {k: torch.from_numpy(np.stack([t[k] for t in tgts])).to(dev, dt)
-                   for k in ("heatmap", "size", "offset", "mask")}
+                   for k in ("heatmap", "size", "offset", "mask", "weight")}
         losses = self.det_loss(heat, size, offset, stacked)
 
         crops, targets = [], []
@@ -368,9 +393,13 @@ class DetSeg3D(nn.Module):
 
 
 _DEFAULT_PATCH = (96, 96, 32)
-# 8 wide at full resolution: a 4-wide tiny build (detector and RoI U-Net) hit 12 of 40 unseen lesions where this one
-# hits 21 in the same 20 epochs (benchmarks/RESULTS.md, "DetSeg3D on the CT phantoms"), as with the nnU-Net baselines.
-TINY = dict(base_channels=8, seg_channels=(8, 16, 32, 64), roi_size=(16, 16, 16), max_rois=8)
+# 16 wide at full resolution (half the default build), trained at lr 1e-3: 4 wide hit 12 of 40 unseen lesions, 8 wide 21
+# (as with the nnU-Net baselines), and with 8 wide the rare thin lesions (subdural crescents) stayed unfit even on
+# the training scans; 16 wide with box regression at lr 1e-3 gives AP@0.1 0.68 / mAP 0.46 / Dice 0.52 on those 40
+# lesions after 20 epochs where 8 wide at the recipe's lr gave 0.46 / 0.17 / 0.26; the 16-wide RoI U-Net learns its
+# masks at 1e-3 only (Dice 0.10 at 1e-4) (benchmarks/RESULTS.md, "DetSeg3D on the CT phantoms").
+TINY = dict(base_channels=16, seg_channels=(16, 32, 64, 128), roi_size=(16, 16, 16), max_rois=8)
+TINY_TRAIN = dict(lr=1e-3)
 # sweep flags -> builder kwargs: the RoI settings when set, and the lesion size rule of the sweep always
 FLAG_KWARGS = dict(max_rois="max_rois", roi_batch_size="roi_batch_size", roi_size="roi_size", seg_lambda="seg_lambda",
                    neg_ratio="neg_ratio", min_lesion_size="min_lesion_size")
@@ -379,6 +408,7 @@ FLAG_KWARGS = dict(max_rois="max_rois", roi_batch_size="roi_batch_size", roi_siz
 @register_model(family="detseg3d", task="detect_segment", spatial_dims=3, divisibility=STRIDE,
                 default_patch_size=_DEFAULT_PATCH, paper=PAPER, num_params=13_268_657, tiny_kwargs=TINY,
                 test_patch_size=(32, 32, 16), train_defaults=dict(optimizer="adamw", lr=1e-4, scheduler="cosine"),
+                tiny_train_defaults=TINY_TRAIN,
                 flag_kwargs=FLAG_KWARGS, spacing_kwarg="spacing")
 def detseg3d(*, in_channels: int = 1, out_channels: int = 1, **kwargs: Any) -> nn.Module:
     """DetSeg3D; ``out_channels`` must be 1 (one foreground probability)."""

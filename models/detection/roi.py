@@ -8,7 +8,8 @@ Conventions (shared by every function here):
 - Feature cell ``k`` at stride ``s`` (per axis: one int, or three for an anisotropic grid) spans voxels
   ``[s k, s k + s)``. A box centre ``c`` (voxels) lies in
   cell ``floor(c / s)`` with offset ``c / s - floor(c / s)`` in ``[0, 1)``; sizes are in cells (voxels / s).
-  :func:`make_targets` then :func:`decode_boxes` at the centre cell gives the lesion's box back exactly.
+  :func:`make_targets` then :func:`decode_boxes` at the centre cell (with ``regress="box"`` at any cell of the
+  lesion's box that the lesion claims) gives the lesion's box back exactly.
 - Two boxes per RoI: the *detection box* (the decoded centre and size, at least ``MIN_DETECTION_BOX`` voxels
   per axis: what is reported and scored against the lesions' boxes) and the *crop box*
   (:func:`crop_boxes`: the same centre, sizes clipped to the segmenter's ``[min_box, max_box]``, so a lesion
@@ -33,6 +34,7 @@ from scipy import ndimage
 
 STRUCTURE_26 = np.ones((3, 3, 3), dtype=bool)
 MIN_DETECTION_BOX = 1.0  # voxels per axis: a lesion is at least one voxel
+REGRESS_MODES = ("box", "centre")  # where size and offset targets are written (see make_targets)
 
 
 # --------------------------------------------------------------------------- targets
@@ -71,24 +73,32 @@ def gaussian_sigma(box_size_voxels: Sequence[float], stride: int | Sequence[int]
 
 
 def make_targets(label: np.ndarray, feature_shape: Sequence[int], *, stride: int | Sequence[int] = 8,
-                 min_lesion_size: int = 1) -> dict[str, np.ndarray]:
+                 min_lesion_size: int = 1, regress: str = "centre") -> dict[str, np.ndarray]:
     """Detector targets of one label mask (D, H, W) on a feature grid ``feature_shape`` (d, h, w).
 
     Heatmap: a Gaussian per lesion centred at its integer centre cell, sigma from :func:`gaussian_sigma`,
     peak 1, lesions combined by element-wise max. Size (box extent / stride, cells) and offset
-    (centre / stride - cell, in [0, 1)) are written at the centre cell only (a later lesion overwrites an
-    earlier one sharing its cell); ``mask`` marks those cells.
+    (centre / stride - cell, cells) are written at the cells of ``weight`` > 0: with ``regress="centre"``
+    (the seed's CenterNet) the centre cell only (weight 1, offset in [0, 1); a later lesion overwrites an
+    earlier one sharing its cell); with ``regress="box"`` also every cell whose voxel span meets the lesion's
+    box, weighted by the lesion's heatmap Gaussian there (TTFNet's Gaussian-weighted box regression), so a
+    heatmap peak a cell or two off the centre still decodes the lesion's box; a cell claimed by two lesions
+    takes the one of higher weight. ``mask`` marks the centre cells.
 
     Returns:
-        dict with ``heatmap`` (1, d, h, w), ``size`` (3, d, h, w), ``offset`` (3, d, h, w), ``mask`` (d, h, w)
-        float32 arrays, ``boxes`` (N, 6) lesion boxes and ``all_boxes`` (M, 6) boxes of every component.
+        dict with ``heatmap`` (1, d, h, w), ``size`` (3, d, h, w), ``offset`` (3, d, h, w), ``mask`` and
+        ``weight`` (d, h, w) float32 arrays, ``boxes`` (N, 6) lesion boxes and ``all_boxes`` (M, 6) boxes of
+        every component.
     """
+    if regress not in REGRESS_MODES:
+        raise ValueError(f"regress must be one of {REGRESS_MODES}, got {regress!r}")
     fshape = tuple(int(s) for s in feature_shape)
     boxes, all_boxes = lesion_boxes(label, min_lesion_size)
     heat = np.zeros((1, *fshape), dtype=np.float32)
     size = np.zeros((3, *fshape), dtype=np.float32)
     offset = np.zeros((3, *fshape), dtype=np.float32)
     mask = np.zeros(fshape, dtype=np.float32)
+    weight = np.zeros(fshape, dtype=np.float32)
     grids = np.meshgrid(*[np.arange(s, dtype=np.float32) for s in fshape], indexing="ij")
     strides = axis_strides(stride)
     for box in boxes:
@@ -97,12 +107,20 @@ def make_targets(label: np.ndarray, feature_shape: Sequence[int], *, stride: int
         cell = np.minimum(np.floor(centre).astype(np.int64), np.array(fshape) - 1)
         sigma = gaussian_sigma(extent, stride)
         d2 = sum((g - c) ** 2 for g, c in zip(grids, cell))
-        heat[0] = np.maximum(heat[0], np.exp(-d2 / (2.0 * sigma**2)).astype(np.float32))
-        idx = (slice(None), *cell.tolist())
-        size[idx] = extent / strides
-        offset[idx] = centre - cell
+        gauss = np.exp(-d2 / (2.0 * sigma**2)).astype(np.float32)
+        heat[0] = np.maximum(heat[0], gauss)
+        region = np.zeros(fshape, dtype=bool)
+        if regress == "box":
+            lo = np.floor(box[:3] / strides).astype(np.int64)
+            hi = np.minimum(np.ceil(box[3:] / strides).astype(np.int64), fshape)
+            region[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = True
+        region[tuple(cell.tolist())] = True
+        claim = region & (gauss >= weight)
+        weight[claim] = gauss[claim]
+        size[:, claim] = (extent / strides)[:, None]
+        offset[:, claim] = (centre[:, None] - np.stack([g[claim] for g in grids]))
         mask[tuple(cell.tolist())] = 1.0
-    return dict(heatmap=heat, size=size, offset=offset, mask=mask, boxes=boxes, all_boxes=all_boxes)
+    return dict(heatmap=heat, size=size, offset=offset, mask=mask, weight=weight, boxes=boxes, all_boxes=all_boxes)
 
 
 # --------------------------------------------------------------------------- boxes
