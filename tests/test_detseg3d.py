@@ -525,6 +525,14 @@ def test_the_sweep_builds_detseg3d_for_the_dataset_spacing(tmp_path) -> None:
     assert spacing == median_spacing(data.cases.values()) and 4.0 <= spacing[2] <= 5.0 and spacing[0] < 1.01
     assert plans["detseg3d"].setup.build().stride == (8, 8, 2)
     assert "spacing" not in plans["unet3d_xs"].setup.model_kwargs
+    # the tiny build's recipe (ModelInfo.tiny_train_defaults) over the seed's; the sweep's default for the others
+    assert (plans["detseg3d"].trainer.lr, plans["detseg3d"].trainer.optimizer) == (1e-3, "adamw")
+    assert plans["unet3d_xs"].trainer.lr == config.lr
+    common = ["--dataset_version", "synthetic_ich", "--synthetic_cases", "8", "--synthetic_size", "32", "32", "16",
+              "--models", "detseg3d", "--cache_dir", str(tmp_path / "cache")]
+    assert plan_models(["detseg3d"], parse_config(common), data)["detseg3d"].trainer.lr == 1e-4  # the seed's
+    chosen = parse_config([*common, "--tiny", "--lr", "3e-4"])
+    assert plan_models(["detseg3d"], chosen, data)["detseg3d"].trainer.lr == 3e-4  # the user's flag wins
     config = parse_config(["--dataset_version", "synthetic_ich", "--synthetic_cases", "8", "--synthetic_size", "32",
                            "32", "16", "--tiny", "--models", "detseg3d", "--cache_dir", str(tmp_path / "cache"),
                            "--model_kwargs", '{"detseg3d": {"spacing": [1, 1, 1]}}'])
