@@ -31,8 +31,8 @@ Tracks (see ``TRACKS``): BraTS families (the ones tied to MRI modalities) on the
 build of the smallest size; every model that takes CT (``any_channels``, detectors, detect-then-segment) on small
 ``synthetic_ich`` phantoms in its ``--tiny`` build (batch 1 under ``--deterministic`` runs PyTorch's slow_conv3d, so
 the default builds do not fit a CPU run), cheap ones for more epochs (``LONG``), windows larger than the scans apart
-(``LARGE``), the detectors also on the track's default 64 x 64 x 16 phantoms (``ALSO``: DetSeg3D with the budget its
-recipe's lr needs), BraTS models that leave the early all-background phase later for 12 epochs (``BRATS_LONG``); the
+(``LARGE``), the detectors also on the track's default 64 x 64 x 16 phantoms (``ALSO``: DetSeg3D with the DetSeg3D
+subsection's budget), BraTS models that leave the early all-background phase later for 12 epochs (``BRATS_LONG``); the
 promptable models on ``synthetic_ich`` (tiny, prompt-free and clicks; SAM-Med3D from scratch at lr 1e-3, its recipe's
 1e-4 being a fine-tuning rate); unet2d_luna on ``synthetic_luna``. A model learns when its gain
 over the untrained model reaches the track's margin on each of the track's criteria that the model reports (BraTS:
@@ -163,8 +163,9 @@ TRACKS = {
                                             "--samples_per_volume", "2"),
                   epochs=30, tiny=True, metrics=("ap_10", "map", "froc_cpm", "dice_ich"),
                   criteria=("ap_10", "dice_ich"), margin=0.1),
-    # DetSeg3D at its recipe's lr (1e-4, the seed's, meant for 100 epochs) needs more steps: the DetSeg3D
-    # subsection's budget, 8 patches per scan (the CLI's default), 20 epochs.
+    # DetSeg3D with the DetSeg3D subsection's budget, 8 patches per scan (the CLI's default), 20 epochs (chosen when
+    # its tiny build trained at the seed's lr 1e-4, meant for 100 epochs; the tiny build's recipe is lr 1e-3 since
+    # 2026-12-06).
     "ct64_det": Track("ct64_det", "synthetic_ich", ("--synthetic_cases", "48", "--synthetic_size", "64", "64", "16",
                                                     "--samples_per_volume", "8"),
                       epochs=20, tiny=True, metrics=("ap_10", "map", "froc_cpm", "dice_ich"),

@@ -111,6 +111,11 @@ def level_strides(stride: Sequence[int]) -> list[tuple[int, ...]]:
     return step_strides([int(round(math.log2(s))) for s in stride], 3)
 
 
+def _read_regression_mode(module: "CenterNetDetector3D", incompatible_keys: Any) -> None:
+    """After a state dict is loaded: decode as the loaded weights were trained (their ``box_regression``)."""
+    module._box = bool(module.box_regression)
+
+
 class CenterNetDetector3D(nn.Module):
     """Anchor-free detector at ``stride`` (per axis; the seed's 8 on every axis by default): returns
     ``(heatmap logits (B,1), size (B,3), offset (B,3))`` maps."""
@@ -122,6 +127,8 @@ class CenterNetDetector3D(nn.Module):
             raise ValueError(f"regress must be one of {R.REGRESS_MODES}, got {regress!r}")
         c = int(base_channels)
         self.register_buffer("box_regression", torch.tensor(int(regress == "box"), dtype=torch.uint8))
+        self._box = regress == "box"  # the buffer's value, kept on the host (no device sync per forward)
+        self.register_load_state_dict_post_hook(_read_regression_mode)
         self.init_conv = _conv(in_channels, c)
         levels = []
         for k, strides in enumerate(level_strides(stride)):
@@ -143,13 +150,13 @@ class CenterNetDetector3D(nn.Module):
         log_size = self.size_head(f)  # the clip passes gradients straight through: no output stops learning
         log_size = log_size + (log_size.clamp(-LOG_SIZE_LIMIT, LOG_SIZE_LIMIT) - log_size).detach()
         raw = self.offset_head(f)
-        offset = raw + 0.5 if bool(self.box_regression) else torch.sigmoid(raw)
+        offset = raw + 0.5 if self._box else torch.sigmoid(raw)
         return self.heatmap_head(f), log_size.exp(), offset
 
     @property
     def regress(self) -> str:
         """``"box"`` or ``"centre"``: where size and offset are trained (see the module docstring)."""
-        return "box" if bool(self.box_regression) else "centre"
+        return "box" if self._box else "centre"
 
 
 def _pad_to(x: torch.Tensor, multiple: Sequence[int]) -> tuple[torch.Tensor, tuple[int, ...]]:
