@@ -335,7 +335,7 @@ class DetSeg3D(nn.Module):
                 for b in range(image.shape[0])]
         dev, dt = heat.device, heat.dtype
         stacked = {k: torch.from_numpy(np.stack([t[k] for t in tgts])).to(dev, dt)
-                   for k in ("heatmap", "size", "offset", "mask", "weight")}
+                   for k in ("heatmap", "size", "offset", "weight")}
         losses = self.det_loss(heat, size, offset, stacked)
 
         crops, targets = [], []
