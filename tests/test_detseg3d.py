@@ -541,7 +541,8 @@ def test_the_sweep_builds_detseg3d_for_the_dataset_spacing(tmp_path) -> None:
 
 def test_the_regression_mode_travels_with_the_weights() -> None:
     """A checkpoint decodes offsets as it was trained (the mode is a buffer of the state dict), and one saved
-    before the mode existed (no buffer) fails to load instead of decoding sigmoid-trained offsets linearly."""
+    before the mode existed (no buffer, centre regression then) loads as centre regression, not decoding its
+    sigmoid-trained offsets linearly."""
     centre, box = _tiny(regress="centre"), _tiny(regress="box")
     x = torch.rand(1, 1, 32, 32, 16)
     box.load_state_dict(centre.state_dict())
@@ -552,7 +553,12 @@ def test_the_regression_mode_travels_with_the_weights() -> None:
         offset = box.detector(x)[2]
     assert float(offset.min()) >= 0.0 and float(offset.max()) < 1.0  # sigmoid offsets
     old = {k: v for k, v in centre.state_dict().items() if not k.endswith("box_regression")}
-    with pytest.raises(RuntimeError, match="box_regression"):
-        _tiny().load_state_dict(old)
+    loaded = _tiny(regress="box")
+    loaded.load_state_dict(old)  # strict: the missing buffer is supplied, nothing else is
+    assert loaded.detector.regress == "centre" and int(loaded.detector.box_regression) == 0
+    assert "detector.box_regression" not in old  # the caller's dict is left as it was
+    with torch.no_grad():
+        for a, b in zip(centre.detector(x), loaded.detector(x)):
+            torch.testing.assert_close(a, b)
     with pytest.raises(ValueError, match="regress"):
         _tiny(regress="anchors")

@@ -36,8 +36,8 @@ heatmap (1 channel, logits; bias initialised to the focal prior -log((1 - 0.01) 
 size (3 channels, ``exp`` of the head's output clipped to +-``LOG_SIZE_LIMIT`` with gradients passing the clip,
 in cells = voxels / stride; about 1 cell at initialisation), offset (3 channels, in cells from the cell's corner:
 ``raw + 0.5`` with box regression, ``sigmoid(raw)`` in [0, 1) with centre regression). The regression mode is a
-buffer of the state dict (``box_regression``), so a checkpoint decodes as it was trained whatever the build says,
-and one saved before the mode existed (centre regression, no buffer) fails to load instead of decoding wrongly.
+buffer of the state dict (``box_regression``), so a checkpoint decodes as it was trained whatever the build says;
+one saved before the mode existed (no buffer) loads as centre regression, the only mode then.
 
 Stage 2, RoI segmenter: MONAI ``UNet`` (3D, in_channels -> 1 logit, channels ``seg_channels``, strides 2,
 2 residual units, dropout 0.1, instance norm, so each RoI is segmented independently of its mini-batch).
@@ -48,6 +48,7 @@ Conventions are those of :mod:`models.detection.roi` (boxes ``[x1, y1, z1, x2, y
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any, NamedTuple, Sequence
 
@@ -63,6 +64,8 @@ from losses.detection import CenterNetDetectionLoss, roi_dice_bce_loss
 from .._registry import register_model
 from ..anisotropy import halvings_for_spacing, step_strides
 from . import roi as R
+
+logger = logging.getLogger(__name__)
 
 PAPER = "DetSeg3D (CenterNet-style detector + RoI U-Net)"
 STRIDE = 8
@@ -116,6 +119,17 @@ def _read_regression_mode(module: "CenterNetDetector3D", incompatible_keys: Any)
     module._box = bool(module.box_regression)
 
 
+def _centre_mode_for_old_weights(module: "CenterNetDetector3D", state_dict: dict[str, Any], prefix: str,
+                                 *args: Any) -> None:
+    """Before a state dict is loaded: weights saved before the mode existed (no ``box_regression``) were trained
+    with centre regression (sigmoid offsets), the only mode then, so they load as such."""
+    key = f"{prefix}box_regression"
+    if key not in state_dict:
+        logger.warning("DetSeg3D weights without %s were saved before box regression existed: they decode with "
+                       "centre regression (sigmoid offsets), as they were trained", key)
+        state_dict[key] = torch.tensor(0, dtype=torch.uint8)
+
+
 class CenterNetDetector3D(nn.Module):
     """Anchor-free detector at ``stride`` (per axis; the seed's 8 on every axis by default): returns
     ``(heatmap logits (B,1), size (B,3), offset (B,3))`` maps."""
@@ -128,6 +142,7 @@ class CenterNetDetector3D(nn.Module):
         c = int(base_channels)
         self.register_buffer("box_regression", torch.tensor(int(regress == "box"), dtype=torch.uint8))
         self._box = regress == "box"  # the buffer's value, kept on the host (no device sync per forward)
+        self.register_load_state_dict_pre_hook(_centre_mode_for_old_weights)
         self.register_load_state_dict_post_hook(_read_regression_mode)
         self.init_conv = _conv(in_channels, c)
         levels = []
